@@ -1,0 +1,278 @@
+//! Types shared by the kernel programs (`observer-ebpf`) and the daemon (`observer`).
+//!
+//! Everything here is `#[repr(C)]` and `no_std`: the same bytes are written by the kernel
+//! programs into the ring buffer and maps and read back by user space.
+#![no_std]
+
+/// Length of `task_struct.comm`.
+pub const COMM_LEN: usize = 16;
+
+/// TCP states as numbered by the kernel (`include/net/tcp_states.h`).
+pub mod tcp_state {
+    pub const ESTABLISHED: u8 = 1;
+    pub const SYN_SENT: u8 = 2;
+    pub const SYN_RECV: u8 = 3;
+    pub const FIN_WAIT1: u8 = 4;
+    pub const FIN_WAIT2: u8 = 5;
+    pub const TIME_WAIT: u8 = 6;
+    pub const CLOSE: u8 = 7;
+    pub const CLOSE_WAIT: u8 = 8;
+    pub const LAST_ACK: u8 = 9;
+    pub const LISTEN: u8 = 10;
+    pub const CLOSING: u8 = 11;
+    pub const NEW_SYN_RECV: u8 = 12;
+}
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+pub const IPPROTO_TCP: u16 = 6;
+
+/// The process that owns a socket, recorded in process context (connect, listen, accept).
+///
+/// A process is identified by its tgid and the start time of its thread-group leader, because
+/// pids are reused.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Owner {
+    /// Thread-group id (the "pid" users see). 0 means unknown.
+    pub tgid: u32,
+    pub _pad: u32,
+    /// `task_struct.start_boottime` of the thread-group leader, in ns since boot.
+    /// 0 when kernel offsets are unavailable.
+    pub start_ns: u64,
+    /// `comm` of the thread-group leader (NUL padded).
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Kinds of [`Event`].
+pub mod kind {
+    /// A TCP state change of a socket (`sock/inet_sock_set_state`).
+    pub const STATE: u8 = 1;
+    /// A process accepted the socket (`accept`/`accept4` returned it): the socket's owner is now
+    /// the accepting process.
+    pub const ACCEPT: u8 = 2;
+    /// `connect()` failed before any SYN was sent (no route, no local port, firewall...).
+    pub const CONNECT_ERROR: u8 = 3;
+    /// The kernel reported an error on the socket (`sock/inet_sk_error_report`).
+    pub const ERROR_REPORT: u8 = 4;
+    /// The socket sent a RST (`tcp/tcp_send_reset`).
+    pub const RESET_SENT: u8 = 5;
+    /// The socket received a RST (`tcp/tcp_receive_reset`).
+    pub const RESET_RECEIVED: u8 = 6;
+    /// The last thread of a process exited (`sched/sched_process_exit`).
+    pub const PROCESS_EXIT: u8 = 7;
+}
+
+/// [`Event::flags`] bits.
+pub mod flags {
+    /// The kernel knew the owner of the socket ([`super::Event::owner`] is valid).
+    pub const OWNER_KNOWN: u8 = 1;
+    /// [`super::Event::netns`] is valid.
+    pub const NETNS_KNOWN: u8 = 2;
+}
+
+/// One record in the ring buffer.
+///
+/// Addresses are in network byte order as the kernel stores them; for AF_INET only the first
+/// 4 bytes of `saddr`/`daddr` are used. Ports are in host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Event {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC.
+    pub ts_ns: u64,
+    /// Kernel address of the `struct sock` (0 when the event has no socket).
+    pub sk: u64,
+    pub owner: Owner,
+    /// One of [`kind`].
+    pub kind: u8,
+    pub oldstate: u8,
+    pub newstate: u8,
+    /// [`flags`] bits.
+    pub flags: u8,
+    pub family: u16,
+    /// Local port.
+    pub sport: u16,
+    /// Remote port.
+    pub dport: u16,
+    pub _pad: u16,
+    /// STATE to CLOSE: `sk_err` at that moment; CONNECT_ERROR: the positive errno returned by
+    /// connect(); ERROR_REPORT: the reported errno.
+    pub error: i32,
+    /// Inode number of the socket's network namespace.
+    pub netns: u32,
+    /// Local address.
+    pub saddr: [u8; 16],
+    /// Remote address.
+    pub daddr: [u8; 16],
+}
+
+impl Event {
+    pub const fn zeroed() -> Self {
+        Event {
+            ts_ns: 0,
+            sk: 0,
+            owner: Owner { tgid: 0, _pad: 0, start_ns: 0, comm: [0; COMM_LEN] },
+            kind: 0,
+            oldstate: 0,
+            newstate: 0,
+            flags: 0,
+            family: 0,
+            sport: 0,
+            dport: 0,
+            _pad: 0,
+            error: 0,
+            netns: 0,
+            saddr: [0; 16],
+            daddr: [0; 16],
+        }
+    }
+}
+
+/// Offsets of kernel struct members, computed by the daemon from the running kernel's BTF
+/// (`/sys/kernel/btf/vmlinux`) and handed to the kernel programs as the `OFFSETS` global.
+///
+/// Programs read kernel memory with `bpf_probe_read_kernel` at these offsets. When `valid` is 0
+/// (no BTF), the programs skip everything that needs them: netns, `sk_err`, accept attribution,
+/// early connect errors, process start times.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub valid: u32,
+    /// `struct sock`: `__sk_common.skc_net.net` (a `struct net *`).
+    pub sock_net: u32,
+    /// `struct net`: `ns.inum`.
+    pub net_inum: u32,
+    /// `struct sock`: `sk_err`.
+    pub sock_err: u32,
+    /// `struct sock`: `sk_protocol` (u16).
+    pub sock_protocol: u32,
+    /// `struct sock`: `sk_type` (u16).
+    pub sock_type: u32,
+    /// `struct sock`: `__sk_common.skc_family` (u16).
+    pub sock_family: u32,
+    /// `struct task_struct`: `group_leader`.
+    pub task_group_leader: u32,
+    /// `struct task_struct`: `start_boottime` (u64 ns).
+    pub task_start_boottime: u32,
+    /// `struct task_struct`: `comm`.
+    pub task_comm: u32,
+    /// `struct task_struct`: `files`.
+    pub task_files: u32,
+    /// `struct files_struct`: `fdt`.
+    pub files_fdt: u32,
+    /// `struct fdtable`: `max_fds` (u32).
+    pub fdtable_max_fds: u32,
+    /// `struct fdtable`: `fd` (`struct file **`).
+    pub fdtable_fd: u32,
+    /// `struct file`: `private_data` (a `struct socket *` for sockets).
+    pub file_private_data: u32,
+    /// `struct socket`: `file` (back pointer, used to check that a file is a socket).
+    pub socket_file: u32,
+    /// `struct socket`: `sk`.
+    pub socket_sk: u32,
+    /// `struct socket`: `state` (`socket_state`, 4 bytes).
+    pub socket_state: u32,
+}
+
+impl KernelOffsets {
+    pub const fn zeroed() -> Self {
+        KernelOffsets {
+            valid: 0,
+            sock_net: 0,
+            net_inum: 0,
+            sock_err: 0,
+            sock_protocol: 0,
+            sock_type: 0,
+            sock_family: 0,
+            task_group_leader: 0,
+            task_start_boottime: 0,
+            task_comm: 0,
+            task_files: 0,
+            files_fdt: 0,
+            fdtable_max_fds: 0,
+            fdtable_fd: 0,
+            file_private_data: 0,
+            socket_file: 0,
+            socket_sk: 0,
+            socket_state: 0,
+        }
+    }
+}
+
+/// Indices into the `COUNTERS` per-CPU array: things the kernel programs count.
+pub mod counter {
+    /// Ring buffer reservations that failed: events lost.
+    pub const EVENTS_LOST: u32 = 0;
+    /// Owner records that could not be inserted into `SOCKETS`.
+    pub const SOCKET_INSERT_FAILED: u32 = 1;
+    /// Owner records inserted into `SOCKETS` (with `SOCKET_DELETED` and the map's size, user
+    /// space derives how many the LRU evicted).
+    pub const SOCKET_INSERTED: u32 = 2;
+    /// Owner records deleted from `SOCKETS` when their socket was destroyed.
+    pub const SOCKET_DELETED: u32 = 3;
+    /// Transitions of a socket whose owner was not in `SOCKETS` (created before the daemon
+    /// started, or evicted).
+    pub const OWNER_MISSING: u32 = 4;
+    /// Listener records that could not be inserted into `LISTENERS`.
+    pub const LISTENER_INSERT_FAILED: u32 = 5;
+    /// Pending connect() records that could not be inserted into `CONNECTS`.
+    pub const CONNECT_INSERT_FAILED: u32 = 6;
+    /// Number of counters.
+    pub const COUNT: u32 = 7;
+}
+
+/// Key of the `LISTENERS` map: a listening endpoint in a network namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenerKey {
+    pub netns: u32,
+    pub family: u16,
+    pub port: u16,
+    /// Bound address (all zeros for a wildcard listener).
+    pub addr: [u8; 16],
+}
+
+/// Value of the `LISTENERS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ListenerValue {
+    /// The listening socket (so that only its own close removes the record).
+    pub sk: u64,
+    pub owner: Owner,
+}
+
+/// Value of the per-thread `CONNECTS` map, kept between connect() entry and exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PendingConnect {
+    /// The socket behind the fd, if resolved (0 otherwise).
+    pub sk: u64,
+    /// Set by the state-change program when this thread moved a socket to SYN_SENT.
+    pub syn_sent: u32,
+    pub family: u16,
+    pub port: u16,
+    pub addr: [u8; 16],
+}
+
+/// Names of the maps and programs, shared so both sides agree.
+pub mod names {
+    pub const EVENTS: &str = "EVENTS";
+    pub const SOCKETS: &str = "SOCKETS";
+    pub const LISTENERS: &str = "LISTENERS";
+    pub const CONNECTS: &str = "CONNECTS";
+    pub const ACCEPTS: &str = "ACCEPTS";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const OFFSETS: &str = "OFFSETS";
+    /// Global: byte offset of `group_dead` in the `sched_process_exit` record, 0 if absent.
+    pub const EXIT_GROUP_DEAD_OFFSET: &str = "EXIT_GROUP_DEAD_OFFSET";
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    unsafe impl aya::Pod for super::Owner {}
+    unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::ListenerKey {}
+    unsafe impl aya::Pod for super::ListenerValue {}
+    unsafe impl aya::Pod for super::PendingConnect {}
+}
