@@ -1,0 +1,571 @@
+//! The per-process, per-peer socket table: kernel events in, answers out.
+//!
+//! Pure: no kernel, no clock, no I/O. Every event carries its own timestamp and `tick` is given
+//! the current time, so the whole lifecycle logic is unit-tested with synthetic events.
+//!
+//! Attribution: every event names the socket's owner as the kernel recorded it in process
+//! context (connect, listen, accept). A socket is counted in exactly one bucket, keyed by its
+//! owner, its direction and its peer: the remote endpoint for outbound sockets, the local
+//! listening endpoint for inbound ones (never the client's ephemeral port).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::event::{EventKind, Owner, SocketEvent};
+use crate::lifetime::Lifetimes;
+use crate::model::{Direction, Endpoint, FailureCounts, FailureReason, ProcessKey, StateCounts, TcpState};
+use crate::timewait::{KernelTimeWait, TimeWaitTable, TwKey, TwOwner};
+
+const SECOND: u64 = 1_000_000_000;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// How long an exited process stays visible (its last figures can still be read and
+    /// scraped) before it is pruned.
+    pub exited_retention_ns: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { exited_retention_ns: 30 * SECOND }
+    }
+}
+
+/// How long a closed socket is remembered, for events that arrive after its CLOSE (a RST sent
+/// by close(), an error reported after the state change).
+const TOMBSTONE_TTL_NS: u64 = 10 * SECOND;
+/// How long a pruned process is remembered, so that late events of its orphaned sockets do not
+/// bring it back.
+const PRUNED_TTL_NS: u64 = 600 * SECOND;
+
+/// Figures for one peer of one process.
+#[derive(Clone, Debug, Default)]
+pub struct PeerStats {
+    /// Live sockets by state (TIME_WAIT comes from the [`TimeWaitTable`]).
+    pub sockets: StateCounts,
+    /// Connections opened (outbound) or accepted (inbound).
+    pub connections: u64,
+    pub closed_by_local: u64,
+    pub closed_by_peer: u64,
+    pub connect_failures: FailureCounts,
+    pub resets_sent: u64,
+    pub resets_received: u64,
+    /// Errors the kernel reported on these sockets, by errno.
+    pub socket_errors: BTreeMap<i32, u64>,
+    /// From established to closed.
+    pub lifetimes: Lifetimes,
+}
+
+#[derive(Clone, Debug)]
+pub struct Process {
+    pub key: ProcessKey,
+    pub comm: String,
+    pub cmdline: Option<String>,
+    /// When the last thread exited (CLOCK_MONOTONIC ns).
+    pub exited_ns: Option<u64>,
+    pub outbound: HashMap<Endpoint, PeerStats>,
+    pub inbound: HashMap<Endpoint, PeerStats>,
+    /// Endpoints this process listens on.
+    listeners: Vec<Endpoint>,
+    /// Sockets currently charged to this process.
+    sockets: HashSet<u64>,
+}
+
+impl Process {
+    fn new(key: ProcessKey, comm: String) -> Process {
+        Process {
+            key,
+            comm,
+            cmdline: None,
+            exited_ns: None,
+            outbound: HashMap::new(),
+            inbound: HashMap::new(),
+            listeners: Vec::new(),
+            sockets: HashSet::new(),
+        }
+    }
+
+    fn peers_mut(&mut self, direction: Direction) -> &mut HashMap<Endpoint, PeerStats> {
+        match direction {
+            Direction::Outbound => &mut self.outbound,
+            Direction::Inbound => &mut self.inbound,
+        }
+    }
+
+    /// The listening endpoint a child socket with local endpoint `local` came from.
+    fn listener_for(&self, local: Endpoint) -> Option<Endpoint> {
+        let local = local.canonical();
+        self.listeners
+            .iter()
+            .find(|l| l.port() == local.port() && (l.ip() == local.ip() || l.ip().is_unspecified()))
+            .copied()
+    }
+}
+
+/// What the aggregation knows of one live socket.
+#[derive(Clone, Debug)]
+struct SocketRec {
+    owner: ProcessKey,
+    direction: Direction,
+    /// Aggregation key: remote endpoint (outbound) or listening endpoint (inbound).
+    peer: Endpoint,
+    listener: bool,
+    /// State the socket is counted in (None before its first state or after CLOSE).
+    state: Option<TcpState>,
+    netns: Option<u32>,
+    established_ns: Option<u64>,
+    /// Seen in a connected state (also for sockets adopted mid-life).
+    connected: bool,
+    reset_received: bool,
+    close_counted: bool,
+    accept_counted: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Tombstone {
+    owner: ProcessKey,
+    direction: Direction,
+    peer: Endpoint,
+    closed_ns: u64,
+}
+
+/// Counters about the aggregation itself.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    /// Events applied, by kind name.
+    pub events: BTreeMap<&'static str, u64>,
+    /// Events about sockets whose owner the kernel did not know (created before the daemon
+    /// started, or evicted from the kernel's socket map).
+    pub unattributed_events: u64,
+    /// Events of processes already pruned (orphaned sockets closing late).
+    pub events_after_prune: u64,
+    pub decode_errors: u64,
+}
+
+#[derive(Default)]
+pub struct Aggregator {
+    cfg: Config,
+    processes: HashMap<u32, Process>,
+    sockets: HashMap<u64, SocketRec>,
+    tombstones: HashMap<u64, Tombstone>,
+    pruned: HashMap<ProcessKey, u64>,
+    timewait: TimeWaitTable,
+    new_processes: Vec<ProcessKey>,
+    pub stats: Stats,
+}
+
+impl Aggregator {
+    pub fn new(cfg: Config) -> Aggregator {
+        Aggregator { cfg, ..Aggregator::default() }
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Queries
+    // ----------------------------------------------------------------------------------------
+
+    pub fn process(&self, pid: u32) -> Option<&Process> {
+        self.processes.get(&pid)
+    }
+
+    pub fn processes(&self) -> impl Iterator<Item = &Process> {
+        self.processes.values()
+    }
+
+    pub fn timewait(&self) -> &TimeWaitTable {
+        &self.timewait
+    }
+
+    /// Sockets currently tracked (not counting timewait entries).
+    pub fn tracked_sockets(&self) -> usize {
+        self.sockets.len()
+    }
+
+    /// Processes seen since the last call, for the daemon to read their command lines.
+    pub fn take_new_processes(&mut self) -> Vec<ProcessKey> {
+        std::mem::take(&mut self.new_processes)
+    }
+
+    pub fn set_process_info(&mut self, key: ProcessKey, comm: Option<String>, cmdline: Option<String>) {
+        if let Some(p) = self.processes.get_mut(&key.pid).filter(|p| p.key.same_process(&key)) {
+            if let Some(c) = comm.filter(|c| !c.is_empty()) {
+                p.comm = c;
+            }
+            if cmdline.is_some() {
+                p.cmdline = cmdline;
+            }
+        }
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Time
+    // ----------------------------------------------------------------------------------------
+
+    /// Housekeeping at `now_ns` (CLOCK_MONOTONIC): prune exited processes past their retention,
+    /// forget old tombstones, expire timewait entries.
+    pub fn tick(&mut self, now_ns: u64) {
+        let retention = self.cfg.exited_retention_ns;
+        let expired: Vec<ProcessKey> = self
+            .processes
+            .values()
+            .filter(|p| p.exited_ns.is_some_and(|t| now_ns.saturating_sub(t) >= retention))
+            .map(|p| p.key)
+            .collect();
+        for key in expired {
+            self.prune(key, now_ns);
+        }
+        self.tombstones.retain(|_, t| now_ns.saturating_sub(t.closed_ns) < TOMBSTONE_TTL_NS);
+        self.pruned.retain(|_, t| now_ns.saturating_sub(*t) < PRUNED_TTL_NS);
+        self.timewait.expire(now_ns);
+    }
+
+    /// A process is gone (found dead in /proc, or its pid was reused).
+    pub fn mark_exited(&mut self, key: ProcessKey, now_ns: u64) {
+        if let Some(p) = self.processes.get_mut(&key.pid).filter(|p| p.key.same_process(&key)) {
+            p.exited_ns.get_or_insert(now_ns);
+        }
+    }
+
+    fn prune(&mut self, key: ProcessKey, now_ns: u64) {
+        let Some(p) = self.processes.remove(&key.pid) else { return };
+        for sk in &p.sockets {
+            self.sockets.remove(sk);
+        }
+        self.tombstones.retain(|_, t| t.owner != key);
+        self.timewait.remove_process(&key);
+        self.pruned.insert(key, now_ns);
+    }
+
+    pub fn reconcile_time_wait(&mut self, netns: u32, dump_started_ns: u64, kernel: &[KernelTimeWait], now_ns: u64) {
+        self.timewait.reconcile(netns, dump_started_ns, kernel, now_ns);
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Events
+    // ----------------------------------------------------------------------------------------
+
+    pub fn apply(&mut self, ev: &SocketEvent) {
+        *self.stats.events.entry(ev.kind.name()).or_default() += 1;
+        match ev.kind {
+            EventKind::State { old, new } => self.on_state(ev, old, new),
+            EventKind::Accept => self.on_accept(ev),
+            EventKind::ConnectError => self.on_connect_error(ev),
+            EventKind::ErrorReport => self.on_error_report(ev),
+            EventKind::ResetSent => self.on_reset(ev, false),
+            EventKind::ResetReceived => self.on_reset(ev, true),
+            EventKind::ProcessExit => {
+                if let Some(o) = &ev.owner {
+                    self.mark_exited(o.key, ev.ts_ns);
+                }
+            }
+        }
+    }
+
+    /// The process an event names, created on first sight. None for pruned processes and for
+    /// late events of a previous holder of a reused pid.
+    fn ensure_process(&mut self, owner: &Owner, now_ns: u64) -> Option<ProcessKey> {
+        if self.pruned.contains_key(&owner.key) {
+            self.stats.events_after_prune += 1;
+            return None;
+        }
+        if let Some(p) = self.processes.get_mut(&owner.key.pid) {
+            if p.key.same_process(&owner.key) {
+                if p.key.start_ns == 0 {
+                    p.key.start_ns = owner.key.start_ns;
+                }
+                return Some(p.key);
+            }
+            if owner.key.start_ns < p.key.start_ns {
+                // An older process that had this pid.
+                self.stats.events_after_prune += 1;
+                return None;
+            }
+            // The pid was reused: the previous process is gone.
+            let old = p.key;
+            self.prune(old, now_ns);
+        }
+        self.processes.insert(owner.key.pid, Process::new(owner.key, owner.comm.clone()));
+        self.new_processes.push(owner.key);
+        Some(owner.key)
+    }
+
+    fn peer_mut(&mut self, owner: ProcessKey, direction: Direction, peer: Endpoint) -> Option<&mut PeerStats> {
+        let p = self.processes.get_mut(&owner.pid).filter(|p| p.key == owner)?;
+        Some(p.peers_mut(direction).entry(peer).or_default())
+    }
+
+    /// Charge a live socket to another process (it was accepted, or the kernel says so).
+    fn move_socket(&mut self, sk: u64, to: ProcessKey) {
+        let Some(rec) = self.sockets.get_mut(&sk) else { return };
+        let from = rec.owner;
+        if from == to {
+            return;
+        }
+        rec.owner = to;
+        let (direction, peer, state) = (rec.direction, rec.peer, rec.state);
+        if let Some(p) = self.processes.get_mut(&from.pid).filter(|p| p.key == from) {
+            p.sockets.remove(&sk);
+            if let (Some(s), Some(stats)) = (state, p.peers_mut(direction).get_mut(&peer)) {
+                stats.sockets.sub(s, 1);
+            }
+        }
+        if let Some(p) = self.processes.get_mut(&to.pid).filter(|p| p.key == to) {
+            p.sockets.insert(sk);
+            let stats = p.peers_mut(direction).entry(peer).or_default();
+            if let Some(s) = state {
+                stats.sockets.add(s, 1);
+            }
+        }
+    }
+
+    /// Take a socket out of the live counts (it closed, or its record is stale).
+    fn drop_socket(&mut self, sk: u64) -> Option<SocketRec> {
+        let rec = self.sockets.remove(&sk)?;
+        if let Some(p) = self.processes.get_mut(&rec.owner.pid).filter(|p| p.key == rec.owner) {
+            p.sockets.remove(&sk);
+            if rec.listener {
+                if let Some(i) = p.listeners.iter().position(|l| *l == rec.peer) {
+                    p.listeners.swap_remove(i);
+                }
+            }
+            if let (Some(s), Some(stats)) = (rec.state, p.peers_mut(rec.direction).get_mut(&rec.peer)) {
+                stats.sockets.sub(s, 1);
+            }
+        }
+        Some(rec)
+    }
+
+    fn on_state(&mut self, ev: &SocketEvent, old: TcpState, new: TcpState) {
+        use TcpState::*;
+        let creation = matches!((old, new), (Close, SynSent) | (_, Listen) | (Listen, SynRecv));
+        if creation {
+            // A record for this address is stale: the kernel reused the memory of a socket
+            // whose end we did not see.
+            self.drop_socket(ev.sk);
+        }
+        if !self.sockets.contains_key(&ev.sk) && !self.start_tracking(ev, old, new, creation) {
+            return;
+        }
+        // The kernel's owner record is authoritative (it follows accept()).
+        if let Some(owner) = &ev.owner {
+            let current = self.sockets[&ev.sk].owner;
+            if owner.key != current {
+                if let Some(key) = self.ensure_process(owner, ev.ts_ns) {
+                    self.move_socket(ev.sk, key);
+                }
+            }
+        }
+
+        let rec = self.sockets.get_mut(&ev.sk).expect("tracked above");
+        let prev = rec.state;
+        rec.state = (new != Close).then_some(new);
+        if new == Established {
+            rec.connected = true;
+            rec.established_ns.get_or_insert(ev.ts_ns);
+        }
+        let mut counted_open = false;
+        let mut close = None;
+        match (old, new) {
+            (SynSent, Established) if rec.direction == Direction::Outbound => counted_open = true,
+            (Established | SynRecv, FinWait1) if !rec.close_counted => {
+                rec.close_counted = true;
+                close = Some(true);
+            }
+            (Established, CloseWait) if !rec.close_counted => {
+                rec.close_counted = true;
+                close = Some(false);
+            }
+            _ => {}
+        }
+        let rec = rec.clone();
+        let Some(stats) = self.peer_mut(rec.owner, rec.direction, rec.peer) else { return };
+        if let Some(s) = prev {
+            stats.sockets.sub(s, 1);
+        }
+        if let Some(s) = rec.state {
+            stats.sockets.add(s, 1);
+        }
+        if counted_open {
+            stats.connections += 1;
+        }
+        match close {
+            Some(true) => stats.closed_by_local += 1,
+            Some(false) => stats.closed_by_peer += 1,
+            None => {}
+        }
+        if new == Close {
+            self.on_close(ev, old, rec);
+        }
+    }
+
+    /// Start tracking a socket seen for the first time. Returns false if it cannot be
+    /// attributed.
+    fn start_tracking(&mut self, ev: &SocketEvent, old: TcpState, new: TcpState, creation: bool) -> bool {
+        use TcpState::*;
+        let Some(owner) = &ev.owner else {
+            self.stats.unattributed_events += 1;
+            return false;
+        };
+        let Some(key) = self.ensure_process(owner, ev.ts_ns) else { return false };
+        if new == Close {
+            // The end of a socket we never saw: only a failed connect is worth counting.
+            if old == SynSent {
+                if let Some(stats) = self.peer_mut(key, Direction::Outbound, ev.remote.canonical()) {
+                    stats.connect_failures.add(FailureReason::from_errno(ev.error));
+                }
+            }
+            return false;
+        }
+        let process = &self.processes[&key.pid];
+        let (direction, peer, listener) = match (old, new) {
+            (Close, SynSent) => (Direction::Outbound, ev.remote.canonical(), false),
+            (_, Listen) => (Direction::Inbound, ev.local.canonical(), true),
+            (Listen, SynRecv) => {
+                (Direction::Inbound, process.listener_for(ev.local).unwrap_or(ev.local.canonical()), false)
+            }
+            // Adopted in mid-life (it existed before the daemon started tracking it).
+            _ => match process.listener_for(ev.local) {
+                Some(l) => (Direction::Inbound, l, false),
+                None => (Direction::Outbound, ev.remote.canonical(), false),
+            },
+        };
+        let connected = !creation && !matches!(old, SynSent | SynRecv);
+        let rec = SocketRec {
+            owner: key,
+            direction,
+            peer,
+            listener,
+            state: None,
+            netns: ev.netns,
+            established_ns: None,
+            connected,
+            reset_received: false,
+            close_counted: !creation && matches!(old, FinWait1 | FinWait2 | Closing | CloseWait | LastAck),
+            // An adopted inbound socket was accepted before we looked.
+            accept_counted: !creation,
+        };
+        let process = self.processes.get_mut(&key.pid).expect("ensured");
+        if listener {
+            process.listeners.push(peer);
+        }
+        process.sockets.insert(ev.sk);
+        process.peers_mut(direction).entry(peer).or_default();
+        self.sockets.insert(ev.sk, rec);
+        true
+    }
+
+    fn on_close(&mut self, ev: &SocketEvent, old: TcpState, rec: SocketRec) {
+        use TcpState::*;
+        let cfg_peer = rec.peer;
+        {
+            let Some(stats) = self.peer_mut(rec.owner, rec.direction, cfg_peer) else { return };
+            match old {
+                SynSent => stats.connect_failures.add(FailureReason::from_errno(ev.error)),
+                _ if rec.connected => {
+                    if !rec.close_counted {
+                        // Abortive close straight from a connected state.
+                        if rec.reset_received || ev.error != 0 {
+                            stats.closed_by_peer += 1;
+                        } else {
+                            stats.closed_by_local += 1;
+                        }
+                    }
+                    if rec.direction == Direction::Inbound && !rec.listener && !rec.accept_counted {
+                        // Never seen accepted: charged to whoever owned it when it closed.
+                        stats.connections += 1;
+                    }
+                    if let Some(t) = rec.established_ns {
+                        stats.lifetimes.observe_ns(ev.ts_ns.saturating_sub(t));
+                    }
+                }
+                _ => {}
+            }
+        }
+        if matches!(old, FinWait2 | Closing) {
+            let key = TwKey { netns: rec.netns.unwrap_or(0), local: ev.local.0, remote: ev.remote.0 };
+            let owner = TwOwner { process: rec.owner, direction: rec.direction, peer: rec.peer };
+            self.timewait.add(key, owner, ev.ts_ns);
+        }
+        self.drop_socket(ev.sk);
+        self.tombstones.insert(
+            ev.sk,
+            Tombstone { owner: rec.owner, direction: rec.direction, peer: rec.peer, closed_ns: ev.ts_ns },
+        );
+    }
+
+    fn on_accept(&mut self, ev: &SocketEvent) {
+        let Some(owner) = &ev.owner else { return };
+        if !self.sockets.contains_key(&ev.sk) {
+            // Accepted from a queue filled before the daemon started.
+            self.stats.unattributed_events += 1;
+            return;
+        }
+        let Some(key) = self.ensure_process(owner, ev.ts_ns) else { return };
+        self.move_socket(ev.sk, key);
+        let rec = self.sockets.get_mut(&ev.sk).expect("checked above");
+        if rec.direction != Direction::Inbound || rec.listener || rec.accept_counted {
+            return;
+        }
+        rec.accept_counted = true;
+        let (owner, direction, peer) = (rec.owner, rec.direction, rec.peer);
+        if let Some(stats) = self.peer_mut(owner, direction, peer) {
+            stats.connections += 1;
+        }
+    }
+
+    fn on_connect_error(&mut self, ev: &SocketEvent) {
+        let Some(owner) = &ev.owner else { return };
+        let Some(key) = self.ensure_process(owner, ev.ts_ns) else { return };
+        if let Some(stats) = self.peer_mut(key, Direction::Outbound, ev.remote.canonical()) {
+            stats.connect_failures.add(FailureReason::from_errno(ev.error));
+        }
+    }
+
+    /// The bucket a socket event belongs to: its live record, its tombstone, or (for a socket we
+    /// never tracked) the owner named by the kernel and the event's own addresses.
+    fn bucket_of(&mut self, ev: &SocketEvent) -> Option<(ProcessKey, Direction, Endpoint)> {
+        if let Some(r) = self.sockets.get(&ev.sk) {
+            return Some((r.owner, r.direction, r.peer));
+        }
+        if let Some(t) = self.tombstones.get(&ev.sk) {
+            return Some((t.owner, t.direction, t.peer));
+        }
+        let owner = ev.owner.as_ref()?;
+        if ev.remote.port() == 0 {
+            return None;
+        }
+        let key = self.ensure_process(owner, ev.ts_ns)?;
+        let p = &self.processes[&key.pid];
+        Some(match p.listener_for(ev.local) {
+            Some(l) => (key, Direction::Inbound, l),
+            None => (key, Direction::Outbound, ev.remote.canonical()),
+        })
+    }
+
+    fn on_error_report(&mut self, ev: &SocketEvent) {
+        if ev.error == 0 {
+            return;
+        }
+        let Some((owner, direction, peer)) = self.bucket_of(ev) else { return };
+        if let Some(stats) = self.peer_mut(owner, direction, peer) {
+            *stats.socket_errors.entry(ev.error).or_default() += 1;
+        }
+    }
+
+    fn on_reset(&mut self, ev: &SocketEvent, received: bool) {
+        if received {
+            if let Some(r) = self.sockets.get_mut(&ev.sk) {
+                r.reset_received = true;
+            }
+        }
+        let Some((owner, direction, peer)) = self.bucket_of(ev) else { return };
+        if let Some(stats) = self.peer_mut(owner, direction, peer) {
+            if received {
+                stats.resets_received += 1;
+            } else {
+                stats.resets_sent += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

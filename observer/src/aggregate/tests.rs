@@ -1,0 +1,363 @@
+//! Lifecycle tests of the aggregation with synthetic kernel events.
+
+use std::net::SocketAddr;
+
+use super::*;
+use crate::event::{EventKind, Owner, SocketEvent};
+use crate::model::TcpState::*;
+use crate::timewait::KernelTimeWait;
+
+const MS: u64 = 1_000_000;
+
+fn ep(s: &str) -> Endpoint {
+    Endpoint(s.parse::<SocketAddr>().unwrap())
+}
+
+fn owner(pid: u32) -> Owner {
+    Owner { key: ProcessKey { pid, start_ns: 1000 + u64::from(pid) }, comm: format!("proc{pid}") }
+}
+
+fn key(pid: u32) -> ProcessKey {
+    owner(pid).key
+}
+
+/// Events for one socket, with a clock that advances 1 ms per event.
+struct Sock {
+    sk: u64,
+    owner: Option<Owner>,
+    local: Endpoint,
+    remote: Endpoint,
+    t: u64,
+}
+
+impl Sock {
+    fn new(sk: u64, pid: u32, local: &str, remote: &str) -> Sock {
+        Sock { sk, owner: Some(owner(pid)), local: ep(local), remote: ep(remote), t: 0 }
+    }
+
+    fn ev(&mut self, kind: EventKind, error: i32) -> SocketEvent {
+        self.t += MS;
+        SocketEvent {
+            ts_ns: self.t,
+            sk: self.sk,
+            owner: self.owner.clone(),
+            kind,
+            family: if self.local.0.is_ipv4() { 2 } else { 10 },
+            local: self.local,
+            remote: self.remote,
+            error,
+            netns: Some(7),
+        }
+    }
+
+    fn state(&mut self, a: &mut Aggregator, old: TcpState, new: TcpState) {
+        let e = self.ev(EventKind::State { old, new }, 0);
+        a.apply(&e);
+    }
+
+    fn close_with(&mut self, a: &mut Aggregator, old: TcpState, err: i32) {
+        let e = self.ev(EventKind::State { old, new: Close }, err);
+        a.apply(&e);
+    }
+
+    fn other(&mut self, a: &mut Aggregator, kind: EventKind, error: i32) {
+        let e = self.ev(kind, error);
+        a.apply(&e);
+    }
+}
+
+fn out<'a>(a: &'a Aggregator, pid: u32, remote: &str) -> &'a PeerStats {
+    &a.process(pid).expect("process").outbound[&ep(remote)]
+}
+
+fn inb<'a>(a: &'a Aggregator, pid: u32, local: &str) -> &'a PeerStats {
+    &a.process(pid).expect("process").inbound[&ep(local)]
+}
+
+fn tw(a: &Aggregator, pid: u32, direction: Direction, peer: &str) -> u64 {
+    let o = TwOwner { process: key(pid), direction, peer: ep(peer) };
+    a.timewait().counts().get(&o).map_or(0, |c| c.get(TimeWait))
+}
+
+/// A client connection closed by the client: opened, closed by local, TIME_WAIT.
+fn client_closes_first(a: &mut Aggregator, sk: u64, pid: u32, port: u16) {
+    let mut s = Sock::new(sk, pid, &format!("127.0.0.1:{port}"), "127.0.0.1:8080");
+    s.state(a, Close, SynSent);
+    s.state(a, SynSent, Established);
+    s.state(a, Established, FinWait1);
+    s.state(a, FinWait1, FinWait2);
+    s.close_with(a, FinWait2, 0);
+}
+
+#[test]
+fn fifty_connections_closed_by_the_client_leave_fifty_time_wait() {
+    let mut a = Aggregator::default();
+    for i in 0..50 {
+        client_closes_first(&mut a, 0x1000 + i, 100, 40000 + i as u16);
+    }
+    let s = out(&a, 100, "127.0.0.1:8080");
+    assert_eq!(s.connections, 50);
+    assert_eq!(s.closed_by_local, 50);
+    assert_eq!(s.closed_by_peer, 0);
+    assert_eq!(s.sockets.total(), 0);
+    assert_eq!(s.lifetimes.count, 50);
+    assert_eq!(s.lifetimes.min_ns, 3 * MS);
+    assert_eq!(tw(&a, 100, Direction::Outbound, "127.0.0.1:8080"), 50);
+    assert_eq!(a.tracked_sockets(), 0);
+}
+
+#[test]
+fn one_reused_connection_counts_once() {
+    let mut a = Aggregator::default();
+    let mut s = Sock::new(1, 100, "127.0.0.1:40000", "127.0.0.1:8080");
+    s.state(&mut a, Close, SynSent);
+    s.state(&mut a, SynSent, Established);
+    let st = out(&a, 100, "127.0.0.1:8080");
+    assert_eq!(st.connections, 1);
+    assert_eq!(st.sockets.get(Established), 1);
+    assert_eq!(st.sockets.total(), 1);
+}
+
+#[test]
+fn refused_connects_are_failures_not_connections() {
+    let mut a = Aggregator::default();
+    for i in 0..4 {
+        let mut s = Sock::new(10 + i, 100, "127.0.0.1:0", "127.0.0.1:9");
+        s.state(&mut a, Close, SynSent);
+        s.close_with(&mut a, SynSent, libc::ECONNREFUSED);
+        // The error report comes after the close.
+        s.other(&mut a, EventKind::ErrorReport, libc::ECONNREFUSED);
+    }
+    let st = out(&a, 100, "127.0.0.1:9");
+    assert_eq!(st.connect_failures.get(FailureReason::Refused), 4);
+    assert_eq!(st.connect_failures.total(), 4);
+    assert_eq!(st.connections, 0);
+    assert_eq!(st.closed_by_local + st.closed_by_peer, 0);
+    assert_eq!(st.socket_errors[&libc::ECONNREFUSED], 4);
+    assert_eq!(st.sockets.total(), 0);
+}
+
+#[test]
+fn giving_up_in_syn_sent_is_a_timeout_and_no_route_is_unreachable() {
+    let mut a = Aggregator::default();
+    let mut s = Sock::new(1, 100, "10.0.0.1:0", "10.9.9.9:80");
+    s.state(&mut a, Close, SynSent);
+    s.close_with(&mut a, SynSent, 0);
+    let mut s = Sock::new(2, 100, "10.0.0.1:0", "10.9.9.9:80");
+    s.state(&mut a, Close, SynSent);
+    s.close_with(&mut a, SynSent, libc::ETIMEDOUT);
+    let mut s = Sock::new(3, 100, "0.0.0.0:0", "10.9.9.9:80");
+    s.other(&mut a, EventKind::ConnectError, libc::ENETUNREACH);
+    let st = out(&a, 100, "10.9.9.9:80");
+    assert_eq!(st.connect_failures.get(FailureReason::Timeout), 2);
+    assert_eq!(st.connect_failures.get(FailureReason::Unreachable), 1);
+}
+
+#[test]
+fn a_peer_close_leaves_close_wait_charged_to_the_owner() {
+    let mut a = Aggregator::default();
+    let mut s = Sock::new(1, 100, "127.0.0.1:40000", "127.0.0.1:8080");
+    s.state(&mut a, Close, SynSent);
+    s.state(&mut a, SynSent, Established);
+    s.state(&mut a, Established, CloseWait);
+    let st = out(&a, 100, "127.0.0.1:8080");
+    assert_eq!(st.sockets.get(CloseWait), 1);
+    assert_eq!(st.closed_by_peer, 1);
+    s.state(&mut a, CloseWait, LastAck);
+    s.close_with(&mut a, LastAck, 0);
+    let st = out(&a, 100, "127.0.0.1:8080");
+    assert_eq!(st.sockets.total(), 0);
+    assert_eq!(st.closed_by_peer, 1, "counted once");
+    assert_eq!(tw(&a, 100, Direction::Outbound, "127.0.0.1:8080"), 0, "passive close: no TIME_WAIT");
+}
+
+#[test]
+fn accepted_sockets_aggregate_by_listener_and_follow_the_accepting_process() {
+    let mut a = Aggregator::default();
+    // pid 10 listens (the master), pid 11 accepts (a worker).
+    let mut l = Sock::new(1, 10, "0.0.0.0:8080", "0.0.0.0:0");
+    l.state(&mut a, Close, Listen);
+    for i in 0..3u64 {
+        // Child created in softirq: the kernel names the listener's owner.
+        let mut c = Sock::new(100 + i, 10, "127.0.0.1:8080", &format!("127.0.0.1:{}", 50000 + i));
+        c.state(&mut a, Listen, SynRecv);
+        c.state(&mut a, SynRecv, Established);
+        c.owner = Some(owner(11));
+        c.other(&mut a, EventKind::Accept, 0);
+        c.state(&mut a, Established, FinWait1);
+        c.state(&mut a, FinWait1, FinWait2);
+        c.close_with(&mut a, FinWait2, 0);
+    }
+    let master = inb(&a, 10, "0.0.0.0:8080");
+    assert_eq!(master.sockets.get(Listen), 1);
+    assert_eq!(master.connections, 0);
+    let worker = inb(&a, 11, "0.0.0.0:8080");
+    assert_eq!(worker.connections, 3);
+    assert_eq!(worker.closed_by_local, 3);
+    assert_eq!(worker.sockets.total(), 0);
+    assert_eq!(tw(&a, 11, Direction::Inbound, "0.0.0.0:8080"), 3);
+    assert!(a.process(11).unwrap().outbound.is_empty(), "never keyed by client ports");
+    assert_eq!(a.process(10).unwrap().inbound.len(), 1);
+}
+
+#[test]
+fn a_connection_never_seen_accepted_is_counted_when_it_closes() {
+    let mut a = Aggregator::default();
+    let mut l = Sock::new(1, 10, "[::]:8443", "[::]:0");
+    l.state(&mut a, Close, Listen);
+    let mut c = Sock::new(2, 10, "[::ffff:127.0.0.1]:8443", "[::ffff:127.0.0.1]:50000");
+    c.state(&mut a, Listen, SynRecv);
+    c.state(&mut a, SynRecv, Established);
+    assert_eq!(inb(&a, 10, "[::]:8443").connections, 0);
+    assert_eq!(inb(&a, 10, "[::]:8443").sockets.get(Established), 1);
+    c.state(&mut a, Established, CloseWait);
+    c.state(&mut a, CloseWait, LastAck);
+    c.close_with(&mut a, LastAck, 0);
+    let st = inb(&a, 10, "[::]:8443");
+    assert_eq!(st.connections, 1);
+    assert_eq!(st.closed_by_peer, 1);
+    assert_eq!(st.sockets.get(Listen), 1);
+    assert_eq!(st.sockets.total(), 1);
+}
+
+#[test]
+fn closing_a_listener_removes_it() {
+    let mut a = Aggregator::default();
+    let mut l = Sock::new(1, 10, "127.0.0.1:8080", "0.0.0.0:0");
+    l.state(&mut a, Close, Listen);
+    l.close_with(&mut a, Listen, 0);
+    assert_eq!(inb(&a, 10, "127.0.0.1:8080").sockets.total(), 0);
+    // A later child on that port no longer finds it.
+    let mut c = Sock::new(2, 10, "127.0.0.1:8080", "127.0.0.1:50000");
+    c.state(&mut a, Listen, SynRecv);
+    assert_eq!(inb(&a, 10, "127.0.0.1:8080").sockets.get(SynRecv), 1);
+}
+
+#[test]
+fn resets_and_who_closed_an_aborted_connection() {
+    let mut a = Aggregator::default();
+    // The peer resets: RST received, then ESTABLISHED -> CLOSE with ECONNRESET.
+    let mut s = Sock::new(1, 100, "127.0.0.1:40000", "127.0.0.1:8080");
+    s.state(&mut a, Close, SynSent);
+    s.state(&mut a, SynSent, Established);
+    s.other(&mut a, EventKind::ResetReceived, 0);
+    s.close_with(&mut a, Established, libc::ECONNRESET);
+    // The application aborts: ESTABLISHED -> CLOSE, then the RST it sends.
+    let mut s = Sock::new(2, 100, "127.0.0.1:40001", "127.0.0.1:8080");
+    s.state(&mut a, Close, SynSent);
+    s.state(&mut a, SynSent, Established);
+    s.close_with(&mut a, Established, 0);
+    s.other(&mut a, EventKind::ResetSent, 0);
+    let st = out(&a, 100, "127.0.0.1:8080");
+    assert_eq!(st.resets_received, 1);
+    assert_eq!(st.resets_sent, 1);
+    assert_eq!(st.closed_by_peer, 1);
+    assert_eq!(st.closed_by_local, 1);
+    assert_eq!(st.connections, 2);
+    assert_eq!(st.sockets.total(), 0);
+}
+
+#[test]
+fn events_without_an_owner_are_counted_not_charged() {
+    let mut a = Aggregator::default();
+    let mut s = Sock::new(1, 100, "127.0.0.1:40000", "127.0.0.1:8080");
+    s.owner = None;
+    s.state(&mut a, Established, CloseWait);
+    assert_eq!(a.stats.unattributed_events, 1);
+    assert_eq!(a.processes().count(), 0);
+}
+
+#[test]
+fn a_socket_from_before_the_daemon_is_adopted_mid_life() {
+    let mut a = Aggregator::default();
+    let mut s = Sock::new(1, 100, "127.0.0.1:40000", "127.0.0.1:8080");
+    s.state(&mut a, Established, FinWait1);
+    s.state(&mut a, FinWait1, FinWait2);
+    s.close_with(&mut a, FinWait2, 0);
+    let st = out(&a, 100, "127.0.0.1:8080");
+    assert_eq!(st.connections, 0, "its opening was not seen");
+    assert_eq!(st.closed_by_local, 1);
+    assert_eq!(st.sockets.total(), 0);
+    assert_eq!(tw(&a, 100, Direction::Outbound, "127.0.0.1:8080"), 1);
+}
+
+#[test]
+fn a_reused_socket_address_starts_a_new_life() {
+    let mut a = Aggregator::default();
+    let mut s = Sock::new(1, 100, "127.0.0.1:40000", "127.0.0.1:8080");
+    s.state(&mut a, Close, SynSent);
+    s.state(&mut a, SynSent, Established);
+    // The CLOSE of that socket was lost; the same address now connects elsewhere.
+    let mut s2 = Sock::new(1, 100, "127.0.0.1:40001", "127.0.0.1:9090");
+    s2.state(&mut a, Close, SynSent);
+    assert_eq!(out(&a, 100, "127.0.0.1:8080").sockets.total(), 0);
+    assert_eq!(out(&a, 100, "127.0.0.1:9090").sockets.get(SynSent), 1);
+    assert_eq!(a.tracked_sockets(), 1);
+}
+
+#[test]
+fn exited_processes_are_pruned_after_retention_and_stay_pruned() {
+    let mut a = Aggregator::new(Config { exited_retention_ns: 5 * SECOND });
+    let mut s = Sock::new(1, 100, "127.0.0.1:40000", "127.0.0.1:8080");
+    s.state(&mut a, Close, SynSent);
+    s.state(&mut a, SynSent, Established);
+    s.other(&mut a, EventKind::ProcessExit, 0);
+    // Exit closes its sockets: still charged to it during the retention.
+    s.state(&mut a, Established, FinWait1);
+    a.tick(s.t + SECOND);
+    assert!(a.process(100).is_some());
+    assert_eq!(out(&a, 100, "127.0.0.1:8080").closed_by_local, 1);
+    a.tick(s.t + 6 * SECOND);
+    assert!(a.process(100).is_none());
+    assert_eq!(a.tracked_sockets(), 0);
+    // The orphaned socket finishes closing later: the process does not come back.
+    s.state(&mut a, FinWait1, FinWait2);
+    assert!(a.process(100).is_none());
+    assert_eq!(a.stats.events_after_prune, 1);
+}
+
+#[test]
+fn a_reused_pid_is_a_new_process() {
+    let mut a = Aggregator::default();
+    client_closes_first(&mut a, 1, 100, 40000);
+    let mut newer = Sock::new(2, 100, "127.0.0.1:40001", "127.0.0.1:8080");
+    newer.owner = Some(Owner { key: ProcessKey { pid: 100, start_ns: 999_999 }, comm: "curl".into() });
+    newer.state(&mut a, Close, SynSent);
+    let p = a.process(100).unwrap();
+    assert_eq!(p.comm, "curl");
+    assert_eq!(p.outbound[&ep("127.0.0.1:8080")].connections, 0);
+    assert_eq!(tw(&a, 100, Direction::Outbound, "127.0.0.1:8080"), 0, "the old process's TIME_WAIT went with it");
+    // A late event of the old process is not charged to the new one.
+    let mut older = Sock::new(3, 100, "127.0.0.1:40002", "127.0.0.1:8080");
+    older.state(&mut a, Close, SynSent);
+    assert_eq!(a.process(100).unwrap().key.start_ns, 999_999);
+    assert_eq!(a.process(100).unwrap().outbound[&ep("127.0.0.1:8080")].sockets.get(SynSent), 1);
+}
+
+#[test]
+fn time_wait_follows_reconciliation() {
+    let mut a = Aggregator::default();
+    client_closes_first(&mut a, 1, 100, 40000);
+    client_closes_first(&mut a, 2, 100, 40001);
+    assert_eq!(tw(&a, 100, Direction::Outbound, "127.0.0.1:8080"), 2);
+    let k = KernelTimeWait {
+        local: "127.0.0.1:40000".parse().unwrap(),
+        remote: "127.0.0.1:8080".parse().unwrap(),
+        substate: TimeWait,
+    };
+    a.reconcile_time_wait(7, 10 * MS, &[k], 11 * MS);
+    assert_eq!(tw(&a, 100, Direction::Outbound, "127.0.0.1:8080"), 1);
+}
+
+#[test]
+fn the_kernel_owner_moves_a_socket_between_processes() {
+    let mut a = Aggregator::default();
+    let mut s = Sock::new(1, 100, "127.0.0.1:40000", "127.0.0.1:8080");
+    s.state(&mut a, Close, SynSent);
+    s.state(&mut a, SynSent, Established);
+    s.owner = Some(owner(200));
+    s.state(&mut a, Established, CloseWait);
+    assert_eq!(out(&a, 100, "127.0.0.1:8080").sockets.total(), 0);
+    assert_eq!(out(&a, 200, "127.0.0.1:8080").sockets.get(CloseWait), 1);
+    assert_eq!(out(&a, 200, "127.0.0.1:8080").closed_by_peer, 1);
+}

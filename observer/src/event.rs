@@ -1,0 +1,178 @@
+//! Decoding of the kernel's ring-buffer records into typed events.
+
+use observer_common::{flags, kind, Event};
+
+use crate::model::{Endpoint, ProcessKey, TcpState};
+
+/// The process a kernel record names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub key: ProcessKey,
+    pub comm: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    State { old: TcpState, new: TcpState },
+    Accept,
+    ConnectError,
+    ErrorReport,
+    ResetSent,
+    ResetReceived,
+    ProcessExit,
+}
+
+impl EventKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::State { .. } => "state",
+            EventKind::Accept => "accept",
+            EventKind::ConnectError => "connect_error",
+            EventKind::ErrorReport => "error_report",
+            EventKind::ResetSent => "reset_sent",
+            EventKind::ResetReceived => "reset_received",
+            EventKind::ProcessExit => "process_exit",
+        }
+    }
+}
+
+/// A decoded kernel record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SocketEvent {
+    /// CLOCK_MONOTONIC ns.
+    pub ts_ns: u64,
+    /// Kernel address of the socket (0 if none).
+    pub sk: u64,
+    pub owner: Option<Owner>,
+    pub kind: EventKind,
+    pub family: u16,
+    pub local: Endpoint,
+    pub remote: Endpoint,
+    /// See [`observer_common::Event::error`].
+    pub error: i32,
+    pub netns: Option<u32>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    Short(usize),
+    UnknownKind(u8),
+    UnknownState(u8),
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::Short(n) => write!(f, "record of {n} bytes is too short"),
+            DecodeError::UnknownKind(k) => write!(f, "unknown event kind {k}"),
+            DecodeError::UnknownState(s) => write!(f, "unknown TCP state {s}"),
+        }
+    }
+}
+
+/// `comm` bytes up to the first NUL.
+pub fn comm_str(comm: &[u8]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+/// Decode one ring-buffer record.
+pub fn decode(bytes: &[u8]) -> Result<SocketEvent, DecodeError> {
+    if bytes.len() < size_of::<Event>() {
+        return Err(DecodeError::Short(bytes.len()));
+    }
+    // SAFETY: Event is plain old data and the record is at least as large; read_unaligned copes
+    // with any alignment.
+    let raw: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) };
+    from_raw(&raw)
+}
+
+pub fn from_raw(raw: &Event) -> Result<SocketEvent, DecodeError> {
+    let state = |v: u8| TcpState::from_kernel(v).ok_or(DecodeError::UnknownState(v));
+    let kind = match raw.kind {
+        kind::STATE => EventKind::State { old: state(raw.oldstate)?, new: state(raw.newstate)? },
+        kind::ACCEPT => EventKind::Accept,
+        kind::CONNECT_ERROR => EventKind::ConnectError,
+        kind::ERROR_REPORT => EventKind::ErrorReport,
+        kind::RESET_SENT => EventKind::ResetSent,
+        kind::RESET_RECEIVED => EventKind::ResetReceived,
+        kind::PROCESS_EXIT => EventKind::ProcessExit,
+        k => return Err(DecodeError::UnknownKind(k)),
+    };
+    let owner = (raw.flags & flags::OWNER_KNOWN != 0 && raw.owner.tgid != 0).then(|| Owner {
+        key: ProcessKey { pid: raw.owner.tgid, start_ns: raw.owner.start_ns },
+        comm: comm_str(&raw.owner.comm),
+    });
+    Ok(SocketEvent {
+        ts_ns: raw.ts_ns,
+        sk: raw.sk,
+        owner,
+        kind,
+        family: raw.family,
+        local: Endpoint::from_kernel(raw.family, &raw.saddr, raw.sport),
+        remote: Endpoint::from_kernel(raw.family, &raw.daddr, raw.dport),
+        error: raw.error,
+        netns: (raw.flags & flags::NETNS_KNOWN != 0).then_some(raw.netns),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use observer_common::tcp_state;
+
+    fn raw_state(old: u8, new: u8) -> Event {
+        let mut e = Event::zeroed();
+        e.ts_ns = 42;
+        e.sk = 0xffff_0000_1234;
+        e.kind = kind::STATE;
+        e.oldstate = old;
+        e.newstate = new;
+        e.flags = flags::OWNER_KNOWN | flags::NETNS_KNOWN;
+        e.family = observer_common::AF_INET;
+        e.sport = 40000;
+        e.dport = 80;
+        e.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        e.daddr[..4].copy_from_slice(&[10, 1, 2, 3]);
+        e.netns = 4026531840;
+        e.owner.tgid = 1234;
+        e.owner.start_ns = 99;
+        e.owner.comm[..7].copy_from_slice(b"python3");
+        e
+    }
+
+    fn bytes(e: &Event) -> Vec<u8> {
+        let p = (e as *const Event).cast::<u8>();
+        unsafe { std::slice::from_raw_parts(p, size_of::<Event>()) }.to_vec()
+    }
+
+    #[test]
+    fn decodes_a_state_change() {
+        let ev = decode(&bytes(&raw_state(tcp_state::CLOSE, tcp_state::SYN_SENT))).unwrap();
+        assert_eq!(ev.kind, EventKind::State { old: TcpState::Close, new: TcpState::SynSent });
+        assert_eq!(ev.local.to_string(), "127.0.0.1:40000");
+        assert_eq!(ev.remote.to_string(), "10.1.2.3:80");
+        let owner = ev.owner.unwrap();
+        assert_eq!(owner.key, ProcessKey { pid: 1234, start_ns: 99 });
+        assert_eq!(owner.comm, "python3");
+        assert_eq!(ev.netns, Some(4026531840));
+    }
+
+    #[test]
+    fn an_owner_the_kernel_did_not_know_is_none() {
+        let mut e = raw_state(tcp_state::ESTABLISHED, tcp_state::CLOSE_WAIT);
+        e.flags = 0;
+        assert_eq!(decode(&bytes(&e)).unwrap().owner, None);
+        assert_eq!(decode(&bytes(&e)).unwrap().netns, None);
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert_eq!(decode(&[0u8; 8]), Err(DecodeError::Short(8)));
+        let mut e = raw_state(1, 2);
+        e.kind = 99;
+        assert_eq!(decode(&bytes(&e)), Err(DecodeError::UnknownKind(99)));
+        let e = raw_state(1, 77);
+        assert_eq!(decode(&bytes(&e)), Err(DecodeError::UnknownState(77)));
+    }
+}

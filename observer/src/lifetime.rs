@@ -1,0 +1,83 @@
+//! Connection lifetimes: exact count, sum, min and max, plus cumulative buckets for the
+//! Prometheus histogram.
+
+/// Upper bounds of the histogram buckets, in seconds.
+pub const BUCKETS_SECONDS: [f64; 14] =
+    [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Lifetimes {
+    pub count: u64,
+    pub sum_ns: u64,
+    pub min_ns: u64,
+    pub max_ns: u64,
+    /// Non-cumulative counts per bucket of [`BUCKETS_SECONDS`] (values above the last bound are
+    /// only in `count`).
+    buckets: [u64; BUCKETS_SECONDS.len()],
+}
+
+impl Lifetimes {
+    pub fn observe_ns(&mut self, ns: u64) {
+        if self.count == 0 || ns < self.min_ns {
+            self.min_ns = ns;
+        }
+        self.max_ns = self.max_ns.max(ns);
+        self.count += 1;
+        self.sum_ns += ns;
+        let secs = ns as f64 / 1e9;
+        if let Some(i) = BUCKETS_SECONDS.iter().position(|b| secs <= *b) {
+            self.buckets[i] += 1;
+        }
+    }
+
+    pub fn merge(&mut self, other: &Lifetimes) {
+        if other.count == 0 {
+            return;
+        }
+        if self.count == 0 || other.min_ns < self.min_ns {
+            self.min_ns = other.min_ns;
+        }
+        self.max_ns = self.max_ns.max(other.max_ns);
+        self.count += other.count;
+        self.sum_ns += other.sum_ns;
+        for (a, b) in self.buckets.iter_mut().zip(other.buckets.iter()) {
+            *a += b;
+        }
+    }
+
+    /// (upper bound in seconds, cumulative count) for each bucket.
+    pub fn cumulative(&self) -> impl Iterator<Item = (f64, u64)> + '_ {
+        let mut acc = 0;
+        BUCKETS_SECONDS.iter().zip(self.buckets.iter()).map(move |(b, n)| {
+            acc += n;
+            (*b, acc)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn observes_exact_extremes_and_cumulative_buckets() {
+        let mut l = Lifetimes::default();
+        l.observe_ns(2_000_000); // 2 ms
+        l.observe_ns(700_000_000); // 0.7 s
+        l.observe_ns(7_200_000_000_000); // 2 h: above every bucket
+        assert_eq!(l.count, 3);
+        assert_eq!(l.min_ns, 2_000_000);
+        assert_eq!(l.max_ns, 7_200_000_000_000);
+        let c: Vec<(f64, u64)> = l.cumulative().collect();
+        assert_eq!(c[0], (0.001, 0));
+        assert_eq!(c[1], (0.005, 1));
+        assert_eq!(c[6], (1.0, 2));
+        assert_eq!(c.last().unwrap().1, 2);
+        let mut m = Lifetimes::default();
+        m.merge(&l);
+        m.merge(&l);
+        assert_eq!(m.count, 6);
+        assert_eq!(m.min_ns, 2_000_000);
+        assert_eq!(m.cumulative().last().unwrap().1, 4);
+    }
+}

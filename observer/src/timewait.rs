@@ -1,0 +1,283 @@
+//! TIME_WAIT per process and peer.
+//!
+//! The kernel has no state transition into TIME_WAIT for the owning socket: an active close
+//! ends with FIN_WAIT2->CLOSE (or CLOSING->CLOSE) and the kernel keeps a separate timewait
+//! entry with the same 4-tuple for 60 s. So the aggregation derives an entry, charged to the
+//! socket's owner, at each completed active close; [`TimeWaitTable::reconcile`] then matches the
+//! entries with the kernel's own table (sock_diag, the same source as `ss -tan state time-wait`):
+//! entries the kernel dropped early (port reuse, RST, bucket overflow) go, and the kernel's
+//! sub-state (TIME_WAIT, or FIN_WAIT2 while the peer has not closed yet) is adopted.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use crate::model::{Direction, Endpoint, ProcessKey, StateCounts, TcpState};
+
+/// `TCP_TIMEWAIT_LEN`.
+pub const TIME_WAIT_NS: u64 = 60_000_000_000;
+/// How long past the kernel's own deadline an entry is kept when it cannot be reconciled.
+const SLACK_NS: u64 = 2_000_000_000;
+/// An entry the kernel still had at a reconciliation is kept at least this long after it
+/// (a FIN_WAIT2 timewait entry restarts its 60 s when the peer's FIN arrives).
+const RECONCILED_GRACE_NS: u64 = 10_000_000_000;
+
+/// A timewait entry in the kernel, as the 4-tuple the socket had.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TwKey {
+    /// Network namespace inode (0: the daemon's own).
+    pub netns: u32,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+/// Who a derived timewait entry is charged to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TwOwner {
+    pub process: ProcessKey,
+    pub direction: Direction,
+    pub peer: Endpoint,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct TwEntry {
+    owner: TwOwner,
+    /// TIME_WAIT, or FIN_WAIT2 while the peer has not sent its FIN.
+    substate: TcpState,
+    created_ns: u64,
+    expires_ns: u64,
+}
+
+/// One timewait socket from the kernel's table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelTimeWait {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// TIME_WAIT or FIN_WAIT2 (`tw_substate`).
+    pub substate: TcpState,
+}
+
+#[derive(Default)]
+pub struct TimeWaitTable {
+    entries: HashMap<TwKey, TwEntry>,
+    /// Live counts per owner, kept in step with `entries`.
+    counts: HashMap<TwOwner, StateCounts>,
+    /// Per netns: kernel TIME_WAIT entries that no derived entry matched at the last
+    /// reconciliation (created before the daemon started, or by sockets it could not attribute).
+    unattributed: HashMap<u32, u64>,
+}
+
+impl TimeWaitTable {
+    /// Record the timewait entry left by a completed active close at `ts_ns`.
+    pub fn add(&mut self, key: TwKey, owner: TwOwner, ts_ns: u64) {
+        let entry = TwEntry {
+            owner,
+            substate: TcpState::TimeWait,
+            created_ns: ts_ns,
+            expires_ns: ts_ns + TIME_WAIT_NS + SLACK_NS,
+        };
+        if let Some(old) = self.entries.insert(key, entry) {
+            self.uncount(&old);
+        }
+        self.count(&entry);
+    }
+
+    fn count(&mut self, e: &TwEntry) {
+        self.counts.entry(e.owner).or_default().add(e.substate, 1);
+    }
+
+    fn uncount(&mut self, e: &TwEntry) {
+        if let Some(c) = self.counts.get_mut(&e.owner) {
+            c.sub(e.substate, 1);
+            if c.total() == 0 {
+                self.counts.remove(&e.owner);
+            }
+        }
+    }
+
+    /// Drop entries past their deadline.
+    pub fn expire(&mut self, now_ns: u64) {
+        let mut gone = Vec::new();
+        self.entries.retain(|_, e| {
+            let keep = e.expires_ns > now_ns;
+            if !keep {
+                gone.push(*e);
+            }
+            keep
+        });
+        for e in gone {
+            self.uncount(&e);
+        }
+    }
+
+    /// Drop everything charged to a process (it was pruned).
+    pub fn remove_process(&mut self, process: &ProcessKey) {
+        let mut gone = Vec::new();
+        self.entries.retain(|_, e| {
+            let keep = e.owner.process != *process;
+            if !keep {
+                gone.push(*e);
+            }
+            keep
+        });
+        for e in gone {
+            self.uncount(&e);
+        }
+    }
+
+    /// Match the entries of network namespace `netns` with the kernel's table, dumped starting
+    /// at `dump_started_ns`. Entries created after the dump started are left alone.
+    pub fn reconcile(&mut self, netns: u32, dump_started_ns: u64, kernel: &[KernelTimeWait], now_ns: u64) {
+        let by_tuple: HashMap<(SocketAddr, SocketAddr), &KernelTimeWait> =
+            kernel.iter().map(|k| ((k.local, k.remote), k)).collect();
+        let mut matched = 0u64;
+        let mut changed = Vec::new();
+        let mut gone = Vec::new();
+        self.entries.retain(|key, e| {
+            if key.netns != netns {
+                return true;
+            }
+            match by_tuple.get(&(key.local, key.remote)) {
+                Some(k) => {
+                    if k.substate == TcpState::TimeWait {
+                        matched += 1;
+                    }
+                    let before = *e;
+                    e.substate = k.substate;
+                    e.expires_ns = e.expires_ns.max(now_ns + RECONCILED_GRACE_NS);
+                    if before.substate != e.substate {
+                        changed.push((before, *e));
+                    }
+                    true
+                }
+                None if e.created_ns < dump_started_ns => {
+                    gone.push(*e);
+                    false
+                }
+                None => true,
+            }
+        });
+        for (before, after) in changed {
+            self.uncount(&before);
+            self.count(&after);
+        }
+        for e in gone {
+            self.uncount(&e);
+        }
+        let kernel_tw = kernel.iter().filter(|k| k.substate == TcpState::TimeWait).count() as u64;
+        self.unattributed.insert(netns, kernel_tw.saturating_sub(matched));
+    }
+
+    /// Network namespaces that have entries, with the processes charged in each (candidates to
+    /// enter the namespace through).
+    pub fn namespaces(&self) -> HashMap<u32, Vec<ProcessKey>> {
+        let mut out: HashMap<u32, Vec<ProcessKey>> = HashMap::new();
+        for (k, e) in &self.entries {
+            let v = out.entry(k.netns).or_default();
+            if !v.contains(&e.owner.process) {
+                v.push(e.owner.process);
+            }
+        }
+        out
+    }
+
+    /// Live timewait sockets (TIME_WAIT and FIN_WAIT2 sub-states) charged to each owner.
+    pub fn counts(&self) -> &HashMap<TwOwner, StateCounts> {
+        &self.counts
+    }
+
+    /// Kernel TIME_WAIT sockets not charged to any process, over all namespaces.
+    pub fn unattributed(&self) -> u64 {
+        self.unattributed.values().sum()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn owner(pid: u32) -> TwOwner {
+        TwOwner {
+            process: ProcessKey { pid, start_ns: 1 },
+            direction: Direction::Outbound,
+            peer: Endpoint(sa("127.0.0.1:80")),
+        }
+    }
+
+    fn key(port: u16) -> TwKey {
+        TwKey { netns: 7, local: SocketAddr::new("127.0.0.1".parse().unwrap(), port), remote: sa("127.0.0.1:80") }
+    }
+
+    fn kernel(port: u16, substate: TcpState) -> KernelTimeWait {
+        KernelTimeWait {
+            local: SocketAddr::new("127.0.0.1".parse().unwrap(), port),
+            remote: sa("127.0.0.1:80"),
+            substate,
+        }
+    }
+
+    #[test]
+    fn derived_entries_count_until_they_expire() {
+        let mut t = TimeWaitTable::default();
+        for p in 0..50 {
+            t.add(key(40000 + p), owner(1), 1_000);
+        }
+        assert_eq!(t.counts()[&owner(1)].get(TcpState::TimeWait), 50);
+        t.expire(1_000 + TIME_WAIT_NS);
+        assert_eq!(t.counts()[&owner(1)].get(TcpState::TimeWait), 50, "kept through the slack");
+        t.expire(1_000 + TIME_WAIT_NS + SLACK_NS);
+        assert!(t.counts().get(&owner(1)).is_none());
+        assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn reconciliation_follows_the_kernel_table() {
+        let mut t = TimeWaitTable::default();
+        t.add(key(1), owner(1), 10); // still in the kernel as TIME_WAIT
+        t.add(key(2), owner(1), 10); // kernel says FIN_WAIT2 (peer has not closed)
+        t.add(key(3), owner(1), 10); // gone from the kernel (reused port)
+        t.add(key(4), owner(1), 500); // created after the dump started: kept
+        let k = [kernel(1, TcpState::TimeWait), kernel(2, TcpState::FinWait2), kernel(9, TcpState::TimeWait)];
+        t.reconcile(7, 100, &k, 1_000);
+        let c = t.counts()[&owner(1)];
+        assert_eq!(c.get(TcpState::TimeWait), 2);
+        assert_eq!(c.get(TcpState::FinWait2), 1);
+        assert_eq!(t.len(), 3);
+        assert_eq!(t.unattributed(), 1, "port 9 is in the kernel but was never derived");
+    }
+
+    #[test]
+    fn reconciliation_of_another_namespace_leaves_entries_alone() {
+        let mut t = TimeWaitTable::default();
+        t.add(key(1), owner(1), 10);
+        t.reconcile(8, 100, &[], 1_000);
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn a_reused_tuple_is_charged_once_to_the_latest_owner() {
+        let mut t = TimeWaitTable::default();
+        t.add(key(1), owner(1), 10);
+        t.add(key(1), owner(2), 20);
+        assert!(t.counts().get(&owner(1)).is_none());
+        assert_eq!(t.counts()[&owner(2)].get(TcpState::TimeWait), 1);
+    }
+
+    #[test]
+    fn pruning_a_process_drops_its_entries() {
+        let mut t = TimeWaitTable::default();
+        t.add(key(1), owner(1), 10);
+        t.add(key(2), owner(2), 10);
+        t.remove_process(&owner(1).process);
+        assert_eq!(t.len(), 1);
+        assert!(t.counts().get(&owner(1)).is_none());
+        assert_eq!(t.namespaces()[&7], vec![owner(2).process]);
+    }
+}
