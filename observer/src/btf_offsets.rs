@@ -1,0 +1,129 @@
+//! Offsets of the kernel struct members the kernel programs read, from the running kernel's
+//! BTF. (aya's Rust programs have no CO-RE relocations; these offsets play that part.)
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use btf_rs::{Btf, Type};
+use observer_common::KernelOffsets;
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Byte offset of a member reached by `path` from `struct_name`, looking through anonymous
+/// structs and unions and through typedefs.
+pub fn member_offset(btf: &Btf, struct_name: &str, path: &[&str]) -> Result<u32> {
+    let root = btf
+        .resolve_types_by_name(struct_name)
+        .with_context(|| format!("struct {struct_name} not in BTF"))?
+        .into_iter()
+        .find(|t| matches!(t, Type::Struct(s) if !s.members.is_empty()))
+        .ok_or_else(|| anyhow!("struct {struct_name} not in BTF"))?;
+    let mut current = root;
+    let mut bits = 0u32;
+    for (i, name) in path.iter().enumerate() {
+        let (offset, ty) = find_member(btf, &current, name)?
+            .ok_or_else(|| anyhow!("{struct_name}.{} not in BTF", path[..=i].join(".")))?;
+        bits += offset;
+        current = ty;
+    }
+    if bits % 8 != 0 {
+        bail!("{struct_name}.{} is a bitfield", path.join("."));
+    }
+    Ok(bits / 8)
+}
+
+/// Skip typedefs and qualifiers.
+fn strip(btf: &Btf, mut ty: Type) -> Result<Type> {
+    loop {
+        ty = match &ty {
+            Type::Typedef(t) => btf.resolve_chained_type(t)?,
+            Type::Const(t) | Type::Volatile(t) | Type::Restrict(t) => btf.resolve_chained_type(t)?,
+            Type::TypeTag(t) => btf.resolve_chained_type(t)?,
+            _ => return Ok(ty),
+        };
+    }
+}
+
+/// (bit offset, stripped type) of member `name` of a struct or union, searching anonymous
+/// members too.
+fn find_member(btf: &Btf, ty: &Type, name: &str) -> Result<Option<(u32, Type)>> {
+    let members = match ty {
+        Type::Struct(s) | Type::Union(s) => &s.members,
+        other => bail!("looking for {name} in a {}", other.name()),
+    };
+    for m in members {
+        let mname = btf.resolve_name(m).unwrap_or_default();
+        let mty = strip(btf, btf.resolve_chained_type(m)?)?;
+        if mname == name {
+            if m.bitfield_size().is_some_and(|s| s != 0) {
+                bail!("{name} is a bitfield");
+            }
+            return Ok(Some((m.bit_offset(), mty)));
+        }
+        if mname.is_empty() && matches!(mty, Type::Struct(_) | Type::Union(_)) {
+            if let Some((inner, t)) = find_member(btf, &mty, name)? {
+                return Ok(Some((m.bit_offset() + inner, t)));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Compute every offset the kernel programs need.
+pub fn compute(btf: &Btf) -> Result<KernelOffsets> {
+    let o = |s: &str, p: &[&str]| member_offset(btf, s, p);
+    Ok(KernelOffsets {
+        valid: 1,
+        sock_net: o("sock", &["__sk_common", "skc_net", "net"])?,
+        net_inum: o("net", &["ns", "inum"])?,
+        sock_err: o("sock", &["sk_err"])?,
+        sock_protocol: o("sock", &["sk_protocol"])?,
+        sock_type: o("sock", &["sk_type"])?,
+        sock_family: o("sock", &["__sk_common", "skc_family"])?,
+        task_group_leader: o("task_struct", &["group_leader"])?,
+        task_start_boottime: o("task_struct", &["start_boottime"])?,
+        task_comm: o("task_struct", &["comm"])?,
+        task_files: o("task_struct", &["files"])?,
+        files_fdt: o("files_struct", &["fdt"])?,
+        fdtable_max_fds: o("fdtable", &["max_fds"])?,
+        fdtable_fd: o("fdtable", &["fd"])?,
+        file_private_data: o("file", &["private_data"])?,
+        socket_file: o("socket", &["file"])?,
+        socket_sk: o("socket", &["sk"])?,
+        socket_state: o("socket", &["state"])?,
+    })
+}
+
+/// Offsets from the kernel's BTF file.
+pub fn from_file(path: &Path) -> Result<KernelOffsets> {
+    let btf = Btf::from_file(path).with_context(|| format!("reading {}", path.display()))?;
+    compute(&btf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Needs the running kernel's BTF (every machine this project supports has it).
+    #[test]
+    fn resolves_every_offset_from_the_running_kernel() {
+        let off = from_file(Path::new(VMLINUX_BTF)).expect("offsets from vmlinux BTF");
+        assert_eq!(off.valid, 1);
+        // struct sock starts with struct sock_common; skc_family is its first u16 after
+        // the address/hash/port unions (offset 16 on every 64-bit kernel since 2.6).
+        assert_eq!(off.sock_family, 16);
+        // struct socket { socket_state state; short type; ... }
+        assert_eq!(off.socket_state, 0);
+        assert!(off.sock_net > off.sock_family && off.sock_net < 136);
+        assert!(off.sock_type == off.sock_protocol + 2, "sk_protocol then sk_type, both u16");
+        assert!(off.fdtable_fd > off.fdtable_max_fds);
+    }
+
+    #[test]
+    fn unknown_members_are_errors_naming_the_path() {
+        let btf = Btf::from_file(VMLINUX_BTF).unwrap();
+        let e = member_offset(&btf, "sock", &["__sk_common", "no_such_member"]).unwrap_err();
+        assert!(e.to_string().contains("sock.__sk_common.no_such_member"), "{e}");
+        assert!(member_offset(&btf, "no_such_struct_xyz", &["a"]).is_err());
+    }
+}

@@ -1,0 +1,191 @@
+//! `observer pid` and `observer processes`: readable tables from a running daemon's API.
+
+use std::fmt::Write as _;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use serde_json::Value;
+
+/// GET a JSON document from the daemon, turning HTTP errors into the API's own message.
+fn get(api: &str, path: &str) -> Result<Value> {
+    let url = format!("{}{path}", api.trim_end_matches('/'));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut resp = agent
+        .get(&url)
+        .call()
+        .map_err(|e| anyhow!("cannot reach the observer daemon at {api}: {e} (is `observer daemon` running? see --api)"))?;
+    let status = resp.status();
+    let body: Value = resp.body_mut().read_json().with_context(|| format!("reading the answer of {url}"))?;
+    if !status.is_success() {
+        let msg = body.get("error").and_then(Value::as_str).unwrap_or("unknown error");
+        bail!("{msg} (HTTP {})", status.as_u16());
+    }
+    Ok(body)
+}
+
+const STATES: [(&str, &str); 10] = [
+    ("ESTABLISHED", "ESTAB"),
+    ("SYN_SENT", "SYN-S"),
+    ("SYN_RECV", "SYN-R"),
+    ("FIN_WAIT1", "FW1"),
+    ("FIN_WAIT2", "FW2"),
+    ("TIME_WAIT", "TW"),
+    ("CLOSE_WAIT", "CW"),
+    ("LAST_ACK", "LACK"),
+    ("CLOSING", "CLOSING"),
+    ("LISTEN", "LISTEN"),
+];
+
+fn n(v: &Value, key: &str) -> u64 {
+    v.get(key).and_then(Value::as_u64).unwrap_or(0)
+}
+
+fn s<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+/// Non-zero states, "ESTAB=3 TW=50".
+fn states(sockets: &Value) -> String {
+    let parts: Vec<String> = STATES
+        .iter()
+        .filter_map(|(k, short)| {
+            let c = n(sockets, k);
+            (c > 0).then(|| format!("{short}={c}"))
+        })
+        .collect();
+    if parts.is_empty() { "-".into() } else { parts.join(" ") }
+}
+
+pub fn render_process(p: &Value) -> String {
+    let mut out = String::new();
+    let exited = if p.get("exited").and_then(Value::as_bool) == Some(true) { "  (exited)" } else { "" };
+    let _ = writeln!(out, "pid {}  {}{exited}", n(p, "pid"), s(p, "comm"));
+    if !s(p, "cmdline").is_empty() {
+        let _ = writeln!(out, "cmdline  {}", s(p, "cmdline"));
+    }
+    let _ = writeln!(out, "sockets  {}", states(&p["sockets"]));
+    let _ = writeln!(
+        out,
+        "opened {}  accepted {}",
+        n(p, "connections_opened"),
+        n(p, "connections_accepted")
+    );
+    let outbound = p["outbound"].as_array().cloned().unwrap_or_default();
+    if !outbound.is_empty() {
+        let _ = writeln!(out, "\nOUTBOUND");
+        let _ = writeln!(
+            out,
+            "{:<28} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7} {:>6} {:>6}  SOCKETS",
+            "REMOTE", "OPENED", "CL-LOC", "CL-PEER", "REFUSED", "TIMEOUT", "UNREACH", "RST-TX", "RST-RX"
+        );
+        for o in &outbound {
+            let f = &o["connect_failures"];
+            let _ = writeln!(
+                out,
+                "{:<28} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7} {:>6} {:>6}  {}",
+                s(o, "remote"),
+                n(o, "connections_opened"),
+                n(o, "closed_by_local"),
+                n(o, "closed_by_peer"),
+                n(f, "refused"),
+                n(f, "timeout"),
+                n(f, "unreachable") + n(f, "reset") + n(f, "other"),
+                n(o, "resets_sent"),
+                n(o, "resets_received"),
+                states(&o["sockets"]),
+            );
+        }
+    }
+    let inbound = p["inbound"].as_array().cloned().unwrap_or_default();
+    if !inbound.is_empty() {
+        let _ = writeln!(out, "\nINBOUND");
+        let _ = writeln!(
+            out,
+            "{:<28} {:>8} {:>7} {:>7} {:>6} {:>6}  SOCKETS",
+            "LOCAL", "ACCEPTED", "CL-LOC", "CL-PEER", "RST-TX", "RST-RX"
+        );
+        for i in &inbound {
+            let _ = writeln!(
+                out,
+                "{:<28} {:>8} {:>7} {:>7} {:>6} {:>6}  {}",
+                s(i, "local"),
+                n(i, "connections_accepted"),
+                n(i, "closed_by_local"),
+                n(i, "closed_by_peer"),
+                n(i, "resets_sent"),
+                n(i, "resets_received"),
+                states(&i["sockets"]),
+            );
+        }
+    }
+    out
+}
+
+pub fn render_processes(list: &Value) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{:>8} {:<16} {:>8} {:>8}  SOCKETS", "PID", "COMM", "OPENED", "ACCEPTED");
+    for p in list.as_array().into_iter().flatten() {
+        let exited = if p.get("exited").and_then(Value::as_bool) == Some(true) { " (exited)" } else { "" };
+        let _ = writeln!(
+            out,
+            "{:>8} {:<16} {:>8} {:>8}  {}{exited}",
+            n(p, "pid"),
+            s(p, "comm"),
+            n(p, "connections_opened"),
+            n(p, "connections_accepted"),
+            states(&p["sockets"])
+        );
+    }
+    out
+}
+
+pub fn pid(api: &str, pid: u32, json: bool) -> Result<()> {
+    let doc = get(api, &format!("/api/v1/processes/{pid}"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        print!("{}", render_process(&doc));
+    }
+    Ok(())
+}
+
+pub fn processes(api: &str, json: bool) -> Result<()> {
+    let doc = get(api, "/api/v1/processes")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        print!("{}", render_processes(&doc));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn renders_a_process_table() {
+        let doc = json!({
+            "pid": 42, "comm": "python3", "cmdline": "python3 client.py", "exited": false,
+            "sockets": {"ESTABLISHED": 1, "TIME_WAIT": 50, "LISTEN": 0},
+            "connections_opened": 51, "connections_accepted": 0,
+            "outbound": [{"remote": "127.0.0.1:8080", "sockets": {"ESTABLISHED": 1, "TIME_WAIT": 50},
+                "connections_opened": 51, "closed_by_local": 50, "closed_by_peer": 0,
+                "connect_failures": {"refused": 4, "timeout": 1, "unreachable": 0, "reset": 0, "other": 0},
+                "resets_sent": 0, "resets_received": 0}],
+            "inbound": []
+        });
+        let t = render_process(&doc);
+        assert!(t.starts_with("pid 42  python3\n"), "{t}");
+        assert!(t.contains("sockets  ESTAB=1 TW=50\n"), "{t}");
+        let row = t.lines().find(|l| l.starts_with("127.0.0.1:8080")).unwrap();
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(&cols[..9], &["127.0.0.1:8080", "51", "50", "0", "4", "1", "0", "0", "0"]);
+        assert!(row.ends_with("ESTAB=1 TW=50"));
+        assert!(!t.contains("INBOUND"));
+    }
+}

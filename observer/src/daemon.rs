@@ -1,0 +1,258 @@
+//! The daemon: kernel events in, aggregation, background reconciliation, HTTP out.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use aya::maps::{MapData, RingBuf};
+use tokio::io::unix::AsyncFd;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::aggregate::{Aggregator, Config};
+use crate::api::{self, AppState};
+use crate::event;
+use crate::metrics::KernelStatus;
+use crate::probes::{Options, Probes};
+use crate::{procfs, sock_diag};
+
+pub struct DaemonOptions {
+    pub listen: SocketAddr,
+    pub exited_retention: Duration,
+    pub max_sockets: u32,
+    pub ring_buffer_bytes: u32,
+    pub kernel_log_level: u8,
+    pub reconcile_interval: Duration,
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid timespec pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Events applied per lock of the aggregation (bounds how long the API waits).
+const BATCH: usize = 4096;
+
+pub async fn run(opts: DaemonOptions) -> Result<()> {
+    // Bind first: a busy port fails before anything is loaded into the kernel.
+    let listener = TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", opts.listen))?;
+
+    let mut probes = Probes::load(&Options {
+        max_sockets: opts.max_sockets,
+        ring_buffer_bytes: opts.ring_buffer_bytes,
+        kernel_log_level: opts.kernel_log_level,
+    })?;
+    let ring = probes.take_events()?;
+    let logger = probes.take_logger();
+    let features = probes.features.clone();
+    log::info!("kernel programs attached; features: {features:?}");
+
+    let agg = Arc::new(Mutex::new(Aggregator::new(Config {
+        exited_retention_ns: opts.exited_retention.as_nanos() as u64,
+    })));
+    let kernel = Arc::new(Mutex::new(KernelStatus { features, ..KernelStatus::default() }));
+    let healthy = Arc::new(AtomicBool::new(true));
+    let probes = Arc::new(Mutex::new(probes));
+
+    let mut tasks = tokio::task::JoinSet::new();
+    {
+        let (agg, healthy) = (agg.clone(), healthy.clone());
+        tasks.spawn(async move {
+            if let Err(e) = read_events(ring, agg).await {
+                log::error!("kernel event reader stopped: {e:#}");
+            }
+            healthy.store(false, Ordering::Relaxed);
+        });
+    }
+    if let Some(logger) = logger {
+        tasks.spawn(async move {
+            // SAFETY: the logger owns its ring buffer fd and keeps it open while registered.
+            let Ok(mut fd) = (unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }) else {
+                return;
+            };
+            loop {
+                let Ok(mut guard) = fd.readable_mut().await else { return };
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+        });
+    }
+    tasks.spawn(housekeeping(agg.clone()));
+    tasks.spawn(reconcile_time_wait(agg.clone(), opts.reconcile_interval));
+    tasks.spawn(refresh_kernel_status(probes.clone(), kernel.clone()));
+
+    let app = api::router(AppState { agg, kernel, healthy });
+    log::info!("serving the API on http://{}", opts.listen);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("HTTP server")?;
+
+    tasks.shutdown().await;
+    // Last reference: dropping it detaches every program and frees the maps.
+    drop(probes);
+    log::info!("detached from the kernel; bye");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => log::info!("SIGTERM: shutting down"),
+        _ = int.recv() => log::info!("SIGINT: shutting down"),
+    }
+}
+
+async fn read_events(ring: RingBuf<MapData>, agg: Arc<Mutex<Aggregator>>) -> Result<()> {
+    // SAFETY: the ring buffer owns its map fd and keeps it open while registered.
+    let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("registering the ring buffer with the reactor: {e}"))?;
+    loop {
+        let mut guard = fd.readable_mut().await?;
+        let ring = guard.get_inner_mut();
+        loop {
+            let mut n = 0;
+            {
+                let mut agg = agg.lock().expect("aggregator lock");
+                while n < BATCH {
+                    let Some(item) = ring.next() else { break };
+                    match event::decode(&item) {
+                        Ok(ev) => agg.apply(&ev),
+                        Err(e) => {
+                            agg.stats.decode_errors += 1;
+                            log::debug!("undecodable record: {e}");
+                        }
+                    }
+                    n += 1;
+                }
+            }
+            if n < BATCH {
+                break;
+            }
+        }
+        guard.clear_ready();
+    }
+}
+
+/// Every second: prune and expire; read /proc for new processes; every 5 s, look for processes
+/// that died without an exit event (lost events, no sched tracepoint).
+async fn housekeeping(agg: Arc<Mutex<Aggregator>>) {
+    let mut interval = tokio::time::interval(Duration::from_secs(1));
+    let mut round = 0u64;
+    loop {
+        interval.tick().await;
+        round += 1;
+        let (new, known) = {
+            let mut a = agg.lock().expect("aggregator lock");
+            a.tick(monotonic_ns());
+            let known: Vec<_> = if round % 5 == 0 {
+                a.processes().filter(|p| p.exited_ns.is_none()).map(|p| p.key).collect()
+            } else {
+                Vec::new()
+            };
+            (a.take_new_processes(), known)
+        };
+        let info: Vec<_> = new
+            .into_iter()
+            .filter(|k| procfs::is_alive(k))
+            .map(|k| (k, procfs::comm(k.pid), procfs::cmdline(k.pid)))
+            .collect();
+        let dead: Vec<_> = known.into_iter().filter(|k| !procfs::is_alive(k)).collect();
+        if info.is_empty() && dead.is_empty() {
+            continue;
+        }
+        let now = monotonic_ns();
+        let mut a = agg.lock().expect("aggregator lock");
+        for (k, comm, cmdline) in info {
+            a.set_process_info(k, comm, cmdline);
+        }
+        for k in dead {
+            a.mark_exited(k, now);
+        }
+    }
+}
+
+/// Match derived TIME_WAIT entries with the kernel's table in every namespace that has some.
+async fn reconcile_time_wait(agg: Arc<Mutex<Aggregator>>, every: Duration) {
+    let own = procfs::own_netns_inode().unwrap_or(0);
+    let mut interval = tokio::time::interval(every);
+    loop {
+        interval.tick().await;
+        let namespaces = agg.lock().expect("aggregator lock").timewait().namespaces();
+        for (netns, owners) in namespaces {
+            let started = monotonic_ns();
+            let dump = tokio::task::spawn_blocking(move || {
+                if netns == 0 || netns == own {
+                    return sock_diag::dump_timewait();
+                }
+                // Enter the namespace through a live process that is in it.
+                let pid = owners
+                    .iter()
+                    .map(|k| k.pid)
+                    .find(|pid| procfs::netns_inode(*pid) == Some(netns))
+                    .ok_or_else(|| anyhow::anyhow!("no live process left in netns {netns}"))?;
+                sock_diag::dump_timewait_in(std::path::Path::new(&format!("/proc/{pid}/ns/net")))
+            })
+            .await;
+            match dump {
+                Ok(Ok(kernel)) => {
+                    agg.lock().expect("aggregator lock").reconcile_time_wait(netns, started, &kernel, monotonic_ns());
+                }
+                Ok(Err(e)) => log::debug!("TIME_WAIT reconciliation of netns {netns} skipped: {e:#}"),
+                Err(e) => log::warn!("TIME_WAIT reconciliation task failed: {e}"),
+            }
+        }
+    }
+}
+
+async fn refresh_kernel_status(probes: Arc<Mutex<Probes>>, kernel: Arc<Mutex<KernelStatus>>) {
+    let mut interval = tokio::time::interval(Duration::from_secs(1));
+    let mut round = 0u64;
+    loop {
+        interval.tick().await;
+        let probes = probes.clone();
+        // Walking the owner map costs a syscall per entry: every 10 s only.
+        let walk = round % 10 == 0;
+        round += 1;
+        let status = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let p = probes.lock().expect("probes lock");
+            let before = p.counters()?;
+            if !walk {
+                return Ok((before, None));
+            }
+            let entries = p.socket_map_entries()?;
+            let after = p.counters()?;
+            Ok((after, Some((before.socket_inserted, entries, after.socket_deleted))))
+        })
+        .await;
+        let (counters, walked) = match status {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                log::warn!("reading kernel counters: {e:#}");
+                continue;
+            }
+            Err(_) => continue,
+        };
+        let mut k = kernel.lock().expect("kernel status lock");
+        if counters.events_lost > k.counters.events_lost {
+            log::warn!("{} kernel events lost (ring buffer full)", counters.events_lost - k.counters.events_lost);
+        }
+        k.counters = counters;
+        if let Some((inserted_before, entries, deleted_after)) = walked {
+            k.socket_map_entries = entries;
+            let bound = crate::metrics::eviction_lower_bound(inserted_before, entries, deleted_after);
+            if bound > k.socket_map_evictions {
+                log::warn!("the socket-owner map is full: {} records evicted (raise --max-sockets)", bound - k.socket_map_evictions);
+                k.socket_map_evictions = bound;
+            }
+        }
+    }
+}

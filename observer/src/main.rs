@@ -1,0 +1,155 @@
+//! observer: per-process TCP connection health from the kernel, without touching the
+//! monitored applications.
+
+mod aggregate;
+mod api;
+mod btf_offsets;
+mod client;
+mod daemon;
+mod event;
+mod lifetime;
+mod metrics;
+mod model;
+mod probes;
+mod procfs;
+mod sock_diag;
+mod timewait;
+mod tracefs;
+mod views;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+const DEFAULT_API: &str = "http://127.0.0.1:9645";
+
+#[derive(Parser)]
+#[command(
+    name = "observer",
+    version,
+    about = "Per-process TCP connection health from the kernel (eBPF), without touching the monitored applications",
+    long_about = "observer traces TCP state changes in the kernel and charges every socket to the process that owns it. \
+The daemon serves, per process and per peer: live sockets by state (TIME_WAIT and CLOSE_WAIT included), \
+connections opened and who closed them, connect failures by reason and resets, as JSON and as Prometheus metrics."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Level {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl Level {
+    fn filter(self) -> log::LevelFilter {
+        match self {
+            Level::Error => log::LevelFilter::Error,
+            Level::Warn => log::LevelFilter::Warn,
+            Level::Info => log::LevelFilter::Info,
+            Level::Debug => log::LevelFilter::Debug,
+            Level::Trace => log::LevelFilter::Trace,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: load the kernel programs and serve the API (needs root, or CAP_BPF and CAP_PERFMON).
+    Daemon {
+        /// Address and port of the HTTP API (JSON, /metrics, /healthz). Anything beyond
+        /// loopback exposes per-process data: restrict access (see docs/deploy.md).
+        #[arg(long, default_value = "127.0.0.1:9645", env = "OBSERVER_LISTEN")]
+        listen: SocketAddr,
+        /// Log level. At debug and trace the kernel programs' own diagnostics are logged too.
+        #[arg(long, value_enum, default_value = "info", env = "OBSERVER_LOG_LEVEL")]
+        log_level: Level,
+        /// How long an exited process stays in the API and metrics before it is pruned, in seconds.
+        #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+        exited_retention: u64,
+        /// Capacity of the kernel's socket-owner map (sockets tracked at once).
+        #[arg(long, default_value_t = 65536)]
+        max_sockets: u32,
+        /// Size of the kernel-to-daemon ring buffer in MiB (a power of two).
+        #[arg(long, default_value_t = 4, value_parser = parse_ring_mib)]
+        ring_buffer_mib: u32,
+        /// How often TIME_WAIT is reconciled with the kernel's socket table, in seconds.
+        #[arg(long, default_value_t = 2, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+        reconcile_interval: u64,
+    },
+    /// Show one process from a running daemon: sockets by state, peers, failures, resets.
+    Pid {
+        /// The process id.
+        pid: u32,
+        /// The daemon's API.
+        #[arg(long, default_value = DEFAULT_API, env = "OBSERVER_API")]
+        api: String,
+        /// Print the raw JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the processes a running daemon has seen.
+    Processes {
+        /// The daemon's API.
+        #[arg(long, default_value = DEFAULT_API, env = "OBSERVER_API")]
+        api: String,
+        /// Print the raw JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_ring_mib(s: &str) -> Result<u32, String> {
+    let v: u32 = s.parse().map_err(|e| format!("{e}"))?;
+    if v == 0 || !v.is_power_of_two() || v > 1024 {
+        return Err("must be a power of two between 1 and 1024".into());
+    }
+    Ok(v)
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Daemon { listen, log_level, exited_retention, max_sockets, ring_buffer_mib, reconcile_interval } => {
+            let mut logger = env_logger::Builder::new();
+            logger.filter_level(log_level.filter()).format_target(false);
+            if !matches!(log_level, Level::Trace) {
+                // aya's loader is very chatty at debug level.
+                logger.filter_module("aya", log::LevelFilter::Info).filter_module("aya_obj", log::LevelFilter::Info);
+            }
+            logger.init();
+            let kernel_log_level = match log_level {
+                Level::Debug => 4,
+                Level::Trace => 5,
+                _ => 2, // kernel-side warnings only: off the hot paths
+            };
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| {
+                    rt.block_on(daemon::run(daemon::DaemonOptions {
+                        listen,
+                        exited_retention: Duration::from_secs(exited_retention),
+                        max_sockets,
+                        ring_buffer_bytes: ring_buffer_mib << 20,
+                        kernel_log_level,
+                        reconcile_interval: Duration::from_secs(reconcile_interval),
+                    }))
+                })
+        }
+        Command::Pid { pid, api, json } => client::pid(&api, pid, json),
+        Command::Processes { api, json } => client::processes(&api, json),
+    };
+    if let Err(e) = result {
+        eprintln!("observer: {e:#}");
+        std::process::exit(1);
+    }
+}

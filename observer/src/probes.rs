@@ -1,0 +1,225 @@
+//! Loading the kernel programs, attaching them to their tracepoints, and reading the kernel
+//! side's counters. Dropping [`Probes`] detaches and unloads everything.
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::programs::{BtfTracePoint, TracePoint};
+use aya::{Btf, Ebpf, EbpfLoader};
+use observer_common::{counter, names, KernelOffsets, Owner};
+
+use crate::btf_offsets;
+use crate::tracefs::{self, Expected};
+
+/// The eBPF object built by build.rs (empty when built with AYA_BUILD_SKIP=1).
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
+
+pub struct Options {
+    /// Capacity of the socket-owner map.
+    pub max_sockets: u32,
+    /// Ring buffer size in bytes (a power of two, multiple of the page size).
+    pub ring_buffer_bytes: u32,
+    /// aya-log level for kernel-side diagnostics (0 = off, 1 = error ... 5 = trace).
+    pub kernel_log_level: u8,
+}
+
+/// Which optional features are working.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Features {
+    /// Struct offsets from BTF: netns, sk_err, accept attribution, process start times.
+    pub kernel_offsets: bool,
+    pub accept_attribution: bool,
+    pub early_connect_errors: bool,
+    pub error_reports: bool,
+    pub resets: bool,
+    pub socket_cleanup: bool,
+    pub process_exits: bool,
+}
+
+/// Totals of the kernel programs' counters.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelCounters {
+    pub events_lost: u64,
+    pub socket_insert_failed: u64,
+    pub socket_inserted: u64,
+    pub socket_deleted: u64,
+    pub owner_missing: u64,
+    pub listener_insert_failed: u64,
+    pub connect_insert_failed: u64,
+}
+
+pub struct Probes {
+    ebpf: Ebpf,
+    pub features: Features,
+    pub max_sockets: u32,
+}
+
+/// Refuse early, with one clear line, when we cannot possibly load programs.
+pub fn check_privileges() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return Ok(());
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    const CAP_SYS_ADMIN: u64 = 21;
+    const CAP_PERFMON: u64 = 38;
+    const CAP_BPF: u64 = 39;
+    let has = |c: u64| cap_eff & (1 << c) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        return Ok(());
+    }
+    bail!("permission denied: the daemon must run as root, or with CAP_BPF and CAP_PERFMON (see docs/deploy.md)")
+}
+
+fn raise_memlock() {
+    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: valid rlimit struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        // Harmless on kernels that charge BPF memory to the memory cgroup (5.11+).
+        log::debug!("could not raise RLIMIT_MEMLOCK: {}", std::io::Error::last_os_error());
+    }
+}
+
+impl Probes {
+    pub fn load(opts: &Options) -> Result<Probes> {
+        if EBPF_OBJECT.is_empty() {
+            bail!("this binary was built without its eBPF programs (AYA_BUILD_SKIP); build it with `cargo xtask build`");
+        }
+        check_privileges()?;
+        let tracefs = tracefs::ensure_mounted()?;
+        // The one hook we cannot work without.
+        tracefs::check(&tracefs, &tracefs::INET_SOCK_SET_STATE)?;
+        raise_memlock();
+
+        let mut features = Features::default();
+        let offsets = match btf_offsets::from_file(Path::new(btf_offsets::VMLINUX_BTF)) {
+            Ok(o) => {
+                features.kernel_offsets = true;
+                o
+            }
+            Err(e) => {
+                log::warn!("kernel BTF unusable ({e:#}): sockets are charged by tgid only, without network namespaces, accept attribution or connect error details");
+                KernelOffsets::zeroed()
+            }
+        };
+        let exit_fields = tracefs::check(&tracefs, &tracefs::SCHED_PROCESS_EXIT).ok();
+        let group_dead_offset: u32 = exit_fields
+            .as_ref()
+            .and_then(|f| f.iter().find(|f| f.name == "group_dead" && f.size == 1))
+            .map_or(0, |f| f.offset as u32);
+
+        let btf = Btf::from_sys_fs().ok();
+        let mut ebpf = EbpfLoader::new()
+            .btf(btf.as_ref())
+            .override_global(names::OFFSETS, &offsets, true)
+            .override_global(names::EXIT_GROUP_DEAD_OFFSET, &group_dead_offset, true)
+            .override_global("AYA_LOG_LEVEL", &opts.kernel_log_level, false)
+            .map_max_entries(names::SOCKETS, opts.max_sockets)
+            .map_max_entries(names::EVENTS, opts.ring_buffer_bytes)
+            .load(EBPF_OBJECT)
+            .map_err(|e| anyhow!("loading the eBPF programs failed: {e}"))?;
+
+        attach_tracepoint(&mut ebpf, "inet_sock_set_state", &tracefs::INET_SOCK_SET_STATE, &tracefs)
+            .context("attaching to sock/inet_sock_set_state")?;
+
+        let mut optional = |prog: &str, tp: &Expected, what: &str| -> bool {
+            match tracefs::check(&tracefs, tp).and_then(|_| attach_tracepoint(&mut ebpf, prog, tp, &tracefs)) {
+                Ok(()) => true,
+                Err(e) => {
+                    log::warn!("{}/{} unavailable ({e:#}): {what}", tp.category, tp.name);
+                    false
+                }
+            }
+        };
+        let sent = optional("tcp_send_reset", &tracefs::TCP_SEND_RESET, "resets sent are not counted");
+        let received = optional("tcp_receive_reset", &tracefs::TCP_RECEIVE_RESET, "resets received are not counted");
+        features.resets = sent && received;
+        features.socket_cleanup = optional(
+            "tcp_destroy_sock",
+            &tracefs::TCP_DESTROY_SOCK,
+            "socket owner records are only reclaimed by LRU eviction",
+        );
+        features.process_exits =
+            optional("sched_process_exit", &tracefs::SCHED_PROCESS_EXIT, "exits are found by polling /proc");
+        if features.kernel_offsets {
+            let a4 = optional("sys_exit_accept4", &tracefs::SYS_EXIT_ACCEPT4, "accepted sockets stay charged to the listener's owner");
+            let a = optional("sys_exit_accept", &tracefs::SYS_EXIT_ACCEPT, "accept() (not accept4) is not attributed");
+            features.accept_attribution = a4 || a;
+            let ce = optional("sys_enter_connect", &tracefs::SYS_ENTER_CONNECT, "connect failures before any SYN are not counted");
+            let cx = ce && optional("sys_exit_connect", &tracefs::SYS_EXIT_CONNECT, "connect failures before any SYN are not counted");
+            features.early_connect_errors = ce && cx;
+            features.error_reports = match (|| -> Result<()> {
+                let btf = btf.as_ref().ok_or_else(|| anyhow!("no kernel BTF"))?;
+                let p: &mut BtfTracePoint = ebpf
+                    .program_mut("inet_sk_error_report")
+                    .ok_or_else(|| anyhow!("program missing from the object"))?
+                    .try_into()?;
+                p.load("inet_sk_error_report", btf)?;
+                p.attach()?;
+                Ok(())
+            })() {
+                Ok(()) => true,
+                Err(e) => {
+                    log::warn!("sock/inet_sk_error_report unavailable ({e:#}): socket errors are not counted");
+                    false
+                }
+            };
+        }
+        Ok(Probes { ebpf, features, max_sockets: opts.max_sockets })
+    }
+
+    /// The ring buffer of events (can be taken once).
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self.ebpf.take_map(names::EVENTS).ok_or_else(|| anyhow!("EVENTS map missing"))?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    /// The kernel-side log reader (aya-log), if the object has log statements.
+    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        match aya_log::EbpfLogger::init(&mut self.ebpf) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                log::debug!("no kernel log reader: {e}");
+                None
+            }
+        }
+    }
+
+    pub fn counters(&self) -> Result<KernelCounters> {
+        let map = self.ebpf.map(names::COUNTERS).ok_or_else(|| anyhow!("COUNTERS map missing"))?;
+        let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)?;
+        let get = |i: u32| -> Result<u64> { Ok(arr.get(&i, 0)?.iter().sum()) };
+        Ok(KernelCounters {
+            events_lost: get(counter::EVENTS_LOST)?,
+            socket_insert_failed: get(counter::SOCKET_INSERT_FAILED)?,
+            socket_inserted: get(counter::SOCKET_INSERTED)?,
+            socket_deleted: get(counter::SOCKET_DELETED)?,
+            owner_missing: get(counter::OWNER_MISSING)?,
+            listener_insert_failed: get(counter::LISTENER_INSERT_FAILED)?,
+            connect_insert_failed: get(counter::CONNECT_INSERT_FAILED)?,
+        })
+    }
+
+    /// Entries in the kernel's socket-owner map now (walks the map: not for hot paths).
+    pub fn socket_map_entries(&self) -> Result<u64> {
+        let map = self.ebpf.map(names::SOCKETS).ok_or_else(|| anyhow!("SOCKETS map missing"))?;
+        let m: BpfHashMap<&MapData, u64, Owner> = BpfHashMap::try_from(map)?;
+        Ok(m.keys().filter(|k| k.is_ok()).count() as u64)
+    }
+}
+
+fn attach_tracepoint(ebpf: &mut Ebpf, prog: &str, tp: &Expected, _tracefs: &Path) -> Result<()> {
+    let p: &mut TracePoint = ebpf
+        .program_mut(prog)
+        .ok_or_else(|| anyhow!("program {prog} missing from the object"))?
+        .try_into()?;
+    p.load()?;
+    p.attach(tp.category, tp.name)?;
+    Ok(())
+}

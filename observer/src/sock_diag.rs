@@ -1,0 +1,95 @@
+//! The kernel's own table of timewait sockets, through sock_diag netlink (what `ss -tan state
+//! time-wait` reads), in any network namespace.
+
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd as _;
+use std::path::Path;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
+use netlink_packet_sock_diag::{
+    SockDiagMessage,
+    constants::{AF_INET, AF_INET6, IPPROTO_TCP},
+    inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
+};
+use netlink_sys::{Socket, SocketAddr as NlAddr, protocols::NETLINK_SOCK_DIAG};
+
+use crate::model::TcpState;
+use crate::timewait::KernelTimeWait;
+
+/// Timewait sockets (TIME_WAIT and FIN_WAIT2 sub-states) of the current network namespace.
+pub fn dump_timewait() -> Result<Vec<KernelTimeWait>> {
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG).context("opening a sock_diag netlink socket")?;
+    socket.bind_auto().context("binding the netlink socket")?;
+    socket.connect(&NlAddr::new(0, 0)).context("connecting the netlink socket")?;
+    let mut out = Vec::new();
+    for family in [AF_INET, AF_INET6] {
+        dump_family(&socket, family, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// The same, inside the network namespace at `netns_path` (`/proc/<pid>/ns/net`). Runs on a
+/// short-lived thread, since entering a namespace changes the calling thread.
+pub fn dump_timewait_in(netns_path: &Path) -> Result<Vec<KernelTimeWait>> {
+    let ns = std::fs::File::open(netns_path).with_context(|| format!("opening {}", netns_path.display()))?;
+    std::thread::spawn(move || {
+        // SAFETY: a valid namespace fd; only this thread changes namespace.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("setns: {}", std::io::Error::last_os_error());
+        }
+        dump_timewait()
+    })
+    .join()
+    .map_err(|_| anyhow!("sock_diag thread panicked"))?
+}
+
+fn dump_family(socket: &Socket, family: u8, out: &mut Vec<KernelTimeWait>) -> Result<()> {
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    let mut packet = NetlinkMessage::new(
+        header,
+        SockDiagMessage::InetRequest(InetRequest {
+            family,
+            protocol: IPPROTO_TCP,
+            extensions: ExtensionFlags::empty(),
+            states: StateFlags::TIME_WAIT | StateFlags::FIN_WAIT2,
+            socket_id: if family == AF_INET { SocketId::new_v4() } else { SocketId::new_v6() },
+        })
+        .into(),
+    );
+    packet.finalize();
+    let mut buf = vec![0; packet.buffer_len()];
+    packet.serialize(&mut buf[..]);
+    socket.send(&buf[..], 0).context("sending the sock_diag request")?;
+
+    let mut rx = vec![0u8; 1 << 16];
+    loop {
+        let size = socket.recv(&mut &mut rx[..], 0).context("reading sock_diag")?;
+        let mut offset = 0;
+        while offset < size {
+            let msg = <NetlinkMessage<SockDiagMessage>>::deserialize(&rx[offset..size])
+                .map_err(|e| anyhow!("decoding sock_diag: {e}"))?;
+            let len = msg.header.length as usize;
+            match msg.payload {
+                NetlinkPayload::Done(_) => return Ok(()),
+                NetlinkPayload::Error(e) => bail!("sock_diag error: {e:?}"),
+                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
+                    let h = &r.header;
+                    if let Some(substate @ (TcpState::TimeWait | TcpState::FinWait2)) = TcpState::from_kernel(h.state) {
+                        out.push(KernelTimeWait {
+                            local: SocketAddr::new(h.socket_id.source_address, h.socket_id.source_port),
+                            remote: SocketAddr::new(h.socket_id.destination_address, h.socket_id.destination_port),
+                            substate,
+                        });
+                    }
+                }
+                _ => {}
+            }
+            if len == 0 {
+                break;
+            }
+            offset += len;
+        }
+    }
+}
