@@ -160,7 +160,8 @@ fn on_state(ctx: &TracePointContext) {
             set_netns(&off, &mut ev);
             let key = ListenerKey { netns: ev.netns, family: ev.family, port: ev.sport, addr: ev.saddr };
             if let Some(l) = unsafe { LISTENERS.get(&key) } {
-                if l.sk == sk {
+                // 0: a listener older than the daemon, recorded by user space.
+                if l.sk == sk || l.sk == 0 {
                     let _ = LISTENERS.remove(&key);
                 }
             }
@@ -173,7 +174,13 @@ fn on_state(ctx: &TracePointContext) {
             ev.owner = o;
             ev.flags |= flags::OWNER_KNOWN;
         }
-        None => count(counter::OWNER_MISSING),
+        None => {
+            // User space then looks the socket up by namespace and 4-tuple.
+            if ev.flags & flags::NETNS_KNOWN == 0 {
+                set_netns(&off, &mut ev);
+            }
+            count(counter::OWNER_MISSING);
+        }
     }
     if newstate == tcp_state::CLOSE {
         ev.error = kernel::sock_err(&off, sk);

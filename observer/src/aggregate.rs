@@ -9,6 +9,7 @@
 //! listening endpoint for inbound ones (never the client's ephemeral port).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
 
 use crate::event::{EventKind, Owner, SocketEvent};
 use crate::lifetime::Lifetimes;
@@ -36,6 +37,35 @@ const TOMBSTONE_TTL_NS: u64 = 10 * SECOND;
 /// How long a pruned process is remembered, so that late events of its orphaned sockets do not
 /// bring it back.
 const PRUNED_TTL_NS: u64 = 600 * SECOND;
+/// How long the 4-tuple of an unattributed socket that closed is remembered, so that a
+/// start-up snapshot taken just before does not resurrect it.
+const RECENTLY_CLOSED_TTL_NS: u64 = 30 * SECOND;
+
+/// A socket found in the kernel's table at start-up, with the process that holds it.
+#[derive(Clone, Debug)]
+pub struct SeedSocket {
+    pub netns: u32,
+    /// Local and remote endpoints as the kernel has them (not canonical).
+    pub local: Endpoint,
+    pub remote: Endpoint,
+    pub state: TcpState,
+    pub owner: Owner,
+}
+
+/// Network namespace, local and remote endpoint: how a socket is known before its address is.
+type Tuple = (u32, SocketAddr, SocketAddr);
+
+/// A seeded socket, counted in its owner's figures until its first event turns it into a
+/// tracked socket.
+#[derive(Clone, Debug)]
+struct Seed {
+    owner: ProcessKey,
+    comm: String,
+    direction: Direction,
+    peer: Endpoint,
+    listener: bool,
+    state: TcpState,
+}
 
 /// Figures for one peer of one process.
 #[derive(Clone, Debug, Default)]
@@ -64,8 +94,8 @@ pub struct Process {
     pub exited_ns: Option<u64>,
     pub outbound: HashMap<Endpoint, PeerStats>,
     pub inbound: HashMap<Endpoint, PeerStats>,
-    /// Endpoints this process listens on.
-    listeners: Vec<Endpoint>,
+    /// Endpoints this process listens on, with their network namespace.
+    listeners: Vec<(Option<u32>, Endpoint)>,
     /// Sockets currently charged to this process.
     sockets: HashSet<u64>,
 }
@@ -92,12 +122,16 @@ impl Process {
     }
 
     /// The listening endpoint a child socket with local endpoint `local` came from.
-    fn listener_for(&self, local: Endpoint) -> Option<Endpoint> {
+    fn listener_for(&self, netns: Option<u32>, local: Endpoint) -> Option<Endpoint> {
         let local = local.canonical();
         self.listeners
             .iter()
-            .find(|l| l.port() == local.port() && (l.ip() == local.ip() || l.ip().is_unspecified()))
-            .copied()
+            .find(|(ns, l)| {
+                (ns.is_none() || netns.is_none() || *ns == netns)
+                    && l.port() == local.port()
+                    && (l.ip() == local.ip() || l.ip().is_unspecified())
+            })
+            .map(|(_, l)| *l)
     }
 }
 
@@ -109,6 +143,9 @@ struct SocketRec {
     /// Aggregation key: remote endpoint (outbound) or listening endpoint (inbound).
     peer: Endpoint,
     listener: bool,
+    /// As the kernel has them (for the 4-tuple of timewait entries and seeds).
+    local: Endpoint,
+    remote: Endpoint,
     /// State the socket is counted in (None before its first state or after CLOSE).
     state: Option<TcpState>,
     netns: Option<u32>,
@@ -150,6 +187,12 @@ pub struct Aggregator {
     pruned: HashMap<ProcessKey, u64>,
     timewait: TimeWaitTable,
     new_processes: Vec<ProcessKey>,
+    /// Sockets from the start-up snapshot not seen in an event yet.
+    seeds: HashMap<Tuple, Seed>,
+    /// Unattributed sockets that closed recently (see [`RECENTLY_CLOSED_TTL_NS`]).
+    recently_closed: HashMap<Tuple, u64>,
+    /// Owners learnt in user space for sockets the kernel has no owner record for.
+    kernel_owner_updates: Vec<(u64, ProcessKey, String)>,
     pub stats: Stats,
 }
 
@@ -184,6 +227,12 @@ impl Aggregator {
         std::mem::take(&mut self.new_processes)
     }
 
+    /// Owners to write into the kernel's socket map: sockets from the start-up snapshot,
+    /// now that their kernel address is known.
+    pub fn take_kernel_owner_updates(&mut self) -> Vec<(u64, ProcessKey, String)> {
+        std::mem::take(&mut self.kernel_owner_updates)
+    }
+
     pub fn set_process_info(&mut self, key: ProcessKey, comm: Option<String>, cmdline: Option<String>) {
         if let Some(p) = self.processes.get_mut(&key.pid).filter(|p| p.key.same_process(&key)) {
             if let Some(c) = comm.filter(|c| !c.is_empty()) {
@@ -214,6 +263,7 @@ impl Aggregator {
         }
         self.tombstones.retain(|_, t| now_ns.saturating_sub(t.closed_ns) < TOMBSTONE_TTL_NS);
         self.pruned.retain(|_, t| now_ns.saturating_sub(*t) < PRUNED_TTL_NS);
+        self.recently_closed.retain(|_, t| now_ns.saturating_sub(*t) < RECENTLY_CLOSED_TTL_NS);
         self.timewait.expire(now_ns);
     }
 
@@ -230,8 +280,86 @@ impl Aggregator {
             self.sockets.remove(sk);
         }
         self.tombstones.retain(|_, t| t.owner != key);
+        self.seeds.retain(|_, seed| seed.owner != key);
         self.timewait.remove_process(&key);
         self.pruned.insert(key, now_ns);
+    }
+
+    /// A listening endpoint in `netns` that a socket with local endpoint `local` belongs to:
+    /// one of `prefer`'s first, then any process's (accepted sockets are often held by another
+    /// process than the one that listens, e.g. forked workers).
+    fn find_listener(&self, prefer: ProcessKey, netns: Option<u32>, local: Endpoint) -> Option<Endpoint> {
+        if let Some(l) = self.processes.get(&prefer.pid).and_then(|p| p.listener_for(netns, local)) {
+            return Some(l);
+        }
+        self.processes.values().find_map(|p| p.listener_for(netns, local))
+    }
+
+    /// Seed the table with the sockets found at start-up. Sockets already tracked through
+    /// events, or seen closing without an owner, are skipped.
+    pub fn seed(&mut self, sockets: &[SeedSocket]) {
+        let tracked: HashSet<Tuple> =
+            self.sockets.values().map(|r| (r.netns.unwrap_or(0), r.local.0, r.remote.0)).collect();
+        // Listeners first, so that accepted sockets find theirs.
+        let mut ordered: Vec<&SeedSocket> = sockets.iter().filter(|s| s.state == TcpState::Listen).collect();
+        ordered.extend(sockets.iter().filter(|s| s.state != TcpState::Listen));
+        for s in ordered {
+            let tuple = (s.netns, s.local.0, s.remote.0);
+            if tracked.contains(&tuple) || self.recently_closed.contains_key(&tuple) || self.seeds.contains_key(&tuple) {
+                continue;
+            }
+            let Some(key) = self.ensure_process(&s.owner, 0) else { continue };
+            let listener = s.state == TcpState::Listen;
+            let (direction, peer) = if listener {
+                (Direction::Inbound, s.local.canonical())
+            } else {
+                match self.find_listener(key, Some(s.netns), s.local) {
+                    Some(l) => (Direction::Inbound, l),
+                    None => (Direction::Outbound, s.remote.canonical()),
+                }
+            };
+            let process = self.processes.get_mut(&key.pid).expect("ensured");
+            if listener {
+                process.listeners.push((Some(s.netns), peer));
+            }
+            process.peers_mut(direction).entry(peer).or_default().sockets.add(s.state, 1);
+            self.seeds.insert(
+                tuple,
+                Seed { owner: key, comm: s.owner.comm.clone(), direction, peer, listener, state: s.state },
+            );
+        }
+    }
+
+    /// Turn the seed of this event's socket, if any, into a tracked socket.
+    fn adopt_seed(&mut self, ev: &SocketEvent) -> bool {
+        let tuple = (ev.netns.unwrap_or(0), ev.local.0, ev.remote.0);
+        let Some(seed) = self.seeds.remove(&tuple) else { return false };
+        let Some(p) = self.processes.get_mut(&seed.owner.pid).filter(|p| p.key == seed.owner) else { return false };
+        if let Some(stats) = p.peers_mut(seed.direction).get_mut(&seed.peer) {
+            stats.sockets.sub(seed.state, 1);
+        }
+        p.sockets.insert(ev.sk);
+        use TcpState::*;
+        let rec = SocketRec {
+            owner: seed.owner,
+            direction: seed.direction,
+            peer: seed.peer,
+            listener: seed.listener,
+            local: ev.local,
+            remote: ev.remote,
+            state: None,
+            netns: ev.netns,
+            established_ns: None,
+            connected: !matches!(seed.state, SynSent | SynRecv | Listen),
+            reset_received: false,
+            close_counted: matches!(seed.state, FinWait1 | FinWait2 | Closing | CloseWait | LastAck),
+            accept_counted: true,
+        };
+        if ev.owner.is_none() {
+            self.kernel_owner_updates.push((ev.sk, seed.owner, seed.comm));
+        }
+        self.sockets.insert(ev.sk, rec);
+        true
     }
 
     pub fn reconcile_time_wait(&mut self, netns: u32, dump_started_ns: u64, kernel: &[KernelTimeWait], now_ns: u64) {
@@ -322,7 +450,7 @@ impl Aggregator {
         if let Some(p) = self.processes.get_mut(&rec.owner.pid).filter(|p| p.key == rec.owner) {
             p.sockets.remove(&sk);
             if rec.listener {
-                if let Some(i) = p.listeners.iter().position(|l| *l == rec.peer) {
+                if let Some(i) = p.listeners.iter().position(|(_, l)| *l == rec.peer) {
                     p.listeners.swap_remove(i);
                 }
             }
@@ -341,7 +469,10 @@ impl Aggregator {
             // whose end we did not see.
             self.drop_socket(ev.sk);
         }
-        if !self.sockets.contains_key(&ev.sk) && !self.start_tracking(ev, old, new, creation) {
+        if !self.sockets.contains_key(&ev.sk)
+            && !(!creation && self.adopt_seed(ev))
+            && !self.start_tracking(ev, old, new, creation)
+        {
             return;
         }
         // The kernel's owner record is authoritative (it follows accept()).
@@ -402,6 +533,9 @@ impl Aggregator {
         use TcpState::*;
         let Some(owner) = &ev.owner else {
             self.stats.unattributed_events += 1;
+            if new == Close {
+                self.recently_closed.insert((ev.netns.unwrap_or(0), ev.local.0, ev.remote.0), ev.ts_ns);
+            }
             return false;
         };
         let Some(key) = self.ensure_process(owner, ev.ts_ns) else { return false };
@@ -414,15 +548,15 @@ impl Aggregator {
             }
             return false;
         }
-        let process = &self.processes[&key.pid];
         let (direction, peer, listener) = match (old, new) {
             (Close, SynSent) => (Direction::Outbound, ev.remote.canonical(), false),
             (_, Listen) => (Direction::Inbound, ev.local.canonical(), true),
             (Listen, SynRecv) => {
-                (Direction::Inbound, process.listener_for(ev.local).unwrap_or(ev.local.canonical()), false)
+                let l = self.find_listener(key, ev.netns, ev.local);
+                (Direction::Inbound, l.unwrap_or(ev.local.canonical()), false)
             }
             // Adopted in mid-life (it existed before the daemon started tracking it).
-            _ => match process.listener_for(ev.local) {
+            _ => match self.find_listener(key, ev.netns, ev.local) {
                 Some(l) => (Direction::Inbound, l, false),
                 None => (Direction::Outbound, ev.remote.canonical(), false),
             },
@@ -433,6 +567,8 @@ impl Aggregator {
             direction,
             peer,
             listener,
+            local: ev.local,
+            remote: ev.remote,
             state: None,
             netns: ev.netns,
             established_ns: None,
@@ -444,7 +580,7 @@ impl Aggregator {
         };
         let process = self.processes.get_mut(&key.pid).expect("ensured");
         if listener {
-            process.listeners.push(peer);
+            process.listeners.push((ev.netns, peer));
         }
         process.sockets.insert(ev.sk);
         process.peers_mut(direction).entry(peer).or_default();
@@ -533,8 +669,7 @@ impl Aggregator {
             return None;
         }
         let key = self.ensure_process(owner, ev.ts_ns)?;
-        let p = &self.processes[&key.pid];
-        Some(match p.listener_for(ev.local) {
+        Some(match self.find_listener(key, ev.netns, ev.local) {
             Some(l) => (key, Direction::Inbound, l),
             None => (key, Direction::Outbound, ev.remote.canonical()),
         })

@@ -50,7 +50,7 @@ async fn processes(State(s): State<AppState>) -> Response {
 }
 
 async fn process(State(s): State<AppState>, Path(pid): Path<String>) -> Response {
-    let Ok(pid) = pid.parse::<u32>() else {
+    let Some(pid) = pid.parse::<u32>().ok().filter(|p| *p > 0) else {
         return error(StatusCode::BAD_REQUEST, format!("pid must be a positive integer, got {pid:?}"));
     };
     let agg = s.agg.lock().expect("aggregator lock");

@@ -16,7 +16,7 @@ use crate::api::{self, AppState};
 use crate::event;
 use crate::metrics::KernelStatus;
 use crate::probes::{Options, Probes};
-use crate::{procfs, sock_diag};
+use crate::{procfs, snapshot, sock_diag};
 
 pub struct DaemonOptions {
     pub listen: SocketAddr,
@@ -57,6 +57,16 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
     let agg = Arc::new(Mutex::new(Aggregator::new(Config {
         exited_retention_ns: opts.exited_retention.as_nanos() as u64,
     })));
+    // Sockets older than the daemon, attributed as `ss -tanp` would. Taken after the programs
+    // are attached, so that nothing falls between the two.
+    match tokio::task::spawn_blocking(snapshot::take).await? {
+        Ok(seeds) => {
+            let listeners = probes.seed_listeners(&seeds);
+            agg.lock().expect("aggregator lock").seed(&seeds);
+            log::info!("start-up snapshot: {} sockets, {listeners} listeners", seeds.len());
+        }
+        Err(e) => log::warn!("start-up snapshot failed, sockets older than the daemon are not attributed: {e:#}"),
+    }
     let kernel = Arc::new(Mutex::new(KernelStatus { features, ..KernelStatus::default() }));
     let healthy = Arc::new(AtomicBool::new(true));
     let probes = Arc::new(Mutex::new(probes));
@@ -84,7 +94,7 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
             }
         });
     }
-    tasks.spawn(housekeeping(agg.clone()));
+    tasks.spawn(housekeeping(agg.clone(), probes.clone()));
     tasks.spawn(reconcile_time_wait(agg.clone(), opts.reconcile_interval));
     tasks.spawn(refresh_kernel_status(probes.clone(), kernel.clone()));
 
@@ -144,7 +154,7 @@ async fn read_events(ring: RingBuf<MapData>, agg: Arc<Mutex<Aggregator>>) -> Res
 
 /// Every second: prune and expire; read /proc for new processes; every 5 s, look for processes
 /// that died without an exit event (lost events, no sched tracepoint).
-async fn housekeeping(agg: Arc<Mutex<Aggregator>>) {
+async fn housekeeping(agg: Arc<Mutex<Aggregator>>, probes: Arc<Mutex<Probes>>) {
     let mut interval = tokio::time::interval(Duration::from_secs(1));
     let mut round = 0u64;
     loop {
@@ -158,6 +168,10 @@ async fn housekeeping(agg: Arc<Mutex<Aggregator>>) {
             } else {
                 Vec::new()
             };
+            let owners = a.take_kernel_owner_updates();
+            if !owners.is_empty() {
+                probes.lock().expect("probes lock").set_owners(&owners);
+            }
             (a.take_new_processes(), known)
         };
         let info: Vec<_> = new
@@ -191,7 +205,7 @@ async fn reconcile_time_wait(agg: Arc<Mutex<Aggregator>>, every: Duration) {
             let started = monotonic_ns();
             let dump = tokio::task::spawn_blocking(move || {
                 if netns == 0 || netns == own {
-                    return sock_diag::dump_timewait();
+                    return sock_diag::dump_timewait(None);
                 }
                 // Enter the namespace through a live process that is in it.
                 let pid = owners
@@ -199,7 +213,7 @@ async fn reconcile_time_wait(agg: Arc<Mutex<Aggregator>>, every: Duration) {
                     .map(|k| k.pid)
                     .find(|pid| procfs::netns_inode(*pid) == Some(netns))
                     .ok_or_else(|| anyhow::anyhow!("no live process left in netns {netns}"))?;
-                sock_diag::dump_timewait_in(std::path::Path::new(&format!("/proc/{pid}/ns/net")))
+                sock_diag::dump_timewait(Some(std::path::Path::new(&format!("/proc/{pid}/ns/net"))))
             })
             .await;
             match dump {

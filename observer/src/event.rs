@@ -2,7 +2,7 @@
 
 use observer_common::{flags, kind, Event};
 
-use crate::model::{Endpoint, ProcessKey, TcpState};
+use crate::model::{Endpoint, ProcessKey, TcpState, TICK_NS};
 
 /// The process a kernel record names.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -100,7 +100,7 @@ pub fn from_raw(raw: &Event) -> Result<SocketEvent, DecodeError> {
         k => return Err(DecodeError::UnknownKind(k)),
     };
     let owner = (raw.flags & flags::OWNER_KNOWN != 0 && raw.owner.tgid != 0).then(|| Owner {
-        key: ProcessKey { pid: raw.owner.tgid, start_ns: raw.owner.start_ns },
+        key: ProcessKey { pid: raw.owner.tgid, start_ns: raw.owner.start_ns / TICK_NS * TICK_NS },
         comm: comm_str(&raw.owner.comm),
     });
     Ok(SocketEvent {
@@ -136,7 +136,7 @@ mod tests {
         e.daddr[..4].copy_from_slice(&[10, 1, 2, 3]);
         e.netns = 4026531840;
         e.owner.tgid = 1234;
-        e.owner.start_ns = 99;
+        e.owner.start_ns = 1_234_567_891;
         e.owner.comm[..7].copy_from_slice(b"python3");
         e
     }
@@ -153,7 +153,7 @@ mod tests {
         assert_eq!(ev.local.to_string(), "127.0.0.1:40000");
         assert_eq!(ev.remote.to_string(), "10.1.2.3:80");
         let owner = ev.owner.unwrap();
-        assert_eq!(owner.key, ProcessKey { pid: 1234, start_ns: 99 });
+        assert_eq!(owner.key, ProcessKey { pid: 1234, start_ns: 1_230_000_000 }, "truncated to a /proc tick");
         assert_eq!(owner.comm, "python3");
         assert_eq!(ev.netns, Some(4026531840));
     }

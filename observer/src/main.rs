@@ -12,6 +12,7 @@ mod metrics;
 mod model;
 mod probes;
 mod procfs;
+mod snapshot;
 mod sock_diag;
 mod timewait;
 mod tracefs;

@@ -156,11 +156,16 @@ impl fmt::Display for Endpoint {
     }
 }
 
+/// Granularity of process start times: one clock tick of /proc (USER_HZ is 100 on Linux).
+/// Start times from the kernel (ns) are truncated to it so that they compare equal with the
+/// ones read from `/proc/<pid>/stat`.
+pub const TICK_NS: u64 = 10_000_000;
+
 /// A process: pid plus the start time of its thread-group leader (pids are reused).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ProcessKey {
     pub pid: u32,
-    /// ns since boot; 0 when unknown.
+    /// ns since boot, truncated to [`TICK_NS`]; 0 when unknown.
     pub start_ns: u64,
 }
 

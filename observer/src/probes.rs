@@ -7,7 +7,10 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::{BtfTracePoint, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
-use observer_common::{counter, names, KernelOffsets, Owner};
+use observer_common::{counter, names, KernelOffsets, ListenerKey, ListenerValue, Owner, AF_INET, AF_INET6};
+
+use crate::aggregate::SeedSocket;
+use crate::model::{ProcessKey, TcpState};
 
 use crate::btf_offsets;
 use crate::tracefs::{self, Expected};
@@ -206,12 +209,54 @@ impl Probes {
         })
     }
 
+    /// Tell the kernel programs about listeners older than the daemon, so that their new
+    /// connections are charged to their owner. Returns how many were recorded.
+    pub fn seed_listeners(&mut self, seeds: &[SeedSocket]) -> usize {
+        let Some(map) = self.ebpf.map_mut(names::LISTENERS) else { return 0 };
+        let Ok(mut m) = BpfHashMap::<&mut MapData, ListenerKey, ListenerValue>::try_from(map) else { return 0 };
+        let mut n = 0;
+        for s in seeds.iter().filter(|s| s.state == TcpState::Listen) {
+            let (family, addr) = match s.local.ip() {
+                std::net::IpAddr::V4(a) => {
+                    let mut b = [0u8; 16];
+                    b[..4].copy_from_slice(&a.octets());
+                    (AF_INET, b)
+                }
+                std::net::IpAddr::V6(a) => (AF_INET6, a.octets()),
+            };
+            let key = ListenerKey { netns: s.netns, family, port: s.local.port(), addr };
+            // sk 0: the kernel program removes it when any listener on this endpoint closes.
+            let value = ListenerValue { sk: 0, owner: kernel_owner(&s.owner.key, &s.owner.comm) };
+            if m.insert(key, value, 0).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Record owners learnt in user space in the kernel's socket map.
+    pub fn set_owners(&mut self, owners: &[(u64, ProcessKey, String)]) {
+        let Some(map) = self.ebpf.map_mut(names::SOCKETS) else { return };
+        let Ok(mut m) = BpfHashMap::<&mut MapData, u64, Owner>::try_from(map) else { return };
+        for (sk, key, comm) in owners {
+            // BPF_NOEXIST: never overwrite an owner the kernel recorded itself.
+            let _ = m.insert(sk, kernel_owner(key, comm), 1);
+        }
+    }
+
     /// Entries in the kernel's socket-owner map now (walks the map: not for hot paths).
     pub fn socket_map_entries(&self) -> Result<u64> {
         let map = self.ebpf.map(names::SOCKETS).ok_or_else(|| anyhow!("SOCKETS map missing"))?;
         let m: BpfHashMap<&MapData, u64, Owner> = BpfHashMap::try_from(map)?;
         Ok(m.keys().filter(|k| k.is_ok()).count() as u64)
     }
+}
+
+fn kernel_owner(key: &ProcessKey, comm: &str) -> Owner {
+    let mut c = [0u8; 16];
+    let n = comm.len().min(15);
+    c[..n].copy_from_slice(&comm.as_bytes()[..n]);
+    Owner { tgid: key.pid, _pad: 0, start_ns: key.start_ns, comm: c }
 }
 
 fn attach_tracepoint(ebpf: &mut Ebpf, prog: &str, tp: &Expected, _tracefs: &Path) -> Result<()> {

@@ -1,5 +1,5 @@
-//! The kernel's own table of timewait sockets, through sock_diag netlink (what `ss -tan state
-//! time-wait` reads), in any network namespace.
+//! The kernel's own TCP socket table through sock_diag netlink (what `ss -tan` reads), in any
+//! network namespace.
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd as _;
@@ -10,41 +10,68 @@ use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessa
 use netlink_packet_sock_diag::{
     SockDiagMessage,
     constants::{AF_INET, AF_INET6, IPPROTO_TCP},
-    inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
+    inet::{ExtensionFlags, InetRequest, SocketId},
 };
 use netlink_sys::{Socket, SocketAddr as NlAddr, protocols::NETLINK_SOCK_DIAG};
+
+pub use netlink_packet_sock_diag::inet::StateFlags;
 
 use crate::model::TcpState;
 use crate::timewait::KernelTimeWait;
 
-/// Timewait sockets (TIME_WAIT and FIN_WAIT2 sub-states) of the current network namespace.
-pub fn dump_timewait() -> Result<Vec<KernelTimeWait>> {
+/// One socket of the kernel's table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiagSocket {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// For timewait sockets, the sub-state (TIME_WAIT or FIN_WAIT2).
+    pub state: TcpState,
+    /// Inode of the socket's file (0 for orphaned and timewait sockets).
+    pub inode: u32,
+}
+
+/// TCP sockets in `states` of the current network namespace, IPv4 and IPv6.
+pub fn dump(states: StateFlags) -> Result<Vec<DiagSocket>> {
     let mut socket = Socket::new(NETLINK_SOCK_DIAG).context("opening a sock_diag netlink socket")?;
     socket.bind_auto().context("binding the netlink socket")?;
     socket.connect(&NlAddr::new(0, 0)).context("connecting the netlink socket")?;
     let mut out = Vec::new();
     for family in [AF_INET, AF_INET6] {
-        dump_family(&socket, family, &mut out)?;
+        dump_family(&socket, family, states.clone(), &mut out)?;
     }
     Ok(out)
 }
 
 /// The same, inside the network namespace at `netns_path` (`/proc/<pid>/ns/net`). Runs on a
 /// short-lived thread, since entering a namespace changes the calling thread.
-pub fn dump_timewait_in(netns_path: &Path) -> Result<Vec<KernelTimeWait>> {
+pub fn dump_in(netns_path: &Path, states: StateFlags) -> Result<Vec<DiagSocket>> {
     let ns = std::fs::File::open(netns_path).with_context(|| format!("opening {}", netns_path.display()))?;
     std::thread::spawn(move || {
         // SAFETY: a valid namespace fd; only this thread changes namespace.
         if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
             bail!("setns: {}", std::io::Error::last_os_error());
         }
-        dump_timewait()
+        dump(states)
     })
     .join()
     .map_err(|_| anyhow!("sock_diag thread panicked"))?
 }
 
-fn dump_family(socket: &Socket, family: u8, out: &mut Vec<KernelTimeWait>) -> Result<()> {
+/// Timewait sockets (TIME_WAIT and FIN_WAIT2 sub-states), in `netns_path` or (None) here.
+pub fn dump_timewait(netns_path: Option<&Path>) -> Result<Vec<KernelTimeWait>> {
+    let states = StateFlags::TIME_WAIT | StateFlags::FIN_WAIT2;
+    let all = match netns_path {
+        Some(p) => dump_in(p, states)?,
+        None => dump(states)?,
+    };
+    Ok(all
+        .into_iter()
+        .filter(|s| matches!(s.state, TcpState::TimeWait | TcpState::FinWait2))
+        .map(|s| KernelTimeWait { local: s.local, remote: s.remote, substate: s.state })
+        .collect())
+}
+
+fn dump_family(socket: &Socket, family: u8, states: StateFlags, out: &mut Vec<DiagSocket>) -> Result<()> {
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_DUMP;
     let mut packet = NetlinkMessage::new(
@@ -53,7 +80,7 @@ fn dump_family(socket: &Socket, family: u8, out: &mut Vec<KernelTimeWait>) -> Re
             family,
             protocol: IPPROTO_TCP,
             extensions: ExtensionFlags::empty(),
-            states: StateFlags::TIME_WAIT | StateFlags::FIN_WAIT2,
+            states,
             socket_id: if family == AF_INET { SocketId::new_v4() } else { SocketId::new_v6() },
         })
         .into(),
@@ -76,11 +103,12 @@ fn dump_family(socket: &Socket, family: u8, out: &mut Vec<KernelTimeWait>) -> Re
                 NetlinkPayload::Error(e) => bail!("sock_diag error: {e:?}"),
                 NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
                     let h = &r.header;
-                    if let Some(substate @ (TcpState::TimeWait | TcpState::FinWait2)) = TcpState::from_kernel(h.state) {
-                        out.push(KernelTimeWait {
+                    if let Some(state) = TcpState::from_kernel(h.state) {
+                        out.push(DiagSocket {
                             local: SocketAddr::new(h.socket_id.source_address, h.socket_id.source_port),
                             remote: SocketAddr::new(h.socket_id.destination_address, h.socket_id.destination_port),
-                            substate,
+                            state,
+                            inode: h.inode,
                         });
                     }
                 }

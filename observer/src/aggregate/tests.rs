@@ -361,3 +361,58 @@ fn the_kernel_owner_moves_a_socket_between_processes() {
     assert_eq!(out(&a, 200, "127.0.0.1:8080").sockets.get(CloseWait), 1);
     assert_eq!(out(&a, 200, "127.0.0.1:8080").closed_by_peer, 1);
 }
+
+fn seed_socket(pid: u32, local: &str, remote: &str, state: TcpState) -> SeedSocket {
+    SeedSocket { netns: 7, local: ep(local), remote: ep(remote), state, owner: owner(pid) }
+}
+
+#[test]
+fn seeded_sockets_count_at_once_and_are_adopted_by_their_first_event() {
+    let mut a = Aggregator::default();
+    a.seed(&[
+        // A worker (11) holds a connection accepted on the master's (10) listener.
+        seed_socket(11, "127.0.0.1:8080", "127.0.0.1:50000", Established),
+        seed_socket(10, "0.0.0.0:8080", "0.0.0.0:0", Listen),
+        // A client with a leaked CLOSE_WAIT socket.
+        seed_socket(12, "127.0.0.1:40000", "10.0.0.9:443", CloseWait),
+    ]);
+    assert_eq!(inb(&a, 10, "0.0.0.0:8080").sockets.get(Listen), 1);
+    assert_eq!(inb(&a, 11, "0.0.0.0:8080").sockets.get(Established), 1, "keyed by the listener");
+    assert_eq!(out(&a, 12, "10.0.0.9:443").sockets.get(CloseWait), 1);
+    assert_eq!(out(&a, 12, "10.0.0.9:443").connections, 0);
+
+    // The leaked socket finally closes; the kernel has no owner for it.
+    let mut s = Sock::new(0x77, 12, "127.0.0.1:40000", "10.0.0.9:443");
+    s.owner = None;
+    s.state(&mut a, CloseWait, LastAck);
+    assert_eq!(out(&a, 12, "10.0.0.9:443").sockets.get(LastAck), 1);
+    assert_eq!(out(&a, 12, "10.0.0.9:443").sockets.get(CloseWait), 0);
+    assert_eq!(a.take_kernel_owner_updates(), vec![(0x77, key(12), "proc12".to_string())]);
+    s.close_with(&mut a, LastAck, 0);
+    assert_eq!(out(&a, 12, "10.0.0.9:443").sockets.total(), 0);
+    assert_eq!(out(&a, 12, "10.0.0.9:443").closed_by_peer, 0, "its close was counted before we looked");
+    assert_eq!(a.stats.unattributed_events, 0);
+
+    // A new connection to the old listener: the kernel names the listener's owner.
+    let mut c = Sock::new(0x88, 10, "127.0.0.1:8080", "127.0.0.1:50001");
+    c.state(&mut a, Listen, SynRecv);
+    c.state(&mut a, SynRecv, Established);
+    assert_eq!(inb(&a, 10, "0.0.0.0:8080").sockets.get(Established), 1);
+    assert!(a.process(10).unwrap().outbound.is_empty());
+}
+
+#[test]
+fn a_snapshot_never_duplicates_tracked_or_recently_closed_sockets() {
+    let mut a = Aggregator::default();
+    let mut s = Sock::new(1, 100, "127.0.0.1:40000", "127.0.0.1:8080");
+    s.state(&mut a, Close, SynSent);
+    s.state(&mut a, SynSent, Established);
+    let mut gone = Sock::new(2, 100, "127.0.0.1:40001", "127.0.0.1:8080");
+    gone.owner = None;
+    gone.close_with(&mut a, Established, 0);
+    a.seed(&[
+        seed_socket(100, "127.0.0.1:40000", "127.0.0.1:8080", Established),
+        seed_socket(100, "127.0.0.1:40001", "127.0.0.1:8080", Established),
+    ]);
+    assert_eq!(out(&a, 100, "127.0.0.1:8080").sockets.get(Established), 1);
+}

@@ -1,0 +1,230 @@
+//! The foundation's acceptance tests: real clients and servers on loopback and in network
+//! namespaces, the real daemon, exact numbers.
+
+use std::time::Duration;
+
+use observer_e2e::*;
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn sockets(entry: &Value, state: &str) -> u64 {
+    num(entry, &format!("sockets/{state}"))
+}
+
+/// 50 `requests.get()` without a Session to a keep-alive server: every request opens a
+/// connection, the client closes each one first, and 50 TIME_WAIT sockets are charged to the
+/// client, as many as the kernel's own table holds for that peer.
+fn fifty_gets_without_session(host: &str, remote_of: impl Fn(u16) -> String, url_host: &str) {
+    let d = shared_daemon();
+    let (server, port) = http_server(host, "keepalive");
+    let remote = remote_of(port);
+    let url = format!("http://{url_host}:{port}/");
+    let (c, result) = client(None, &["requests_no_session", &url, "50"]);
+    let pid = result["pid"].as_u64().unwrap() as u32;
+
+    let doc = d.wait_process(pid, WAIT, "50 connections and 50 TIME_WAIT", |doc| {
+        outbound(doc, &remote).is_some_and(|o| num(o, "connections_opened") == 50 && sockets(o, "TIME_WAIT") == 50)
+    });
+    let o = outbound(&doc, &remote).unwrap();
+    assert_eq!(num(o, "connections_opened"), 50);
+    assert_eq!(num(o, "closed_by_local"), 50);
+    assert_eq!(num(o, "closed_by_peer"), 0);
+    assert_eq!(num(o, "connect_failures/refused") + num(o, "connect_failures/timeout"), 0);
+    assert_eq!(num(o, "connection_lifetime_seconds/count"), 50);
+    assert_eq!(sockets(o, "ESTABLISHED"), 0);
+    assert_eq!(num(&doc, "connections_opened"), 50);
+    assert_eq!(num(&doc, "sockets/TIME_WAIT"), 50, "the process total includes them");
+    assert_eq!(doc["outbound"].as_array().unwrap().len(), 1, "one peer: {doc}");
+    let kernel_tw = ss_count(&["state", "time-wait", "dst", &remote]);
+    assert_eq!(kernel_tw, 50, "ss -tan state time-wait dst {remote}");
+
+    // The server saw the same 50 connections from the other side, on its listening endpoint.
+    let sdoc = d.wait_process(server.pid(), WAIT, "50 accepted", |doc| {
+        doc["inbound"].as_array().is_some_and(|a| a.iter().any(|i| num(i, "connections_accepted") == 50))
+    });
+    let listen = remote_of(port);
+    let i = inbound(&sdoc, &listen).unwrap_or_else(|| panic!("no inbound {listen}: {sdoc}"));
+    assert_eq!(num(i, "connections_accepted"), 50);
+    assert_eq!(num(i, "closed_by_peer"), 50);
+    assert_eq!(sockets(i, "LISTEN"), 1);
+    assert_eq!(sockets(i, "TIME_WAIT"), 0, "the client closed first");
+    assert!(sdoc["outbound"].as_array().unwrap().is_empty(), "never keyed by client ports: {sdoc}");
+    drop(c);
+}
+
+#[test]
+fn requests_without_session_ipv4() {
+    fifty_gets_without_session("127.0.0.1", |p| format!("127.0.0.1:{p}"), "127.0.0.1");
+}
+
+#[test]
+fn requests_without_session_ipv6() {
+    fifty_gets_without_session("::1", |p| format!("[::1]:{p}"), "[::1]");
+}
+
+#[test]
+fn requests_with_one_session_opens_one_connection() {
+    let d = shared_daemon();
+    let (_server, port) = http_server("127.0.0.1", "keepalive");
+    let remote = format!("127.0.0.1:{port}");
+    let (c, result) = client(None, &["requests_session", &format!("http://{remote}/"), "50"]);
+    let pid = result["pid"].as_u64().unwrap() as u32;
+    let doc = d.wait_process(pid, WAIT, "one established connection", |doc| {
+        outbound(doc, &remote).is_some_and(|o| sockets(o, "ESTABLISHED") == 1)
+    });
+    let o = outbound(&doc, &remote).unwrap();
+    assert_eq!(num(o, "connections_opened"), 1);
+    assert_eq!(num(o, "closed_by_local") + num(o, "closed_by_peer"), 0);
+    assert_eq!(sockets(o, "TIME_WAIT"), 0);
+    drop(c);
+}
+
+#[test]
+fn urllib3_retries_against_a_closed_port_are_four_refused() {
+    let d = shared_daemon();
+    let port = free_port(); // nothing listens there
+    let remote = format!("127.0.0.1:{port}");
+    let (c, result) = client(None, &["retry_refused", &format!("http://{remote}/"), "3"]);
+    assert!(result["error"].as_str().unwrap().contains("Max retries exceeded"), "{result}");
+    let pid = result["pid"].as_u64().unwrap() as u32;
+    let doc = d.wait_process(pid, WAIT, "4 refused", |doc| {
+        outbound(doc, &remote).is_some_and(|o| num(o, "connect_failures/refused") == 4)
+    });
+    let o = outbound(&doc, &remote).unwrap();
+    assert_eq!(num(o, "connect_failures/refused"), 4);
+    for r in ["timeout", "unreachable", "reset", "other"] {
+        assert_eq!(num(o, &format!("connect_failures/{r}")), 0, "{r}");
+    }
+    assert_eq!(num(o, "connections_opened"), 0);
+    assert_eq!(o["socket_errors"]["ECONNREFUSED"], 4);
+    drop(c);
+}
+
+#[test]
+fn ipv6_refused_connects_are_counted_too() {
+    let d = shared_daemon();
+    let port = free_port();
+    let remote = format!("[::1]:{port}");
+    let (c, result) = client(None, &["retry_refused", &format!("http://{remote}/"), "1"]);
+    let pid = result["pid"].as_u64().unwrap() as u32;
+    let doc = d.wait_process(pid, WAIT, "2 refused", |doc| {
+        outbound(doc, &remote).is_some_and(|o| num(o, "connect_failures/refused") == 2)
+    });
+    assert_eq!(num(outbound(&doc, &remote).unwrap(), "connect_failures/refused"), 2);
+    drop(c);
+}
+
+/// A port whose SYNs are dropped (a firewall rule inside a namespace of our own): the client's
+/// own connect timeout fires while the socket is in SYN_SENT.
+#[test]
+fn client_connect_timeout_against_dropped_syns_is_a_timeout() {
+    let d = shared_daemon();
+    let ns = Netns::new("drop");
+    ns.exec(&["iptables", "-A", "INPUT", "-p", "tcp", "--dport", "9", "--syn", "-j", "DROP"]);
+    let remote = "127.0.0.1:9";
+    let (c, result) = client(Some(&ns.name), &["connect_timeout", "http://127.0.0.1:9/", "0.5", "2"]);
+    assert!(result["error"].as_str().unwrap().starts_with("ConnectTimeout"), "{result}");
+    let pid = result["pid"].as_u64().unwrap() as u32;
+    let doc = d.wait_process(pid, WAIT, "2 timeouts", |doc| {
+        outbound(doc, remote).is_some_and(|o| num(o, "connect_failures/timeout") == 2)
+    });
+    let o = outbound(&doc, remote).unwrap();
+    assert_eq!(num(o, "connect_failures/timeout"), 2);
+    assert_eq!(num(o, "connect_failures/refused"), 0);
+    assert_eq!(sockets(o, "SYN_SENT"), 0);
+    drop(c);
+}
+
+/// A server that closes first leaves the client's sockets in CLOSE_WAIT. The FIN is processed
+/// in softirq (on loopback, in the server's context, or wherever the CPU is): the sockets must
+/// still be charged to the client, and never to the server or to CPU-busy bystanders.
+#[test]
+fn close_wait_is_charged_to_the_client_not_to_whoever_is_on_the_cpu() {
+    let d = shared_daemon();
+    let busy: Vec<Proc> = (0..2).map(|_| busy_loop()).collect();
+    let (server, port) = http_server("127.0.0.1", "close");
+    let remote = format!("127.0.0.1:{port}");
+    let (c, result) = client(None, &["hold", "127.0.0.1", &port.to_string(), "20"]);
+    let pid = result["pid"].as_u64().unwrap() as u32;
+    let doc = d.wait_process(pid, WAIT, "20 CLOSE_WAIT", |doc| {
+        outbound(doc, &remote).is_some_and(|o| sockets(o, "CLOSE_WAIT") == 20)
+    });
+    let o = outbound(&doc, &remote).unwrap();
+    assert_eq!(num(o, "closed_by_peer"), 20);
+    assert_eq!(num(o, "closed_by_local"), 0);
+    assert_eq!(num(&doc, "sockets/CLOSE_WAIT"), 20);
+    assert_eq!(ss_count(&["state", "close-wait", "dst", &remote]), 20);
+
+    // The server's closed sockets wait for the client's FIN as FIN_WAIT2 timewait entries, as
+    // the kernel's table (after reconciliation) shows.
+    let sdoc = d.wait_process(server.pid(), WAIT, "20 FIN_WAIT2 on the server", |doc| {
+        inbound(doc, &remote).is_some_and(|i| sockets(i, "FIN_WAIT2") == 20)
+    });
+    assert_eq!(num(&sdoc, "sockets/CLOSE_WAIT"), 0, "{sdoc}");
+    assert!(sdoc["outbound"].as_array().unwrap().is_empty(), "{sdoc}");
+    let i = inbound(&sdoc, &remote).expect("server inbound");
+    assert_eq!(num(i, "closed_by_local"), 20);
+    assert_eq!(num(i, "connections_accepted"), 20);
+    assert_eq!(ss_count(&["state", "fin-wait-2", "src", &remote]), 20);
+    for b in &busy {
+        assert!(d.process(b.pid()).is_none(), "busy process {} was charged: {:?}", b.pid(), d.process(b.pid()));
+    }
+    // The client exits, its sockets close: CLOSE_WAIT drains to zero and the server's
+    // entries become TIME_WAIT.
+    c.finish();
+    d.wait_process(server.pid(), WAIT, "20 TIME_WAIT on the server", |doc| {
+        inbound(doc, &remote).is_some_and(|i| sockets(i, "TIME_WAIT") == 20 && sockets(i, "FIN_WAIT2") == 0)
+    });
+    assert_eq!(ss_count(&["state", "time-wait", "src", &remote]), 20);
+    drop(busy);
+}
+
+#[test]
+fn api_errors_are_json() {
+    let d = shared_daemon();
+    for bad in ["abc", "-5", "0", "12x", "99999999999"] {
+        let (status, body) = d.get(&format!("/api/v1/processes/{bad}"));
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body["error"].as_str().unwrap().contains("pid must be a positive integer"), "{body}");
+    }
+    let (status, body) = d.get(&format!("/api/v1/processes/{}", u32::MAX - 1));
+    assert_eq!(status, 404);
+    assert!(body["error"].is_string());
+    let (status, body) = d.get("/api/v1/nothing");
+    assert_eq!(status, 404);
+    assert!(body["error"].is_string());
+    let (status, body) = d.get("/healthz");
+    assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
+}
+
+#[test]
+fn metrics_carry_the_same_figures() {
+    let d = shared_daemon();
+    let (_server, port) = http_server("127.0.0.1", "keepalive");
+    let remote = format!("127.0.0.1:{port}");
+    let (c, result) = client(None, &["requests_no_session", &format!("http://{remote}/"), "7"]);
+    let pid = result["pid"].as_u64().unwrap();
+    d.wait_process(pid as u32, WAIT, "7 TIME_WAIT", |doc| {
+        outbound(doc, &remote).is_some_and(|o| sockets(o, "TIME_WAIT") == 7)
+    });
+    let text = d.metrics();
+    let line = |prefix: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(prefix) && l.contains(&format!("pid=\"{pid}\"")) && l.contains(&format!("peer=\"{remote}\"")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} for pid {pid} peer {remote} in:\n{text}"))
+    };
+    assert_eq!(line("observer_connections_opened_total{"), 7.0);
+    assert_eq!(line("observer_sockets{") + 0.0, 0.0, "first state listed is ESTABLISHED");
+    let tw = text
+        .lines()
+        .find(|l| l.starts_with("observer_sockets{") && l.contains(&format!("pid=\"{pid}\"")) && l.contains("state=\"TIME_WAIT\""))
+        .unwrap();
+    assert!(tw.ends_with(" 7"), "{tw}");
+    assert_eq!(line("observer_connection_lifetime_seconds_count{"), 7.0);
+    assert!(text.contains("\nobserver_events_lost_total 0\n"), "lost events");
+    assert!(text.contains("observer_map_evictions_total{map=\"sockets\"} 0"));
+    drop(c);
+}

@@ -1,0 +1,200 @@
+//! The daemon's own lifecycle: clean detach on signals, clear errors on bad set-ups, pruning
+//! of exited processes. Each test starts its own daemon.
+
+use std::process::Command;
+use std::time::Duration;
+
+use observer_e2e::*;
+
+/// Ids of the BPF objects of one kind (`prog_id`, `link_id`) that process `pid` holds open,
+/// from its file descriptors.
+fn bpf_ids_of(pid: u32, key: &str) -> Vec<u64> {
+    let mut ids = Vec::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).expect("fdinfo").flatten() {
+        let Ok(info) = std::fs::read_to_string(fd.path()) else { continue };
+        for line in info.lines() {
+            if let Some(v) = line.strip_prefix(&format!("{key}:")) {
+                ids.push(v.trim().parse().unwrap());
+            }
+        }
+    }
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+fn bpf_object_exists(kind: &str, id: u64) -> bool {
+    Command::new("bpftool").args([kind, "show", "id", &id.to_string()]).output().unwrap().status.success()
+}
+
+fn detaches_cleanly_on(signal: libc::c_int) {
+    let d = Daemon::start(&[]);
+    let pid = d.pid();
+    let progs = bpf_ids_of(pid, "prog_id");
+    let links = bpf_ids_of(pid, "link_id");
+    assert_eq!(progs.len(), 10, "10 programs loaded: {progs:?}");
+    assert_eq!(links.len(), 10, "one link per program: {links:?}");
+    assert!(progs.iter().all(|id| bpf_object_exists("prog", *id)));
+    let (status, log) = d.stop_with(signal);
+    assert!(status.success(), "exit status {status:?}\n{log}");
+    assert!(log.contains("detached from the kernel"), "{log}");
+    for id in progs {
+        assert!(!bpf_object_exists("prog", id), "program {id} is still loaded after exit");
+    }
+    for id in links {
+        assert!(!bpf_object_exists("link", id), "link {id} is still attached after exit");
+    }
+}
+
+#[test]
+fn sigterm_detaches_every_program() {
+    detaches_cleanly_on(libc::SIGTERM);
+}
+
+#[test]
+fn sigint_detaches_every_program() {
+    detaches_cleanly_on(libc::SIGINT);
+}
+
+/// Run `wrapper... observer daemon --listen <listen>` and collect its exit code and stderr.
+fn run_daemon(wrapper: &[&str], listen: &str) -> (i32, String) {
+    let bin = observer_bin();
+    let mut args: Vec<String> = wrapper.iter().map(|s| s.to_string()).collect();
+    args.push(bin.display().to_string());
+    args.extend(["daemon", "--listen", listen].map(String::from));
+    run(&args)
+}
+
+/// Run a shell script (that execs the daemon) in a private mount namespace.
+fn run_in_mount_namespace(script: &str) -> (i32, String) {
+    let args = ["unshare", "-m", "--propagation", "private", "sh", "-c", script].map(String::from);
+    run(&args)
+}
+
+fn run(args: &[String]) -> (i32, String) {
+    let mut cmd = Command::new(&args[0]);
+    cmd.args(&args[1..]);
+    let mut child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let status = wait_timeout(&mut child, Duration::from_secs(30)).expect("the daemon should exit on its own");
+    let stderr = read_all(child.stderr.take().unwrap());
+    (status.code().unwrap_or(-1), stderr)
+}
+
+fn assert_one_line_error(code: i32, stderr: &str, needle: &str) {
+    assert_eq!(code, 1, "exit code; stderr: {stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("observer: ")).collect();
+    assert_eq!(errors.len(), 1, "one error line: {stderr}");
+    assert!(errors[0].contains(needle), "{:?} should mention {needle:?}", errors[0]);
+}
+
+#[test]
+fn a_busy_port_is_a_clear_error() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let (code, stderr) = run_daemon(&[], &addr);
+    assert_one_line_error(code, &stderr, &format!("cannot listen on {addr}"));
+    assert!(stderr.contains("Address already in use"), "{stderr}");
+}
+
+#[test]
+fn not_root_is_a_clear_error() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let (code, stderr) = run_daemon(&["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"], &listen);
+    assert_one_line_error(code, &stderr, "permission denied");
+}
+
+/// In a private mount namespace, tracefs replaced by an empty tmpfs: the tracepoint the daemon
+/// cannot do without is missing.
+#[test]
+fn a_missing_tracepoint_is_a_clear_error() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let bin = observer_bin();
+    let script = format!(
+        "mount -t tmpfs none /sys/kernel/tracing && mkdir -p /sys/kernel/tracing/events/tcp && \
+         exec {} daemon --listen {listen}",
+        bin.display()
+    );
+    let (code, stderr) = run_in_mount_namespace(&script);
+    assert_one_line_error(code, &stderr, "tracepoint sock/inet_sock_set_state is missing");
+}
+
+/// tracefs unmounted and no right to mount it.
+#[test]
+fn an_unmountable_tracefs_is_a_clear_error() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let bin = observer_bin();
+    let script = format!(
+        "umount /sys/kernel/tracing 2>/dev/null; umount /sys/kernel/debug/tracing 2>/dev/null; \
+         exec setpriv --bounding-set=-sys_admin --inh-caps=-sys_admin {} daemon --listen {listen}",
+        bin.display()
+    );
+    let (code, stderr) = run_in_mount_namespace(&script);
+    assert_one_line_error(code, &stderr, "tracefs is not mounted and mounting it");
+}
+
+#[test]
+fn exited_processes_are_pruned() {
+    let d = Daemon::start(&["--exited-retention", "1"]);
+    let (_server, port) = http_server("127.0.0.1", "keepalive");
+    let remote = format!("127.0.0.1:{port}");
+    let (c, result) = client(None, &["requests_session", &format!("http://{remote}/"), "3"]);
+    let pid = result["pid"].as_u64().unwrap() as u32;
+    let doc = d.wait_process(pid, Duration::from_secs(10), "one connection", |doc| {
+        outbound(doc, &remote).is_some_and(|o| num(o, "connections_opened") == 1)
+    });
+    assert_eq!(doc["exited"], false);
+    c.finish();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while d.process(pid).is_some() {
+        assert!(std::time::Instant::now() < deadline, "pid {pid} still listed after exit: {:?}", d.process(pid));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let list = d.get("/api/v1/processes").1;
+    assert!(!list.as_array().unwrap().iter().any(|p| p["pid"] == pid), "{list}");
+}
+
+/// Sockets and listeners that exist before the daemon starts are attributed from its
+/// start-up snapshot (as `ss -tanp` would): a leak that started earlier is visible at once,
+/// and new connections to an old listener are charged to its listening endpoint, never to
+/// client ports.
+#[test]
+fn sockets_older_than_the_daemon_are_attributed() {
+    let (server, port) = http_server("127.0.0.1", "close");
+    let remote = format!("127.0.0.1:{port}");
+    let (old_client, result) = client(None, &["hold", "127.0.0.1", &port.to_string(), "5"]);
+    let old_pid = result["pid"].as_u64().unwrap() as u32;
+    // 5 CLOSE_WAIT sockets exist before the daemon starts.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while ss_count(&["state", "close-wait", "dst", &remote]) != 5 {
+        assert!(std::time::Instant::now() < deadline, "setup: no CLOSE_WAIT");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let d = Daemon::start(&[]);
+    let doc = d.wait_process(old_pid, Duration::from_secs(10), "5 CLOSE_WAIT from the snapshot", |doc| {
+        outbound(doc, &remote).is_some_and(|o| num(o, "sockets/CLOSE_WAIT") == 5)
+    });
+    assert_eq!(num(outbound(&doc, &remote).unwrap(), "connections_opened"), 0, "opened before we looked");
+
+    // A new client of the old listener.
+    let (new_client, result) = client(None, &["hold", "127.0.0.1", &port.to_string(), "3"]);
+    let new_pid = result["pid"].as_u64().unwrap() as u32;
+    d.wait_process(new_pid, Duration::from_secs(10), "3 CLOSE_WAIT", |doc| {
+        outbound(doc, &remote).is_some_and(|o| num(o, "sockets/CLOSE_WAIT") == 3 && num(o, "connections_opened") == 3)
+    });
+    let sdoc = d.wait_process(server.pid(), Duration::from_secs(10), "3 accepted on the old listener", |doc| {
+        inbound(doc, &remote).is_some_and(|i| num(i, "connections_accepted") == 3)
+    });
+    let i = inbound(&sdoc, &remote).unwrap();
+    assert_eq!(num(i, "sockets/LISTEN"), 1);
+    assert_eq!(num(i, "closed_by_local"), 3);
+    assert!(sdoc["outbound"].as_array().unwrap().is_empty(), "children filed as outbound: {sdoc}");
+    assert_eq!(sdoc["inbound"].as_array().unwrap().len(), 1, "{sdoc}");
+
+    // The old client closes its leaked sockets: the seeded ones drain like any other.
+    old_client.finish();
+    d.wait_process(old_pid, Duration::from_secs(10), "CLOSE_WAIT drained", |doc| {
+        num(doc, "sockets/CLOSE_WAIT") == 0
+    });
+    drop(new_client);
+}

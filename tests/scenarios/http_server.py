@@ -1,0 +1,76 @@
+#!/usr/bin/env python3
+"""A small HTTP/1.1 server for observer's end-to-end tests.
+
+Modes:
+  keepalive       HTTP/1.1 keep-alive: the client decides when to close.
+  close           answers, then closes the connection itself (server closes first).
+  idle:SECONDS    keep-alive, but closes connections idle for SECONDS.
+  never-close     never calls close() on accepted sockets, even after the client hung up
+                  (a server-side CLOSE_WAIT leak).
+
+Prints "LISTENING <pid> <port>" once it accepts connections.
+"""
+import argparse
+import os
+import socket
+import sys
+import threading
+
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
+RESPONSE_CLOSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+leaked = []
+
+
+def read_request(conn, buf):
+    while b"\r\n\r\n" not in buf:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return None, buf
+        buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    return head, rest
+
+
+def handle(conn, mode):
+    buf = b""
+    try:
+        if mode.startswith("idle:"):
+            conn.settimeout(float(mode.split(":", 1)[1]))
+        while True:
+            try:
+                head, buf = read_request(conn, buf)
+            except socket.timeout:
+                break
+            if head is None:
+                if mode == "never-close":
+                    leaked.append(conn)  # keep a reference: the fd stays open forever
+                    return
+                break
+            if mode == "close":
+                conn.sendall(RESPONSE_CLOSE)
+                break
+            conn.sendall(RESPONSE)
+    except OSError:
+        pass
+    conn.close()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--mode", default="keepalive")
+    a = ap.parse_args()
+    family = socket.AF_INET6 if ":" in a.host else socket.AF_INET
+    srv = socket.socket(family, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((a.host, a.port))
+    srv.listen(1024)
+    print(f"LISTENING {os.getpid()} {srv.getsockname()[1]}", flush=True)
+    while True:
+        conn, _ = srv.accept()
+        threading.Thread(target=handle, args=(conn, a.mode), daemon=True).start()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

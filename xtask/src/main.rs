@@ -1,0 +1,204 @@
+//! Project tasks: `cargo xtask setup|build|run|test`.
+//!
+//! Every task sets up what it needs first, idempotently, so that the README's two commands
+//! (`cargo xtask run`, `cargo xtask test`) work on a fresh machine.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "observer's build, run and test tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building, running and testing need (idempotent): rust-src for nightly,
+    /// bpf-linker, tracefs, and the packages the end-to-end tests drive.
+    Setup,
+    /// Build the release binary at target/release/observer (eBPF object embedded).
+    Build,
+    /// Build, then run the daemon observing the whole host on 127.0.0.1:9645. Extra
+    /// arguments go to `observer daemon` (e.g. `cargo xtask run -- --log-level debug`).
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Build, then run every unit and end-to-end test (needs root). Extra arguments go to
+    /// `cargo test` (e.g. a test name filter).
+    Test {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// bpf-linker version known to work with the nightly's LLVM (see shared notes).
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Commands the end-to-end tests run, and the Debian package that has each.
+const TEST_COMMANDS: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("ss", "iproute2"),
+    ("iptables", "iptables"),
+    ("bpftool", "bpftool"),
+    ("unshare", "util-linux"),
+    ("setpriv", "util-linux"),
+    ("curl", "curl"),
+    ("python3", "python3"),
+];
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+fn step(msg: &str) {
+    eprintln!("xtask: {msg}");
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn succeeds(cmd: &mut Command) -> bool {
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn have(cmd: &str) -> bool {
+    succeeds(Command::new("sh").args(["-c", &format!("command -v {cmd}")]))
+}
+
+fn is_root() -> bool {
+    output(Command::new("id").arg("-u")).is_ok_and(|s| s.trim() == "0")
+}
+
+/// rust-src for nightly and bpf-linker linked against nightly's LLVM.
+fn setup_build() -> Result<()> {
+    let installed = output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))
+        .context("the nightly toolchain is needed to build the eBPF programs (rustup toolchain install nightly)")?;
+    if !installed.lines().any(|l| l.starts_with("rust-src")) {
+        step("adding rust-src to the nightly toolchain");
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    }
+    let linker_ok = output(Command::new("bpf-linker").arg("--version"))
+        .is_ok_and(|v| v.contains(BPF_LINKER_VERSION));
+    if !linker_ok {
+        step(&format!("building bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM (about a minute)"));
+        let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+        let libdir = Path::new(sysroot.trim()).join("lib");
+        let llvm = std::fs::read_dir(&libdir)?
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .find(|n| n.starts_with("libLLVM-") && n.ends_with(".so"))
+            .with_context(|| format!("no libLLVM-*.so in {}", libdir.display()))?;
+        let llvm = llvm.trim_start_matches("lib").trim_end_matches(".so").to_string();
+        let major = llvm.trim_start_matches("LLVM-").split(['-', '.']).next().unwrap_or("").to_string();
+        let dir = libdir.display();
+        run(Command::new("cargo")
+            .args(["+stable", "install", &format!("bpf-linker@{BPF_LINKER_VERSION}"), "--locked", "--force"])
+            .args(["--no-default-features", "--features", &format!("llvm-{major},no-llvm-linking")])
+            .env("RUSTFLAGS", format!("-L native={dir} -l dylib={llvm} -C link-arg=-Wl,-rpath,{dir}")))?;
+    }
+    Ok(())
+}
+
+/// tracefs mounted (the daemon mounts it too, but the tests read it directly).
+fn setup_runtime() -> Result<()> {
+    if !Path::new("/sys/kernel/tracing/events").is_dir() && is_root() {
+        step("mounting tracefs on /sys/kernel/tracing");
+        run(Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]))?;
+    }
+    Ok(())
+}
+
+/// The real peers the end-to-end tests drive.
+fn setup_test_deps() -> Result<()> {
+    let mut missing: Vec<&str> = TEST_COMMANDS.iter().filter(|(c, _)| !have(c)).map(|(_, p)| *p).collect();
+    missing.sort();
+    missing.dedup();
+    if !missing.is_empty() {
+        step(&format!("installing {}", missing.join(" ")));
+        run(Command::new("apt-get").arg("update").arg("-q"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    if !succeeds(Command::new("python3").args(["-c", "import requests, urllib3"])) {
+        step("installing python requests");
+        run(Command::new("python3").args(["-m", "pip", "install", "-q", "requests"]))?;
+    }
+    Ok(())
+}
+
+fn build() -> Result<PathBuf> {
+    setup_build()?;
+    step("building target/release/observer");
+    run(Command::new("cargo").current_dir(root()).args(["build", "--release", "-p", "observer"]))?;
+    Ok(root().join("target/release/observer"))
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => {
+            setup_build()?;
+            setup_runtime()?;
+            setup_test_deps()?;
+        }
+        Task::Build => {
+            let bin = build()?;
+            step(&format!("built {}", bin.display()));
+        }
+        Task::Run { args } => {
+            let bin = build()?;
+            setup_runtime()?;
+            if !is_root() {
+                step("warning: the daemon needs root (or CAP_BPF and CAP_PERFMON)");
+            }
+            let listen_given = args.iter().any(|a| a == "--listen" || a.starts_with("--listen="));
+            let mut cmd = Command::new(&bin);
+            cmd.arg("daemon");
+            if !listen_given {
+                cmd.args(["--listen", "127.0.0.1:9645"]);
+            }
+            cmd.args(&args);
+            step(&format!("running {cmd:?}"));
+            let status = cmd.status()?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Task::Test { args } => {
+            if !is_root() {
+                bail!("the end-to-end tests load eBPF programs and create network namespaces: run as root");
+            }
+            setup_runtime()?;
+            setup_test_deps()?;
+            let bin = build()?;
+            step("running unit and end-to-end tests");
+            run(Command::new("cargo")
+                .current_dir(root())
+                .args(["test", "--release", "--workspace", "--exclude", "observer-ebpf"])
+                .args(&args)
+                .env("OBSERVER_BIN", &bin))?;
+        }
+    }
+    Ok(())
+}
