@@ -210,15 +210,12 @@ pub mod counter {
     pub const SOCKET_INSERTED: u32 = 2;
     /// Owner records deleted from `SOCKETS` when their socket was destroyed.
     pub const SOCKET_DELETED: u32 = 3;
-    /// Transitions of a socket whose owner was not in `SOCKETS` (created before the daemon
-    /// started, or evicted).
-    pub const OWNER_MISSING: u32 = 4;
     /// Listener records that could not be inserted into `LISTENERS`.
-    pub const LISTENER_INSERT_FAILED: u32 = 5;
+    pub const LISTENER_INSERT_FAILED: u32 = 4;
     /// Pending connect() records that could not be inserted into `CONNECTS`.
-    pub const CONNECT_INSERT_FAILED: u32 = 6;
+    pub const CONNECT_INSERT_FAILED: u32 = 5;
     /// Number of counters.
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 6;
 }
 
 /// Key of the `LISTENERS` map: a listening endpoint in a network namespace.

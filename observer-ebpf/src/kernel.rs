@@ -1,9 +1,7 @@
 //! Reads of kernel memory at the offsets the daemon computed from BTF.
 
-use aya_ebpf::helpers::{
-    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel,
-};
-use observer_common::{KernelOffsets, Owner, IPPROTO_TCP};
+use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel};
+use observer_common::{IPPROTO_TCP, KernelOffsets, Owner};
 
 /// `SOCK_STREAM`.
 const SOCK_STREAM: u16 = 1;

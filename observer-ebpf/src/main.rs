@@ -19,10 +19,10 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use aya_log_ebpf::{debug, warn};
-use maps::{count, CONNECTS, EVENTS, EXIT_GROUP_DEAD_OFFSET, LISTENERS, OFFSETS, SOCKETS};
+use maps::{CONNECTS, EVENTS, EXIT_GROUP_DEAD_OFFSET, LISTENERS, OFFSETS, SOCKETS, count};
 use observer_common::{
-    counter, flags, kind, tcp_state, Event, KernelOffsets, ListenerKey, ListenerValue, Owner,
-    PendingConnect, AF_INET, AF_INET6, IPPROTO_TCP,
+    AF_INET, AF_INET6, Event, IPPROTO_TCP, KernelOffsets, ListenerKey, ListenerValue, Owner, PendingConnect, counter,
+    flags, kind, tcp_state,
 };
 
 const EINTR: i64 = 4;
@@ -68,7 +68,7 @@ fn remember_owner(sk: u64, owner: &Owner) {
 
 #[inline(always)]
 fn lookup_owner(sk: u64) -> Option<Owner> {
-    unsafe { SOCKETS.get(&sk).copied() }
+    unsafe { SOCKETS.get(sk).copied() }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -116,7 +116,7 @@ fn on_state(ctx: &TracePointContext) {
             let owner = kernel::current_owner(&off);
             remember_owner(sk, &owner);
             let tid = bpf_get_current_pid_tgid() as u32;
-            if let Some(pending) = CONNECTS.get_ptr_mut(&tid) {
+            if let Some(pending) = CONNECTS.get_ptr_mut(tid) {
                 unsafe { (*pending).syn_sent = 1 };
             }
             set_netns(&off, &mut ev);
@@ -129,7 +129,7 @@ fn on_state(ctx: &TracePointContext) {
             set_netns(&off, &mut ev);
             let key = ListenerKey { netns: ev.netns, family: ev.family, port: ev.sport, addr: ev.saddr };
             let value = ListenerValue { sk, owner };
-            if LISTENERS.insert(&key, &value, 0).is_err() {
+            if LISTENERS.insert(key, value, 0).is_err() {
                 count(counter::LISTENER_INSERT_FAILED);
                 warn!(ctx, "LISTENERS insert failed for port {}", ev.sport);
             }
@@ -140,10 +140,10 @@ fn on_state(ctx: &TracePointContext) {
         (tcp_state::LISTEN, tcp_state::SYN_RECV) => {
             set_netns(&off, &mut ev);
             let mut key = ListenerKey { netns: ev.netns, family: ev.family, port: ev.sport, addr: ev.saddr };
-            let mut listener = unsafe { LISTENERS.get(&key).copied() };
+            let mut listener = unsafe { LISTENERS.get(key).copied() };
             if listener.is_none() {
                 key.addr = [0; 16];
-                listener = unsafe { LISTENERS.get(&key).copied() };
+                listener = unsafe { LISTENERS.get(key).copied() };
             }
             match listener {
                 Some(l) => {
@@ -159,10 +159,10 @@ fn on_state(ctx: &TracePointContext) {
         (tcp_state::LISTEN, tcp_state::CLOSE) => {
             set_netns(&off, &mut ev);
             let key = ListenerKey { netns: ev.netns, family: ev.family, port: ev.sport, addr: ev.saddr };
-            if let Some(l) = unsafe { LISTENERS.get(&key) } {
+            if let Some(l) = unsafe { LISTENERS.get(key) } {
                 // 0: a listener older than the daemon, recorded by user space.
                 if l.sk == sk || l.sk == 0 {
-                    let _ = LISTENERS.remove(&key);
+                    let _ = LISTENERS.remove(key);
                 }
             }
             lookup_owner(sk)
@@ -179,7 +179,6 @@ fn on_state(ctx: &TracePointContext) {
             if ev.flags & flags::NETNS_KNOWN == 0 {
                 set_netns(&off, &mut ev);
             }
-            count(counter::OWNER_MISSING);
         }
     }
     if newstate == tcp_state::CLOSE {
@@ -277,7 +276,7 @@ fn on_connect_enter(ctx: &TracePointContext) {
         return;
     }
     let tid = bpf_get_current_pid_tgid() as u32;
-    if CONNECTS.insert(&tid, &pending, 0).is_err() {
+    if CONNECTS.insert(tid, pending, 0).is_err() {
         count(counter::CONNECT_INSERT_FAILED);
         warn!(ctx, "CONNECTS insert failed for thread {}", tid);
     }
@@ -292,8 +291,8 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn on_connect_exit(ctx: &TracePointContext) {
     let tid = bpf_get_current_pid_tgid() as u32;
-    let Some(pending) = (unsafe { CONNECTS.get(&tid).copied() }) else { return };
-    let _ = CONNECTS.remove(&tid);
+    let Some(pending) = (unsafe { CONNECTS.get(tid).copied() }) else { return };
+    let _ = CONNECTS.remove(tid);
     let ret: i64 = field(ctx, 16);
     if ret >= 0 || pending.syn_sent != 0 {
         return;
@@ -429,7 +428,7 @@ fn on_receive_reset(ctx: &TracePointContext) {
 #[tracepoint]
 pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
     let sk: u64 = field(&ctx, 8);
-    if SOCKETS.remove(&sk).is_ok() {
+    if SOCKETS.remove(sk).is_ok() {
         count(counter::SOCKET_DELETED);
     }
     0

@@ -2,11 +2,11 @@
 //! LRU so that a missed cleanup can never fill them for good.
 
 use aya_ebpf::{
+    Global,
     macros::map,
     maps::{LruHashMap, PerCpuArray, RingBuf},
-    Global,
 };
-use observer_common::{counter, KernelOffsets, ListenerKey, ListenerValue, Owner, PendingConnect};
+use observer_common::{KernelOffsets, ListenerKey, ListenerValue, Owner, PendingConnect, counter};
 
 /// The one ring buffer to user space. Its size can be changed by the daemon at load time.
 #[map]

@@ -305,7 +305,8 @@ impl Aggregator {
         ordered.extend(sockets.iter().filter(|s| s.state != TcpState::Listen));
         for s in ordered {
             let tuple = (s.netns, s.local.0, s.remote.0);
-            if tracked.contains(&tuple) || self.recently_closed.contains_key(&tuple) || self.seeds.contains_key(&tuple) {
+            if tracked.contains(&tuple) || self.recently_closed.contains_key(&tuple) || self.seeds.contains_key(&tuple)
+            {
                 continue;
             }
             let Some(key) = self.ensure_process(&s.owner, 0) else { continue };
@@ -449,10 +450,10 @@ impl Aggregator {
         let rec = self.sockets.remove(&sk)?;
         if let Some(p) = self.processes.get_mut(&rec.owner.pid).filter(|p| p.key == rec.owner) {
             p.sockets.remove(&sk);
-            if rec.listener {
-                if let Some(i) = p.listeners.iter().position(|(_, l)| *l == rec.peer) {
-                    p.listeners.swap_remove(i);
-                }
+            if rec.listener
+                && let Some(i) = p.listeners.iter().position(|(_, l)| *l == rec.peer)
+            {
+                p.listeners.swap_remove(i);
             }
             if let (Some(s), Some(stats)) = (rec.state, p.peers_mut(rec.direction).get_mut(&rec.peer)) {
                 stats.sockets.sub(s, 1);
@@ -469,19 +470,19 @@ impl Aggregator {
             // whose end we did not see.
             self.drop_socket(ev.sk);
         }
-        if !self.sockets.contains_key(&ev.sk)
-            && !(!creation && self.adopt_seed(ev))
-            && !self.start_tracking(ev, old, new, creation)
-        {
+        let tracked = self.sockets.contains_key(&ev.sk)
+            || (!creation && self.adopt_seed(ev))
+            || self.start_tracking(ev, old, new, creation);
+        if !tracked {
             return;
         }
         // The kernel's owner record is authoritative (it follows accept()).
         if let Some(owner) = &ev.owner {
             let current = self.sockets[&ev.sk].owner;
-            if owner.key != current {
-                if let Some(key) = self.ensure_process(owner, ev.ts_ns) {
-                    self.move_socket(ev.sk, key);
-                }
+            if owner.key != current
+                && let Some(key) = self.ensure_process(owner, ev.ts_ns)
+            {
+                self.move_socket(ev.sk, key);
             }
         }
 
@@ -541,10 +542,10 @@ impl Aggregator {
         let Some(key) = self.ensure_process(owner, ev.ts_ns) else { return false };
         if new == Close {
             // The end of a socket we never saw: only a failed connect is worth counting.
-            if old == SynSent {
-                if let Some(stats) = self.peer_mut(key, Direction::Outbound, ev.remote.canonical()) {
-                    stats.connect_failures.add(FailureReason::from_errno(ev.error));
-                }
+            if old == SynSent
+                && let Some(stats) = self.peer_mut(key, Direction::Outbound, ev.remote.canonical())
+            {
+                stats.connect_failures.add(FailureReason::from_errno(ev.error));
             }
             return false;
         }
@@ -686,10 +687,8 @@ impl Aggregator {
     }
 
     fn on_reset(&mut self, ev: &SocketEvent, received: bool) {
-        if received {
-            if let Some(r) = self.sockets.get_mut(&ev.sk) {
-                r.reset_received = true;
-            }
+        if received && let Some(r) = self.sockets.get_mut(&ev.sk) {
+            r.reset_received = true;
         }
         let Some((owner, direction, peer)) = self.bucket_of(ev) else { return };
         if let Some(stats) = self.peer_mut(owner, direction, peer) {

@@ -26,7 +26,7 @@ pub fn member_offset(btf: &Btf, struct_name: &str, path: &[&str]) -> Result<u32>
         bits += offset;
         current = ty;
     }
-    if bits % 8 != 0 {
+    if !bits.is_multiple_of(8) {
         bail!("{struct_name}.{} is a bitfield", path.join("."));
     }
     Ok(bits / 8)
@@ -60,10 +60,11 @@ fn find_member(btf: &Btf, ty: &Type, name: &str) -> Result<Option<(u32, Type)>> 
             }
             return Ok(Some((m.bit_offset(), mty)));
         }
-        if mname.is_empty() && matches!(mty, Type::Struct(_) | Type::Union(_)) {
-            if let Some((inner, t)) = find_member(btf, &mty, name)? {
-                return Ok(Some((m.bit_offset() + inner, t)));
-            }
+        if mname.is_empty()
+            && matches!(mty, Type::Struct(_) | Type::Union(_))
+            && let Some((inner, t)) = find_member(btf, &mty, name)?
+        {
+            return Ok(Some((m.bit_offset() + inner, t)));
         }
     }
     Ok(None)

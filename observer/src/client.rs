@@ -13,10 +13,9 @@ fn get(api: &str, path: &str) -> Result<Value> {
         .timeout_global(Some(std::time::Duration::from_secs(10)))
         .build()
         .into();
-    let mut resp = agent
-        .get(&url)
-        .call()
-        .map_err(|e| anyhow!("cannot reach the observer daemon at {api}: {e} (is `observer daemon` running? see --api)"))?;
+    let mut resp = agent.get(&url).call().map_err(|e| {
+        anyhow!("cannot reach the observer daemon at {api}: {e} (is `observer daemon` running? see --api)")
+    })?;
     let status = resp.status();
     let body: Value = resp.body_mut().read_json().with_context(|| format!("reading the answer of {url}"))?;
     if !status.is_success() {
@@ -67,12 +66,7 @@ pub fn render_process(p: &Value) -> String {
         let _ = writeln!(out, "cmdline  {}", s(p, "cmdline"));
     }
     let _ = writeln!(out, "sockets  {}", states(&p["sockets"]));
-    let _ = writeln!(
-        out,
-        "opened {}  accepted {}",
-        n(p, "connections_opened"),
-        n(p, "connections_accepted")
-    );
+    let _ = writeln!(out, "opened {}  accepted {}", n(p, "connections_opened"), n(p, "connections_accepted"));
     let outbound = p["outbound"].as_array().cloned().unwrap_or_default();
     if !outbound.is_empty() {
         let _ = writeln!(out, "\nOUTBOUND");

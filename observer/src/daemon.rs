@@ -40,9 +40,7 @@ const BATCH: usize = 4096;
 
 pub async fn run(opts: DaemonOptions) -> Result<()> {
     // Bind first: a busy port fails before anything is loaded into the kernel.
-    let listener = TcpListener::bind(opts.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", opts.listen))?;
+    let listener = TcpListener::bind(opts.listen).await.with_context(|| format!("cannot listen on {}", opts.listen))?;
 
     let mut probes = Probes::load(&Options {
         max_sockets: opts.max_sockets,
@@ -54,9 +52,8 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
     let features = probes.features.clone();
     log::info!("kernel programs attached; features: {features:?}");
 
-    let agg = Arc::new(Mutex::new(Aggregator::new(Config {
-        exited_retention_ns: opts.exited_retention.as_nanos() as u64,
-    })));
+    let agg =
+        Arc::new(Mutex::new(Aggregator::new(Config { exited_retention_ns: opts.exited_retention.as_nanos() as u64 })));
     // Sockets older than the daemon, attributed as `ss -tanp` would. Taken after the programs
     // are attached, so that nothing falls between the two.
     match tokio::task::spawn_blocking(snapshot::take).await? {
@@ -100,10 +97,7 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
 
     let app = api::router(AppState { agg, kernel, healthy });
     log::info!("serving the API on http://{}", opts.listen);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("HTTP server")?;
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.context("HTTP server")?;
 
     tasks.shutdown().await;
     // Last reference: dropping it detaches every program and frees the maps.
@@ -163,7 +157,7 @@ async fn housekeeping(agg: Arc<Mutex<Aggregator>>, probes: Arc<Mutex<Probes>>) {
         let (new, known) = {
             let mut a = agg.lock().expect("aggregator lock");
             a.tick(monotonic_ns());
-            let known: Vec<_> = if round % 5 == 0 {
+            let known: Vec<_> = if round.is_multiple_of(5) {
                 a.processes().filter(|p| p.exited_ns.is_none()).map(|p| p.key).collect()
             } else {
                 Vec::new()
@@ -176,7 +170,7 @@ async fn housekeeping(agg: Arc<Mutex<Aggregator>>, probes: Arc<Mutex<Probes>>) {
         };
         let info: Vec<_> = new
             .into_iter()
-            .filter(|k| procfs::is_alive(k))
+            .filter(procfs::is_alive)
             .map(|k| (k, procfs::comm(k.pid), procfs::cmdline(k.pid)))
             .collect();
         let dead: Vec<_> = known.into_iter().filter(|k| !procfs::is_alive(k)).collect();
@@ -234,7 +228,7 @@ async fn refresh_kernel_status(probes: Arc<Mutex<Probes>>, kernel: Arc<Mutex<Ker
         interval.tick().await;
         let probes = probes.clone();
         // Walking the owner map costs a syscall per entry: every 10 s only.
-        let walk = round % 10 == 0;
+        let walk = round.is_multiple_of(10);
         round += 1;
         let status = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let p = probes.lock().expect("probes lock");
@@ -264,7 +258,10 @@ async fn refresh_kernel_status(probes: Arc<Mutex<Probes>>, kernel: Arc<Mutex<Ker
             k.socket_map_entries = entries;
             let bound = crate::metrics::eviction_lower_bound(inserted_before, entries, deleted_after);
             if bound > k.socket_map_evictions {
-                log::warn!("the socket-owner map is full: {} records evicted (raise --max-sockets)", bound - k.socket_map_evictions);
+                log::warn!(
+                    "the socket-owner map is full: {} records evicted (raise --max-sockets)",
+                    bound - k.socket_map_evictions
+                );
                 k.socket_map_evictions = bound;
             }
         }

@@ -1,8 +1,8 @@
 //! Decoding of the kernel's ring-buffer records into typed events.
 
-use observer_common::{flags, kind, Event};
+use observer_common::{Event, flags, kind};
 
-use crate::model::{Endpoint, ProcessKey, TcpState, TICK_NS};
+use crate::model::{Endpoint, ProcessKey, TICK_NS, TcpState};
 
 /// The process a kernel record names.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -30,21 +30,6 @@ impl Lifetimes {
         }
     }
 
-    pub fn merge(&mut self, other: &Lifetimes) {
-        if other.count == 0 {
-            return;
-        }
-        if self.count == 0 || other.min_ns < self.min_ns {
-            self.min_ns = other.min_ns;
-        }
-        self.max_ns = self.max_ns.max(other.max_ns);
-        self.count += other.count;
-        self.sum_ns += other.sum_ns;
-        for (a, b) in self.buckets.iter_mut().zip(other.buckets.iter()) {
-            *a += b;
-        }
-    }
-
     /// (upper bound in seconds, cumulative count) for each bucket.
     pub fn cumulative(&self) -> impl Iterator<Item = (f64, u64)> + '_ {
         let mut acc = 0;
@@ -73,11 +58,5 @@ mod tests {
         assert_eq!(c[1], (0.005, 1));
         assert_eq!(c[6], (1.0, 2));
         assert_eq!(c.last().unwrap().1, 2);
-        let mut m = Lifetimes::default();
-        m.merge(&l);
-        m.merge(&l);
-        assert_eq!(m.count, 6);
-        assert_eq!(m.min_ns, 2_000_000);
-        assert_eq!(m.cumulative().last().unwrap().1, 4);
     }
 }

@@ -8,7 +8,7 @@ use prometheus::proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, Me
 use prometheus::{Encoder as _, TextEncoder};
 
 use crate::aggregate::{Aggregator, PeerStats, Process};
-use crate::model::{errno_name, Direction, Endpoint, FAILURE_REASONS};
+use crate::model::{Direction, Endpoint, FAILURE_REASONS, errno_name};
 use crate::probes::{Features, KernelCounters};
 use crate::timewait::TwOwner;
 use crate::views::process_totals;
@@ -113,7 +113,14 @@ fn lifetime_histogram(st: &PeerStats) -> Histogram {
     h
 }
 
-fn peer_metrics(f: &mut Families, agg: &Aggregator, p: &Process, direction: Direction, peer: &Endpoint, st: &PeerStats) {
+fn peer_metrics(
+    f: &mut Families,
+    agg: &Aggregator,
+    p: &Process,
+    direction: Direction,
+    peer: &Endpoint,
+    st: &PeerStats,
+) {
     let pid = p.key.pid.to_string();
     let dir = direction.name();
     let peer_s = peer.to_string();
@@ -158,15 +165,39 @@ fn peer_metrics(f: &mut Families, agg: &Aggregator, p: &Process, direction: Dire
 pub fn families(agg: &Aggregator, kernel: &KernelStatus) -> Vec<MetricFamily> {
     use MetricType::{COUNTER, GAUGE, HISTOGRAM};
     let mut f = Families {
-        sockets: Family::new("observer_sockets", "Live TCP sockets of a process by peer and state (TIME_WAIT reconciled with the kernel's table).", GAUGE),
-        process_sockets: Family::new("observer_process_sockets", "Live TCP sockets of a process by state, over all peers.", GAUGE),
+        sockets: Family::new(
+            "observer_sockets",
+            "Live TCP sockets of a process by peer and state (TIME_WAIT reconciled with the kernel's table).",
+            GAUGE,
+        ),
+        process_sockets: Family::new(
+            "observer_process_sockets",
+            "Live TCP sockets of a process by state, over all peers.",
+            GAUGE,
+        ),
         opened: Family::new("observer_connections_opened_total", "Outbound connections established.", COUNTER),
-        accepted: Family::new("observer_connections_accepted_total", "Inbound connections accepted, by listening endpoint.", COUNTER),
-        closed: Family::new("observer_connections_closed_total", "Connections closed, by the side that closed first (local or peer).", COUNTER),
-        failures: Family::new("observer_connect_failures_total", "Outbound connects that failed, by reason (refused, timeout, unreachable, reset, other).", COUNTER),
+        accepted: Family::new(
+            "observer_connections_accepted_total",
+            "Inbound connections accepted, by listening endpoint.",
+            COUNTER,
+        ),
+        closed: Family::new(
+            "observer_connections_closed_total",
+            "Connections closed, by the side that closed first (local or peer).",
+            COUNTER,
+        ),
+        failures: Family::new(
+            "observer_connect_failures_total",
+            "Outbound connects that failed, by reason (refused, timeout, unreachable, reset, other).",
+            COUNTER,
+        ),
         resets_sent: Family::new("observer_resets_sent_total", "TCP resets sent.", COUNTER),
         resets_received: Family::new("observer_resets_received_total", "TCP resets received.", COUNTER),
-        socket_errors: Family::new("observer_socket_errors_total", "Errors the kernel reported on sockets, by errno.", COUNTER),
+        socket_errors: Family::new(
+            "observer_socket_errors_total",
+            "Errors the kernel reported on sockets, by errno.",
+            COUNTER,
+        ),
         lifetime: Family::new("observer_connection_lifetime_seconds", "Time from established to closed.", HISTOGRAM),
     };
     let mut procs: Vec<&Process> = agg.processes().collect();
@@ -186,8 +217,16 @@ pub fn families(agg: &Aggregator, kernel: &KernelStatus) -> Vec<MetricFamily> {
     }
 
     let mut out: Vec<MetricFamily> = [
-        f.sockets, f.process_sockets, f.opened, f.accepted, f.closed, f.failures, f.resets_sent,
-        f.resets_received, f.socket_errors, f.lifetime,
+        f.sockets,
+        f.process_sockets,
+        f.opened,
+        f.accepted,
+        f.closed,
+        f.failures,
+        f.resets_sent,
+        f.resets_received,
+        f.socket_errors,
+        f.lifetime,
     ]
     .into_iter()
     .map(|f| f.mf)
@@ -207,22 +246,64 @@ pub fn families(agg: &Aggregator, kernel: &KernelStatus) -> Vec<MetricFamily> {
     };
     out.push(events.mf);
     let c = &kernel.counters;
-    out.push(single("observer_events_lost_total", "Events the kernel could not queue because the ring buffer was full.", COUNTER, c.events_lost));
-    let mut evictions = Family::new("observer_map_evictions_total", "Records the kernel's LRU maps dropped to make room.", COUNTER);
+    out.push(single(
+        "observer_events_lost_total",
+        "Events the kernel could not queue because the ring buffer was full.",
+        COUNTER,
+        c.events_lost,
+    ));
+    let mut evictions =
+        Family::new("observer_map_evictions_total", "Records the kernel's LRU maps dropped to make room.", COUNTER);
     evictions.counter(&[("map", "sockets")], kernel.socket_map_evictions as f64);
     out.push(evictions.mf);
-    let mut failures = Family::new("observer_map_insert_failures_total", "Records the kernel could not insert into a map.", COUNTER);
+    let mut failures =
+        Family::new("observer_map_insert_failures_total", "Records the kernel could not insert into a map.", COUNTER);
     failures.counter(&[("map", "sockets")], c.socket_insert_failed as f64);
     failures.counter(&[("map", "listeners")], c.listener_insert_failed as f64);
     failures.counter(&[("map", "connects")], c.connect_insert_failed as f64);
     out.push(failures.mf);
-    out.push(single("observer_unattributed_events_total", "Socket events whose owner was unknown (sockets older than the daemon, or evicted).", COUNTER, agg.stats.unattributed_events));
-    out.push(single("observer_decode_errors_total", "Ring-buffer records that could not be decoded.", COUNTER, agg.stats.decode_errors));
-    out.push(single("observer_time_wait_unattributed", "Kernel TIME_WAIT sockets not charged to any process.", GAUGE, agg.timewait().unattributed()));
+    out.push(single(
+        "observer_unattributed_events_total",
+        "Socket events whose owner was unknown (sockets older than the daemon, or evicted).",
+        COUNTER,
+        agg.stats.unattributed_events,
+    ));
+    out.push(single(
+        "observer_decode_errors_total",
+        "Ring-buffer records that could not be decoded.",
+        COUNTER,
+        agg.stats.decode_errors,
+    ));
+    out.push(single(
+        "observer_time_wait_unattributed",
+        "Kernel TIME_WAIT sockets not charged to any process.",
+        GAUGE,
+        agg.timewait().unattributed(),
+    ));
     out.push(single("observer_tracked_processes", "Processes in the table.", GAUGE, agg.processes().count() as u64));
-    out.push(single("observer_tracked_sockets", "Live sockets tracked (TIME_WAIT not included).", GAUGE, agg.tracked_sockets() as u64));
-    out.push(single("observer_socket_map_entries", "Entries in the kernel's socket-owner map.", GAUGE, kernel.socket_map_entries));
-    let mut feat = Family::new("observer_feature_enabled", "Whether an optional kernel feature is working (1) or degraded (0).", GAUGE);
+    out.push(single(
+        "observer_tracked_sockets",
+        "Live sockets tracked (TIME_WAIT not included).",
+        GAUGE,
+        agg.tracked_sockets() as u64,
+    ));
+    out.push(single(
+        "observer_tracked_time_wait",
+        "Timewait entries charged to processes.",
+        GAUGE,
+        agg.timewait().len() as u64,
+    ));
+    out.push(single(
+        "observer_socket_map_entries",
+        "Entries in the kernel's socket-owner map.",
+        GAUGE,
+        kernel.socket_map_entries,
+    ));
+    let mut feat = Family::new(
+        "observer_feature_enabled",
+        "Whether an optional kernel feature is working (1) or degraded (0).",
+        GAUGE,
+    );
     let fs = &kernel.features;
     for (name, on) in [
         ("kernel_offsets", fs.kernel_offsets),

@@ -97,6 +97,7 @@ impl StateCounts {
         }
     }
 
+    #[cfg(test)]
     pub fn get(&self, state: TcpState) -> u64 {
         state.slot().map_or(0, |i| self.0[i])
     }
@@ -172,8 +173,7 @@ pub struct ProcessKey {
 impl ProcessKey {
     /// Whether two keys can name the same process (an unknown start time matches any).
     pub fn same_process(&self, other: &ProcessKey) -> bool {
-        self.pid == other.pid
-            && (self.start_ns == 0 || other.start_ns == 0 || self.start_ns == other.start_ns)
+        self.pid == other.pid && (self.start_ns == 0 || other.start_ns == 0 || self.start_ns == other.start_ns)
     }
 }
 
@@ -225,9 +225,7 @@ impl FailureReason {
         match errno {
             libc::ECONNREFUSED => FailureReason::Refused,
             0 | libc::ETIMEDOUT => FailureReason::Timeout,
-            libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EHOSTDOWN | libc::ENETDOWN => {
-                FailureReason::Unreachable
-            }
+            libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EHOSTDOWN | libc::ENETDOWN => FailureReason::Unreachable,
             libc::ECONNRESET => FailureReason::Reset,
             _ => FailureReason::Other,
         }
@@ -261,14 +259,9 @@ impl FailureCounts {
         self.0[reason.slot()]
     }
 
+    #[cfg(test)]
     pub fn total(&self) -> u64 {
         self.0.iter().sum()
-    }
-
-    pub fn merge(&mut self, other: &FailureCounts) {
-        for (a, b) in self.0.iter_mut().zip(other.0.iter()) {
-            *a += b;
-        }
     }
 }
 

@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::{BtfTracePoint, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
-use observer_common::{counter, names, KernelOffsets, ListenerKey, ListenerValue, Owner, AF_INET, AF_INET6};
+use observer_common::{AF_INET, AF_INET6, KernelOffsets, ListenerKey, ListenerValue, Owner, counter, names};
 
 use crate::aggregate::SeedSocket;
 use crate::model::{ProcessKey, TcpState};
@@ -47,7 +47,6 @@ pub struct KernelCounters {
     pub socket_insert_failed: u64,
     pub socket_inserted: u64,
     pub socket_deleted: u64,
-    pub owner_missing: u64,
     pub listener_insert_failed: u64,
     pub connect_insert_failed: u64,
 }
@@ -55,7 +54,6 @@ pub struct KernelCounters {
 pub struct Probes {
     ebpf: Ebpf,
     pub features: Features,
-    pub max_sockets: u32,
 }
 
 /// Refuse early, with one clear line, when we cannot possibly load programs.
@@ -92,7 +90,9 @@ fn raise_memlock() {
 impl Probes {
     pub fn load(opts: &Options) -> Result<Probes> {
         if EBPF_OBJECT.is_empty() {
-            bail!("this binary was built without its eBPF programs (AYA_BUILD_SKIP); build it with `cargo xtask build`");
+            bail!(
+                "this binary was built without its eBPF programs (AYA_BUILD_SKIP); build it with `cargo xtask build`"
+            );
         }
         check_privileges()?;
         let tracefs = tracefs::ensure_mounted()?;
@@ -107,7 +107,9 @@ impl Probes {
                 o
             }
             Err(e) => {
-                log::warn!("kernel BTF unusable ({e:#}): sockets are charged by tgid only, without network namespaces, accept attribution or connect error details");
+                log::warn!(
+                    "kernel BTF unusable ({e:#}): sockets are charged by tgid only, without network namespaces, accept attribution or connect error details"
+                );
                 KernelOffsets::zeroed()
             }
         };
@@ -151,11 +153,24 @@ impl Probes {
         features.process_exits =
             optional("sched_process_exit", &tracefs::SCHED_PROCESS_EXIT, "exits are found by polling /proc");
         if features.kernel_offsets {
-            let a4 = optional("sys_exit_accept4", &tracefs::SYS_EXIT_ACCEPT4, "accepted sockets stay charged to the listener's owner");
+            let a4 = optional(
+                "sys_exit_accept4",
+                &tracefs::SYS_EXIT_ACCEPT4,
+                "accepted sockets stay charged to the listener's owner",
+            );
             let a = optional("sys_exit_accept", &tracefs::SYS_EXIT_ACCEPT, "accept() (not accept4) is not attributed");
             features.accept_attribution = a4 || a;
-            let ce = optional("sys_enter_connect", &tracefs::SYS_ENTER_CONNECT, "connect failures before any SYN are not counted");
-            let cx = ce && optional("sys_exit_connect", &tracefs::SYS_EXIT_CONNECT, "connect failures before any SYN are not counted");
+            let ce = optional(
+                "sys_enter_connect",
+                &tracefs::SYS_ENTER_CONNECT,
+                "connect failures before any SYN are not counted",
+            );
+            let cx = ce
+                && optional(
+                    "sys_exit_connect",
+                    &tracefs::SYS_EXIT_CONNECT,
+                    "connect failures before any SYN are not counted",
+                );
             features.early_connect_errors = ce && cx;
             features.error_reports = match (|| -> Result<()> {
                 let btf = btf.as_ref().ok_or_else(|| anyhow!("no kernel BTF"))?;
@@ -174,7 +189,7 @@ impl Probes {
                 }
             };
         }
-        Ok(Probes { ebpf, features, max_sockets: opts.max_sockets })
+        Ok(Probes { ebpf, features })
     }
 
     /// The ring buffer of events (can be taken once).
@@ -203,7 +218,6 @@ impl Probes {
             socket_insert_failed: get(counter::SOCKET_INSERT_FAILED)?,
             socket_inserted: get(counter::SOCKET_INSERTED)?,
             socket_deleted: get(counter::SOCKET_DELETED)?,
-            owner_missing: get(counter::OWNER_MISSING)?,
             listener_insert_failed: get(counter::LISTENER_INSERT_FAILED)?,
             connect_insert_failed: get(counter::CONNECT_INSERT_FAILED)?,
         })
@@ -260,10 +274,8 @@ fn kernel_owner(key: &ProcessKey, comm: &str) -> Owner {
 }
 
 fn attach_tracepoint(ebpf: &mut Ebpf, prog: &str, tp: &Expected, _tracefs: &Path) -> Result<()> {
-    let p: &mut TracePoint = ebpf
-        .program_mut(prog)
-        .ok_or_else(|| anyhow!("program {prog} missing from the object"))?
-        .try_into()?;
+    let p: &mut TracePoint =
+        ebpf.program_mut(prog).ok_or_else(|| anyhow!("program {prog} missing from the object"))?.try_into()?;
     p.load()?;
     p.attach(tp.category, tp.name)?;
     Ok(())

@@ -17,11 +17,8 @@ pub fn cmdline(pid: u32) -> Option<String> {
 }
 
 pub fn parse_cmdline(raw: &[u8]) -> Option<String> {
-    let parts: Vec<String> = raw
-        .split(|b| *b == 0)
-        .filter(|p| !p.is_empty())
-        .map(|p| String::from_utf8_lossy(p).into_owned())
-        .collect();
+    let parts: Vec<String> =
+        raw.split(|b| *b == 0).filter(|p| !p.is_empty()).map(|p| String::from_utf8_lossy(p).into_owned()).collect();
     (!parts.is_empty()).then(|| parts.join(" "))
 }
 

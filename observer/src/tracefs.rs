@@ -19,12 +19,12 @@ pub fn ensure_mounted() -> Result<PathBuf> {
     let fstype = std::ffi::CString::new("tracefs").expect("no NUL");
     let source = std::ffi::CString::new("nodev").expect("no NUL");
     // SAFETY: valid NUL-terminated strings; no data argument.
-    let rc = unsafe {
-        libc::mount(source.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
-    };
+    let rc = unsafe { libc::mount(source.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
     if rc != 0 {
         let err = std::io::Error::last_os_error();
-        bail!("tracefs is not mounted and mounting it on {TRACEFS} failed: {err} (mount it with `mount -t tracefs nodev {TRACEFS}`, or run with CAP_SYS_ADMIN)");
+        bail!(
+            "tracefs is not mounted and mounting it on {TRACEFS} failed: {err} (mount it with `mount -t tracefs nodev {TRACEFS}`, or run with CAP_SYS_ADMIN)"
+        );
     }
     if !Path::new(TRACEFS).join("events").is_dir() {
         bail!("mounted tracefs on {TRACEFS} but it has no events/ directory");
@@ -80,7 +80,10 @@ pub fn check(root: &Path, e: &Expected) -> Result<Vec<Field>> {
         if f.offset != *offset || f.size != *size {
             bail!(
                 "tracepoint {}/{} field {name} is at offset {} size {}, expected offset {offset} size {size}",
-                e.category, e.name, f.offset, f.size
+                e.category,
+                e.name,
+                f.offset,
+                f.size
             );
         }
     }
@@ -129,11 +132,8 @@ pub const TCP_RECEIVE_RESET: Expected = Expected {
 pub const TCP_DESTROY_SOCK: Expected =
     Expected { category: "tcp", name: "tcp_destroy_sock", fields: &[("skaddr", 8, 8)] };
 
-pub const SYS_ENTER_CONNECT: Expected = Expected {
-    category: "syscalls",
-    name: "sys_enter_connect",
-    fields: &[("fd", 16, 8), ("uservaddr", 24, 8)],
-};
+pub const SYS_ENTER_CONNECT: Expected =
+    Expected { category: "syscalls", name: "sys_enter_connect", fields: &[("fd", 16, 8), ("uservaddr", 24, 8)] };
 
 pub const SYS_EXIT_CONNECT: Expected =
     Expected { category: "syscalls", name: "sys_exit_connect", fields: &[("ret", 16, 8)] };

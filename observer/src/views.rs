@@ -8,7 +8,7 @@ use serde::ser::SerializeMap as _;
 
 use crate::aggregate::{Aggregator, PeerStats, Process};
 use crate::lifetime::Lifetimes;
-use crate::model::{errno_name, Direction, Endpoint, FailureCounts, FailureReason, StateCounts};
+use crate::model::{Direction, Endpoint, FailureCounts, FailureReason, StateCounts, errno_name};
 use crate::timewait::TwOwner;
 
 /// Live sockets by state: every reported state, in a fixed order.
@@ -130,7 +130,7 @@ fn peer_sockets(agg: &Aggregator, p: &Process, direction: Direction, peer: Endpo
     s
 }
 
-fn sorted<'a>(m: &'a std::collections::HashMap<Endpoint, PeerStats>) -> Vec<(&'a Endpoint, &'a PeerStats)> {
+fn sorted(m: &std::collections::HashMap<Endpoint, PeerStats>) -> Vec<(&Endpoint, &PeerStats)> {
     let mut v: Vec<_> = m.iter().collect();
     v.sort_by_key(|(e, _)| **e);
     v

@@ -211,7 +211,11 @@ fn metrics_carry_the_same_figures() {
     let text = d.metrics();
     let line = |prefix: &str| -> f64 {
         text.lines()
-            .find(|l| l.starts_with(prefix) && l.contains(&format!("pid=\"{pid}\"")) && l.contains(&format!("peer=\"{remote}\"")))
+            .find(|l| {
+                l.starts_with(prefix)
+                    && l.contains(&format!("pid=\"{pid}\""))
+                    && l.contains(&format!("peer=\"{remote}\""))
+            })
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("no {prefix} for pid {pid} peer {remote} in:\n{text}"))
@@ -220,7 +224,11 @@ fn metrics_carry_the_same_figures() {
     assert_eq!(line("observer_sockets{") + 0.0, 0.0, "first state listed is ESTABLISHED");
     let tw = text
         .lines()
-        .find(|l| l.starts_with("observer_sockets{") && l.contains(&format!("pid=\"{pid}\"")) && l.contains("state=\"TIME_WAIT\""))
+        .find(|l| {
+            l.starts_with("observer_sockets{")
+                && l.contains(&format!("pid=\"{pid}\""))
+                && l.contains("state=\"TIME_WAIT\"")
+        })
         .unwrap();
     assert!(tw.ends_with(" 7"), "{tw}");
     assert_eq!(line("observer_connection_lifetime_seconds_count{"), 7.0);

@@ -193,8 +193,6 @@ fn sockets_older_than_the_daemon_are_attributed() {
 
     // The old client closes its leaked sockets: the seeded ones drain like any other.
     old_client.finish();
-    d.wait_process(old_pid, Duration::from_secs(10), "CLOSE_WAIT drained", |doc| {
-        num(doc, "sockets/CLOSE_WAIT") == 0
-    });
+    d.wait_process(old_pid, Duration::from_secs(10), "CLOSE_WAIT drained", |doc| num(doc, "sockets/CLOSE_WAIT") == 0);
     drop(new_client);
 }

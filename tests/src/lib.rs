@@ -92,10 +92,7 @@ impl Daemon {
         let logf = std::fs::File::create(&log).expect("log file");
         let listen = format!("127.0.0.1:{port}");
         let mut cmd = Command::new(observer_bin());
-        cmd.args(["daemon", "--listen", &listen, "--log-level", "info"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(logf);
+        cmd.args(["daemon", "--listen", &listen, "--log-level", "info"]).args(extra).stdout(Stdio::null()).stderr(logf);
         die_with_parent(&mut cmd, libc::SIGTERM);
         let child = cmd.spawn().expect("spawn observer daemon");
         let d = Daemon { child: Some(child), api: format!("http://{listen}"), log };
@@ -316,7 +313,12 @@ pub fn ss_count(filter: &[&str]) -> usize {
 /// Run a command, panicking with its output if it fails.
 pub fn sh(args: &[&str]) -> String {
     let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(out.status.success(), "{args:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -375,4 +377,3 @@ pub fn read_all(mut r: impl std::io::Read) -> String {
     let _ = r.read_to_string(&mut s);
     s
 }
-

@@ -69,10 +69,7 @@ fn run(cmd: &mut Command) -> Result<()> {
 }
 
 fn succeeds(cmd: &mut Command) -> bool {
-    cmd.stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status().is_ok_and(|s| s.success())
 }
 
 fn output(cmd: &mut Command) -> Result<String> {
@@ -99,8 +96,7 @@ fn setup_build() -> Result<()> {
         step("adding rust-src to the nightly toolchain");
         run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
     }
-    let linker_ok = output(Command::new("bpf-linker").arg("--version"))
-        .is_ok_and(|v| v.contains(BPF_LINKER_VERSION));
+    let linker_ok = output(Command::new("bpf-linker").arg("--version")).is_ok_and(|v| v.contains(BPF_LINKER_VERSION));
     if !linker_ok {
         step(&format!("building bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM (about a minute)"));
         let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;

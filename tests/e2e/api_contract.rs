@@ -1,0 +1,101 @@
+//! docs/openapi.json is true to the code: real responses of a running daemon validate against
+//! it (its schemas forbid undocumented fields), and every documented status is the one served.
+
+use std::time::Duration;
+
+use observer_e2e::*;
+use serde_json::{Value, json};
+
+fn openapi() -> Value {
+    let text = std::fs::read_to_string(workspace_root().join("docs/openapi.json")).expect("docs/openapi.json");
+    serde_json::from_str(&text).expect("valid JSON")
+}
+
+/// Validate `body` against the documented response of `path` with `status`.
+fn check(doc: &Value, path: &str, status: u16, body: &Value) {
+    let response = &doc["paths"][path]["get"]["responses"][status.to_string()];
+    assert!(response.is_object(), "{path} answered {status}, which docs/openapi.json does not document");
+    let schema = &response["content"]["application/json"]["schema"];
+    // The schema refers to #/components/schemas/..., so validate with the whole document as
+    // the root.
+    let mut root = doc.clone();
+    root["$ref"] = Value::String("#/$defs/__response".into());
+    root["$defs"] = json!({ "__response": schema });
+    let validator = jsonschema::draft202012::new(&root).expect("docs/openapi.json schemas compile");
+    let errors: Vec<String> = validator.iter_errors(body).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+    assert!(errors.is_empty(), "{path} ({status}) does not match docs/openapi.json:\n{}\n{body:#}", errors.join("\n"));
+}
+
+#[test]
+fn responses_match_the_openapi_document() {
+    let doc = openapi();
+    let d = Daemon::start(&[]);
+    // Something in every part of the documents: an inbound listener with accepted connections,
+    // an outbound peer with connections, TIME_WAIT, refused connects and socket errors.
+    let (server, port) = http_server("127.0.0.1", "keepalive");
+    let (c1, r1) = client(None, &["requests_no_session", &format!("http://127.0.0.1:{port}/"), "3"]);
+    let closed = free_port();
+    let (c2, r2) = client(None, &["retry_refused", &format!("http://127.0.0.1:{closed}/"), "1"]);
+    let pid1 = r1["pid"].as_u64().unwrap() as u32;
+    let pid2 = r2["pid"].as_u64().unwrap() as u32;
+    d.wait_process(pid1, Duration::from_secs(10), "3 connections", |v| num(v, "connections_opened") == 3);
+    d.wait_process(pid2, Duration::from_secs(10), "socket errors", |v| {
+        v["outbound"][0]["socket_errors"]["ECONNREFUSED"] == 2
+    });
+    d.wait_process(server.pid(), Duration::from_secs(10), "3 accepted", |v| num(v, "connections_accepted") == 3);
+
+    for pid in [pid1, pid2, server.pid()] {
+        let (status, body) = d.get(&format!("/api/v1/processes/{pid}"));
+        assert_eq!(status, 200);
+        check(&doc, "/api/v1/processes/{pid}", status, &body);
+    }
+    let (status, body) = d.get("/api/v1/processes");
+    check(&doc, "/api/v1/processes", status, &body);
+    assert!(body.as_array().unwrap().len() >= 3);
+    for (path, expected) in [("abc", 400), ("4294967294", 404)] {
+        let (status, body) = d.get(&format!("/api/v1/processes/{path}"));
+        assert_eq!(status, expected);
+        check(&doc, "/api/v1/processes/{pid}", status, &body);
+    }
+    let (status, body) = d.get("/healthz");
+    check(&doc, "/healthz", status, &body);
+
+    // Every documented path is served; /metrics is text.
+    for path in doc["paths"].as_object().unwrap().keys() {
+        let url = path.replace("{pid}", &pid1.to_string());
+        let (status, _) = d.get(&url);
+        assert_eq!(status, 200, "{url}");
+    }
+    assert!(d.metrics().contains("# TYPE observer_sockets gauge"));
+    drop((c1, c2));
+}
+
+/// The schema is strict enough to catch drift: an extra field or a missing state fails.
+#[test]
+fn the_document_rejects_undocumented_fields() {
+    let doc = openapi();
+    let states = [
+        "ESTABLISHED",
+        "SYN_SENT",
+        "SYN_RECV",
+        "FIN_WAIT1",
+        "FIN_WAIT2",
+        "TIME_WAIT",
+        "CLOSE_WAIT",
+        "LAST_ACK",
+        "CLOSING",
+        "LISTEN",
+    ];
+    let sockets: serde_json::Map<String, Value> = states.iter().map(|s| (s.to_string(), json!(0))).collect();
+    let good = json!([{ "pid": 1, "comm": "x", "exited": false, "sockets": sockets,
+        "connections_opened": 0, "connections_accepted": 0 }]);
+    check(&doc, "/api/v1/processes", 200, &good);
+    let mut extra = good.clone();
+    extra[0]["surprise"] = json!(1);
+    let mut missing = good.clone();
+    missing[0]["sockets"].as_object_mut().unwrap().remove("CLOSE_WAIT");
+    for bad in [extra, missing] {
+        let r = std::panic::catch_unwind(|| check(&doc, "/api/v1/processes", 200, &bad));
+        assert!(r.is_err(), "accepted {bad}");
+    }
+}
