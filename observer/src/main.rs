@@ -32,7 +32,15 @@ const DEFAULT_API: &str = "http://127.0.0.1:9645";
     about = "Per-process TCP connection health from the kernel (eBPF), without touching the monitored applications",
     long_about = "observer traces TCP state changes in the kernel and charges every socket to the process that owns it. \
 The daemon serves, per process and per peer: live sockets by state (TIME_WAIT and CLOSE_WAIT included), \
-connections opened and who closed them, connect failures by reason and resets, as JSON and as Prometheus metrics."
+connections opened and who closed them, connect failures by reason and resets, as JSON and as Prometheus metrics.",
+    after_help = "Examples:
+  observer daemon                      observe the whole host, API on 127.0.0.1:9645 (root)
+  observer processes                   every process with TCP activity
+  observer pid 4242                    one process at a glance
+  observer pid 4242 --json             the same as the API's JSON document
+  curl -s localhost:9645/metrics       Prometheus metrics
+
+API reference: docs/api.md and docs/openapi.json."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -64,8 +72,9 @@ impl Level {
 enum Command {
     /// Run the daemon: load the kernel programs and serve the API (needs root, or CAP_BPF and CAP_PERFMON).
     Daemon {
-        /// Address and port of the HTTP API (JSON, /metrics, /healthz). Anything beyond
-        /// loopback exposes per-process data: restrict access (see docs/deploy.md).
+        /// Address and port of the HTTP API (JSON, /metrics, /healthz). The API has no
+        /// authentication: anything beyond loopback exposes per-process data to whoever can
+        /// reach it (see "Access" in docs/api.md).
         #[arg(long, default_value = "127.0.0.1:9645", env = "OBSERVER_LISTEN")]
         listen: SocketAddr,
         /// Log level. At debug and trace the kernel programs' own diagnostics are logged too.

@@ -75,7 +75,7 @@ pub fn check_privileges() -> Result<()> {
     if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
         return Ok(());
     }
-    bail!("permission denied: the daemon must run as root, or with CAP_BPF and CAP_PERFMON (see docs/deploy.md)")
+    bail!("permission denied: the daemon must run as root, or with at least CAP_BPF and CAP_PERFMON (see \"Privileges\" in docs/api.md)")
 }
 
 fn raise_memlock() {

@@ -66,7 +66,27 @@ fn responses_match_the_openapi_document() {
         let (status, _) = d.get(&url);
         assert_eq!(status, 200, "{url}");
     }
-    assert!(d.metrics().contains("# TYPE observer_sockets gauge"));
+    // Every metric family served is documented in docs/api.md with its type, and every
+    // documented one is served.
+    let text = d.metrics();
+    let served: std::collections::BTreeSet<(String, String)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| {
+            let mut p = l.split_whitespace();
+            (p.next().unwrap().to_string(), p.next().unwrap().to_string())
+        })
+        .collect();
+    let api_md = std::fs::read_to_string(workspace_root().join("docs/api.md")).unwrap();
+    let documented: std::collections::BTreeSet<(String, String)> = api_md
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `observer_"))
+        .map(|l| {
+            let cols: Vec<&str> = l.split('|').map(str::trim).collect();
+            (format!("observer_{}", cols[0].trim_end_matches('`')), cols[1].to_string())
+        })
+        .collect();
+    assert_eq!(served, documented, "docs/api.md's metrics table and /metrics disagree");
     drop((c1, c2));
 }
 
