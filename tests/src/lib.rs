@@ -266,7 +266,19 @@ fn python() -> Command {
 
 /// `tests/scenarios/http_server.py` on `host` with `mode`; returns (process, port).
 pub fn http_server(host: &str, mode: &str) -> (Proc, u16) {
-    let mut cmd = python();
+    http_server_in(None, host, mode)
+}
+
+/// The same, optionally inside a network namespace.
+pub fn http_server_in(netns: Option<&str>, host: &str, mode: &str) -> (Proc, u16) {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "python3"]);
+            c
+        }
+        None => python(),
+    };
     cmd.arg(scenario("http_server.py")).args(["--host", host, "--port", "0", "--mode", mode]);
     let mut p = Proc::spawn(cmd);
     let line = p.line();
