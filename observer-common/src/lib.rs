@@ -44,6 +44,45 @@ pub struct Owner {
     pub comm: [u8; COMM_LEN],
 }
 
+/// What the application sent and received on a socket, counted in the kernel.
+///
+/// An exchange ("run") starts each time the direction of traffic changes: `send_runs` counts
+/// the sends that follow a receive (or the first send), `recv_runs` the receives that follow a
+/// send (or the first receive). On a client socket `send_runs` is the number of requests, on
+/// a server socket `recv_runs` is, whatever the protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockIo {
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub send_runs: u32,
+    pub recv_runs: u32,
+    /// [`io_dir`] of the last send or receive.
+    pub last_dir: u32,
+    pub _pad: u32,
+}
+
+impl SockIo {
+    pub const fn zeroed() -> Self {
+        SockIo { bytes_sent: 0, bytes_received: 0, send_runs: 0, recv_runs: 0, last_dir: 0, _pad: 0 }
+    }
+}
+
+/// Values of [`SockIo::last_dir`].
+pub mod io_dir {
+    pub const NONE: u32 = 0;
+    pub const SEND: u32 = 1;
+    pub const RECV: u32 = 2;
+}
+
+/// Value of the `SOCKETS` map: the owner of a socket and its I/O counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SockInfo {
+    pub owner: Owner,
+    pub io: SockIo,
+}
+
 /// Kinds of [`Event`].
 pub mod kind {
     /// A TCP state change of a socket (`sock/inet_sock_set_state`).
@@ -104,6 +143,8 @@ pub struct Event {
     pub saddr: [u8; 16],
     /// Remote address.
     pub daddr: [u8; 16],
+    /// STATE to CLOSE: the socket's final I/O counters.
+    pub io: SockIo,
 }
 
 impl Event {
@@ -124,6 +165,7 @@ impl Event {
             netns: 0,
             saddr: [0; 16],
             daddr: [0; 16],
+            io: SockIo::zeroed(),
         }
     }
 }
@@ -272,4 +314,6 @@ mod pod {
     unsafe impl aya::Pod for super::ListenerKey {}
     unsafe impl aya::Pod for super::ListenerValue {}
     unsafe impl aya::Pod for super::PendingConnect {}
+    unsafe impl aya::Pod for super::SockIo {}
+    unsafe impl aya::Pod for super::SockInfo {}
 }

@@ -8,6 +8,9 @@
 //! against `/sys/kernel/tracing/events/*/*/format` before loading (see `observer::tracefs`).
 #![no_std]
 #![no_main]
+// Atomic adds on map values (the eBPF crate is always built with nightly, see aya-build).
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod kernel;
 mod maps;
@@ -19,10 +22,12 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use aya_log_ebpf::{debug, warn};
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use maps::{CONNECTS, EVENTS, EXIT_GROUP_DEAD_OFFSET, LISTENERS, OFFSETS, SOCKETS, count};
+
 use observer_common::{
-    AF_INET, AF_INET6, Event, IPPROTO_TCP, KernelOffsets, ListenerKey, ListenerValue, Owner, PendingConnect, counter,
-    flags, kind, tcp_state,
+    AF_INET, AF_INET6, Event, IPPROTO_TCP, KernelOffsets, ListenerKey, ListenerValue, Owner, PendingConnect, SockInfo,
+    SockIo, counter, flags, io_dir, kind, tcp_state,
 };
 
 const EINTR: i64 = 4;
@@ -58,17 +63,26 @@ const BPF_EXIST: u64 = 2;
 /// Record the owner of a socket. New records are counted (with the deletes and the map's size,
 /// that gives the LRU evictions); replacing an existing record (accept) is not.
 #[inline(always)]
-fn remember_owner(sk: u64, owner: &Owner) {
-    if SOCKETS.insert(sk, owner, BPF_NOEXIST).is_ok() {
+fn remember_owner(sk: u64, owner: &Owner, new_socket: bool) {
+    let info = SockInfo { owner: *owner, io: SockIo::zeroed() };
+    if SOCKETS.insert(sk, info, BPF_NOEXIST).is_ok() {
         count(counter::SOCKET_INSERTED);
-    } else if SOCKETS.insert(sk, owner, BPF_EXIST).is_err() {
+    } else if new_socket {
+        // A stale record of a previous socket at this address: start afresh.
+        if SOCKETS.insert(sk, info, BPF_EXIST).is_err() {
+            count(counter::SOCKET_INSERT_FAILED);
+        }
+    } else if let Some(p) = SOCKETS.get_ptr_mut(sk) {
+        // accept(): a new owner, same socket, same counters.
+        unsafe { (*p).owner = *owner };
+    } else {
         count(counter::SOCKET_INSERT_FAILED);
     }
 }
 
 #[inline(always)]
 fn lookup_owner(sk: u64) -> Option<Owner> {
-    unsafe { SOCKETS.get(sk).copied() }
+    unsafe { SOCKETS.get(sk).map(|i| i.owner) }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -114,7 +128,7 @@ fn on_state(ctx: &TracePointContext) {
         // connect(): process context, the caller owns the socket.
         (tcp_state::CLOSE, tcp_state::SYN_SENT) => {
             let owner = kernel::current_owner(&off);
-            remember_owner(sk, &owner);
+            remember_owner(sk, &owner, true);
             let tid = bpf_get_current_pid_tgid() as u32;
             if let Some(pending) = CONNECTS.get_ptr_mut(tid) {
                 unsafe { (*pending).syn_sent = 1 };
@@ -125,7 +139,7 @@ fn on_state(ctx: &TracePointContext) {
         // listen(): process context.
         (_, tcp_state::LISTEN) => {
             let owner = kernel::current_owner(&off);
-            remember_owner(sk, &owner);
+            remember_owner(sk, &owner, true);
             set_netns(&off, &mut ev);
             let key = ListenerKey { netns: ev.netns, family: ev.family, port: ev.sport, addr: ev.saddr };
             let value = ListenerValue { sk, owner };
@@ -147,7 +161,7 @@ fn on_state(ctx: &TracePointContext) {
             }
             match listener {
                 Some(l) => {
-                    remember_owner(sk, &l.owner);
+                    remember_owner(sk, &l.owner, true);
                     Some(l.owner)
                 }
                 None => {
@@ -183,6 +197,10 @@ fn on_state(ctx: &TracePointContext) {
     }
     if newstate == tcp_state::CLOSE {
         ev.error = kernel::sock_err(&off, sk);
+        // Hand over the I/O counters (the record itself lives until the socket is destroyed).
+        if let Some(info) = unsafe { SOCKETS.get(sk) } {
+            ev.io = info.io;
+        }
     }
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
     emit(&ev);
@@ -226,7 +244,7 @@ fn on_accept(ctx: &TracePointContext) {
         return;
     }
     let owner = kernel::current_owner(&off);
-    remember_owner(sk, &owner);
+    remember_owner(sk, &owner, false);
     let mut ev = Event::zeroed();
     ev.kind = kind::ACCEPT;
     ev.sk = sk;
@@ -419,6 +437,50 @@ fn on_receive_reset(ctx: &TracePointContext) {
     }
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
     emit(&ev);
+}
+
+// ---------------------------------------------------------------------------------------------
+// sock/sock_send_length, sock/sock_recv_length as BTF tracepoints (sk, ret, flags): every
+// sendmsg/recvmsg. The hot path: one map lookup, counted in place, no event.
+// ---------------------------------------------------------------------------------------------
+
+const MSG_PEEK: i64 = 2;
+
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn sock_send_length(ctx: BtfTracePointContext) -> u32 {
+    on_io(&ctx, io_dir::SEND);
+    0
+}
+
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn sock_recv_length(ctx: BtfTracePointContext) -> u32 {
+    on_io(&ctx, io_dir::RECV);
+    0
+}
+
+#[inline(always)]
+fn on_io(ctx: &BtfTracePointContext, dir: u32) {
+    let ret = ctx.arg::<i64>(1) as i32;
+    if ret <= 0 {
+        return;
+    }
+    if dir == io_dir::RECV && ctx.arg::<i64>(2) & MSG_PEEK != 0 {
+        return;
+    }
+    let sk: u64 = ctx.arg(0);
+    // Only sockets with an owner record (TCP sockets observer tracks) are counted.
+    let Some(info) = SOCKETS.get_ptr_mut(sk) else { return };
+    // Two threads may send on one socket at once: the counters are added atomically.
+    unsafe {
+        let io = &mut (*info).io;
+        let bytes = if dir == io_dir::SEND { &mut io.bytes_sent } else { &mut io.bytes_received };
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(bytes, ret as u64);
+        if io.last_dir != dir {
+            io.last_dir = dir;
+            let runs = if dir == io_dir::SEND { &mut io.send_runs } else { &mut io.recv_runs };
+            atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(runs, 1);
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -6,15 +6,16 @@ use aya_ebpf::{
     macros::map,
     maps::{LruHashMap, PerCpuArray, RingBuf},
 };
-use observer_common::{KernelOffsets, ListenerKey, ListenerValue, Owner, PendingConnect, counter};
+use observer_common::{KernelOffsets, ListenerKey, ListenerValue, PendingConnect, SockInfo, counter};
 
 /// The one ring buffer to user space. Its size can be changed by the daemon at load time.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
-/// Socket (`struct sock *`) -> the process that owns it. Cleaned in `tcp_destroy_sock`.
+/// Socket (`struct sock *`) -> the process that owns it and its I/O counters. Cleaned in
+/// `tcp_destroy_sock`.
 #[map]
-pub static SOCKETS: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(65536, 0);
+pub static SOCKETS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(65536, 0);
 
 /// Listening endpoints -> owner, to attribute the children created in softirq.
 #[map]

@@ -12,8 +12,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 
 use crate::event::{EventKind, Owner, SocketEvent};
+use crate::exphist::ExpHistogram;
 use crate::lifetime::Lifetimes;
-use crate::model::{Direction, Endpoint, FailureCounts, FailureReason, ProcessKey, StateCounts, TcpState};
+use crate::model::{Direction, Endpoint, FailureCounts, FailureReason, IoCounts, ProcessKey, StateCounts, TcpState};
+use crate::rate::RateWindow;
 use crate::timewait::{KernelTimeWait, TimeWaitTable, TwKey, TwOwner};
 
 const SECOND: u64 = 1_000_000_000;
@@ -83,6 +85,32 @@ pub struct PeerStats {
     pub socket_errors: BTreeMap<i32, u64>,
     /// From established to closed.
     pub lifetimes: Lifetimes,
+    /// Request/response exchanges (see [`IoCounts::requests`]), on open and closed connections.
+    pub requests: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// Requests carried by each closed connection whose opening was seen.
+    pub requests_per_connection: ExpHistogram,
+    /// Connections opened (outbound) or accepted (inbound) over the last minute.
+    pub new_connections: Option<Box<RateWindow>>,
+}
+
+impl PeerStats {
+    fn add_io(&mut self, direction: Direction, delta: &IoCounts) {
+        self.requests += delta.requests(direction);
+        self.bytes_sent += delta.bytes_sent;
+        self.bytes_received += delta.bytes_received;
+    }
+
+    fn count_connection(&mut self, ts_ns: u64) {
+        self.connections += 1;
+        self.new_connections.get_or_insert_default().add(ts_ns);
+    }
+
+    /// New connections per second over the last minute.
+    pub fn new_connections_per_second(&self, now_ns: u64) -> f64 {
+        self.new_connections.as_ref().map_or(0.0, |w| w.per_second(now_ns))
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -155,6 +183,8 @@ struct SocketRec {
     reset_received: bool,
     close_counted: bool,
     accept_counted: bool,
+    /// I/O counters already added to the peer's figures.
+    io: IoCounts,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -355,12 +385,30 @@ impl Aggregator {
             reset_received: false,
             close_counted: matches!(seed.state, FinWait1 | FinWait2 | Closing | CloseWait | LastAck),
             accept_counted: true,
+            io: IoCounts::default(),
         };
         if ev.owner.is_none() {
             self.kernel_owner_updates.push((ev.sk, seed.owner, seed.comm));
         }
         self.sockets.insert(ev.sk, rec);
         true
+    }
+
+    /// I/O counters of live sockets read from the kernel's map (the periodic flush for
+    /// long-lived connections; closing sockets hand theirs over with their CLOSE).
+    pub fn flush_io(&mut self, counters: &[(u64, IoCounts)]) {
+        for (sk, io) in counters {
+            let Some(rec) = self.sockets.get_mut(sk) else { continue };
+            let delta = io.since(&rec.io);
+            if delta == IoCounts::default() {
+                continue;
+            }
+            rec.io = *io;
+            let (owner, direction, peer) = (rec.owner, rec.direction, rec.peer);
+            if let Some(stats) = self.peer_mut(owner, direction, peer) {
+                stats.add_io(direction, &delta);
+            }
+        }
     }
 
     pub fn reconcile_time_wait(&mut self, netns: u32, dump_started_ns: u64, kernel: &[KernelTimeWait], now_ns: u64) {
@@ -516,7 +564,7 @@ impl Aggregator {
             stats.sockets.add(s, 1);
         }
         if counted_open {
-            stats.connections += 1;
+            stats.count_connection(ev.ts_ns);
         }
         match close {
             Some(true) => stats.closed_by_local += 1,
@@ -578,6 +626,7 @@ impl Aggregator {
             close_counted: !creation && matches!(old, FinWait1 | FinWait2 | Closing | CloseWait | LastAck),
             // An adopted inbound socket was accepted before we looked.
             accept_counted: !creation,
+            io: IoCounts::default(),
         };
         let process = self.processes.get_mut(&key.pid).expect("ensured");
         if listener {
@@ -594,6 +643,11 @@ impl Aggregator {
         let cfg_peer = rec.peer;
         {
             let Some(stats) = self.peer_mut(rec.owner, rec.direction, cfg_peer) else { return };
+            // The final I/O counters the kernel handed over with the close.
+            stats.add_io(rec.direction, &ev.io.since(&rec.io));
+            if rec.established_ns.is_some() && !rec.listener {
+                stats.requests_per_connection.observe(ev.io.requests(rec.direction));
+            }
             match old {
                 SynSent => stats.connect_failures.add(FailureReason::from_errno(ev.error)),
                 _ if rec.connected => {
@@ -607,7 +661,7 @@ impl Aggregator {
                     }
                     if rec.direction == Direction::Inbound && !rec.listener && !rec.accept_counted {
                         // Never seen accepted: charged to whoever owned it when it closed.
-                        stats.connections += 1;
+                        stats.count_connection(rec.established_ns.unwrap_or(ev.ts_ns));
                     }
                     if let Some(t) = rec.established_ns {
                         stats.lifetimes.observe_ns(ev.ts_ns.saturating_sub(t));
@@ -644,7 +698,7 @@ impl Aggregator {
         rec.accept_counted = true;
         let (owner, direction, peer) = (rec.owner, rec.direction, rec.peer);
         if let Some(stats) = self.peer_mut(owner, direction, peer) {
-            stats.connections += 1;
+            stats.count_connection(ev.ts_ns);
         }
     }
 

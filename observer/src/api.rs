@@ -4,13 +4,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
+use prometheus_client::registry::Registry;
+
 use crate::aggregate::Aggregator;
+use crate::daemon::monotonic_ns;
 use crate::metrics::{self, KernelStatus};
 use crate::views;
 
@@ -18,6 +21,7 @@ use crate::views;
 pub struct AppState {
     pub agg: Arc<Mutex<Aggregator>>,
     pub kernel: Arc<Mutex<KernelStatus>>,
+    pub registry: Arc<Registry>,
     /// False once the event loop has stopped.
     pub healthy: Arc<AtomicBool>,
 }
@@ -31,6 +35,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/api/v1/processes", get(processes))
         .route("/api/v1/processes/{pid}", get(process))
+        .route("/api/v1/status", get(status))
         .route("/metrics", get(metrics_text))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint (see docs/api.md)") })
         .with_state(state)
@@ -55,13 +60,40 @@ async fn process(State(s): State<AppState>, Path(pid): Path<String>) -> Response
     };
     let agg = s.agg.lock().expect("aggregator lock");
     match agg.process(pid) {
-        Some(p) => Json(views::process_detail(&agg, p)).into_response(),
+        Some(p) => Json(views::process_detail(&agg, p, monotonic_ns())).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("no TCP activity seen for pid {pid}")),
     }
 }
 
-async fn metrics_text(State(s): State<AppState>) -> Response {
-    let kernel = s.kernel.lock().expect("kernel status lock").clone();
-    let body = metrics::render(&s.agg.lock().expect("aggregator lock"), &kernel);
-    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response()
+/// OpenMetrics text, or the protobuf format (with native histograms) when asked for.
+async fn metrics_text(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if metrics::wants_protobuf(accept) {
+        ([(header::CONTENT_TYPE, metrics::PROTOBUF_CONTENT_TYPE)], metrics::render_protobuf(&s.registry))
+            .into_response()
+    } else {
+        ([(header::CONTENT_TYPE, metrics::TEXT_CONTENT_TYPE)], metrics::render_text(&s.registry)).into_response()
+    }
+}
+
+/// The daemon itself: version, which optional features work, kernel-side counters.
+async fn status(State(s): State<AppState>) -> Response {
+    let k = s.kernel.lock().expect("kernel status lock").clone();
+    let (processes, sockets, unattributed) = {
+        let a = s.agg.lock().expect("aggregator lock");
+        (a.processes().count(), a.tracked_sockets(), a.stats.unattributed_events)
+    };
+    let features: serde_json::Map<String, serde_json::Value> =
+        k.features.list().iter().map(|(n, on)| (n.to_string(), json!(on))).collect();
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "features": features,
+        "events_lost": k.counters.events_lost,
+        "socket_map_entries": k.socket_map_entries,
+        "socket_map_evictions": k.socket_map_evictions,
+        "tracked_processes": processes,
+        "tracked_sockets": sockets,
+        "unattributed_events": unattributed,
+    }))
+    .into_response()
 }

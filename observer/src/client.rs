@@ -58,6 +58,16 @@ fn states(sockets: &Value) -> String {
     if parts.is_empty() { "-".into() } else { parts.join(" ") }
 }
 
+/// Requests per connection, "-" before the first connection.
+fn ratio(v: &Value) -> String {
+    v.get("reuse_ratio").and_then(Value::as_f64).map_or("-".into(), |r| format!("{r:.2}"))
+}
+
+/// New connections per second over the last minute.
+fn rate(v: &Value) -> String {
+    format!("{:.2}", v.get("new_connections_per_second").and_then(Value::as_f64).unwrap_or(0.0))
+}
+
 pub fn render_process(p: &Value) -> String {
     let mut out = String::new();
     let exited = if p.get("exited").and_then(Value::as_bool) == Some(true) { "  (exited)" } else { "" };
@@ -72,23 +82,23 @@ pub fn render_process(p: &Value) -> String {
         let _ = writeln!(out, "\nOUTBOUND");
         let _ = writeln!(
             out,
-            "{:<28} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7} {:>6} {:>6}  SOCKETS",
-            "REMOTE", "OPENED", "CL-LOC", "CL-PEER", "REFUSED", "TIMEOUT", "UNREACH", "RST-TX", "RST-RX"
+            "{:<28} {:>6} {:>7} {:>6} {:>6}  {:<11} {:<12} {:<9}  SOCKETS",
+            "REMOTE", "OPENED", "REQS", "REUSE", "NEW/S", "CLOSED L/P", "FAIL R/T/O", "RST TX/RX"
         );
         for o in &outbound {
             let f = &o["connect_failures"];
+            let other = n(f, "unreachable") + n(f, "reset") + n(f, "other");
             let _ = writeln!(
                 out,
-                "{:<28} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7} {:>6} {:>6}  {}",
+                "{:<28} {:>6} {:>7} {:>6} {:>6}  {:<11} {:<12} {:<9}  {}",
                 s(o, "remote"),
                 n(o, "connections_opened"),
-                n(o, "closed_by_local"),
-                n(o, "closed_by_peer"),
-                n(f, "refused"),
-                n(f, "timeout"),
-                n(f, "unreachable") + n(f, "reset") + n(f, "other"),
-                n(o, "resets_sent"),
-                n(o, "resets_received"),
+                n(o, "requests"),
+                ratio(o),
+                rate(o),
+                format!("{}/{}", n(o, "closed_by_local"), n(o, "closed_by_peer")),
+                format!("{}/{}/{}", n(f, "refused"), n(f, "timeout"), other),
+                format!("{}/{}", n(o, "resets_sent"), n(o, "resets_received")),
                 states(&o["sockets"]),
             );
         }
@@ -98,19 +108,20 @@ pub fn render_process(p: &Value) -> String {
         let _ = writeln!(out, "\nINBOUND");
         let _ = writeln!(
             out,
-            "{:<28} {:>8} {:>7} {:>7} {:>6} {:>6}  SOCKETS",
-            "LOCAL", "ACCEPTED", "CL-LOC", "CL-PEER", "RST-TX", "RST-RX"
+            "{:<28} {:>8} {:>7} {:>6} {:>6}  {:<11} {:<9}  SOCKETS",
+            "LOCAL", "ACCEPTED", "REQS", "REUSE", "NEW/S", "CLOSED L/P", "RST TX/RX"
         );
         for i in &inbound {
             let _ = writeln!(
                 out,
-                "{:<28} {:>8} {:>7} {:>7} {:>6} {:>6}  {}",
+                "{:<28} {:>8} {:>7} {:>6} {:>6}  {:<11} {:<9}  {}",
                 s(i, "local"),
                 n(i, "connections_accepted"),
-                n(i, "closed_by_local"),
-                n(i, "closed_by_peer"),
-                n(i, "resets_sent"),
-                n(i, "resets_received"),
+                n(i, "requests"),
+                ratio(i),
+                rate(i),
+                format!("{}/{}", n(i, "closed_by_local"), n(i, "closed_by_peer")),
+                format!("{}/{}", n(i, "resets_sent"), n(i, "resets_received")),
                 states(&i["sockets"]),
             );
         }
@@ -169,17 +180,22 @@ mod tests {
             "connections_opened": 51, "connections_accepted": 0,
             "outbound": [{"remote": "127.0.0.1:8080", "sockets": {"ESTABLISHED": 1, "TIME_WAIT": 50},
                 "connections_opened": 51, "closed_by_local": 50, "closed_by_peer": 0,
-                "connect_failures": {"refused": 4, "timeout": 1, "unreachable": 0, "reset": 0, "other": 0},
-                "resets_sent": 0, "resets_received": 0}],
-            "inbound": []
+                "connect_failures": {"refused": 4, "timeout": 1, "unreachable": 0, "reset": 0, "other": 2},
+                "resets_sent": 0, "resets_received": 3, "requests": 150, "reuse_ratio": 2.9411,
+                "new_connections_per_second": 0.85}],
+            "inbound": [{"local": "0.0.0.0:9000", "sockets": {"LISTEN": 1}, "connections_accepted": 0,
+                "closed_by_local": 0, "closed_by_peer": 0, "resets_sent": 0, "resets_received": 0,
+                "requests": 0, "reuse_ratio": null, "new_connections_per_second": 0.0}]
         });
         let t = render_process(&doc);
         assert!(t.starts_with("pid 42  python3\n"), "{t}");
         assert!(t.contains("sockets  ESTAB=1 TW=50\n"), "{t}");
         let row = t.lines().find(|l| l.starts_with("127.0.0.1:8080")).unwrap();
         let cols: Vec<&str> = row.split_whitespace().collect();
-        assert_eq!(&cols[..9], &["127.0.0.1:8080", "51", "50", "0", "4", "1", "0", "0", "0"]);
+        assert_eq!(&cols[..8], &["127.0.0.1:8080", "51", "150", "2.94", "0.85", "50/0", "4/1/2", "0/3"]);
         assert!(row.ends_with("ESTAB=1 TW=50"));
-        assert!(!t.contains("INBOUND"));
+        let row = t.lines().find(|l| l.starts_with("0.0.0.0:9000")).unwrap();
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(&cols, &["0.0.0.0:9000", "0", "0", "-", "0.00", "0/0", "0/0", "LISTEN=1"]);
     }
 }

@@ -14,7 +14,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::aggregate::{Aggregator, Config};
 use crate::api::{self, AppState};
 use crate::event;
-use crate::metrics::KernelStatus;
+use crate::metrics::{self, KernelStatus};
 use crate::probes::{Options, Probes};
 use crate::{procfs, snapshot, sock_diag};
 
@@ -25,6 +25,7 @@ pub struct DaemonOptions {
     pub ring_buffer_bytes: u32,
     pub kernel_log_level: u8,
     pub reconcile_interval: Duration,
+    pub io_flush_interval: Duration,
 }
 
 /// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
@@ -94,8 +95,10 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
     tasks.spawn(housekeeping(agg.clone(), probes.clone()));
     tasks.spawn(reconcile_time_wait(agg.clone(), opts.reconcile_interval));
     tasks.spawn(refresh_kernel_status(probes.clone(), kernel.clone()));
+    tasks.spawn(flush_io(probes.clone(), agg.clone(), opts.io_flush_interval));
 
-    let app = api::router(AppState { agg, kernel, healthy });
+    let registry = Arc::new(metrics::registry(agg.clone(), kernel.clone()));
+    let app = api::router(AppState { agg, kernel, registry, healthy });
     log::info!("serving the API on http://{}", opts.listen);
     axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.context("HTTP server")?;
 
@@ -217,6 +220,24 @@ async fn reconcile_time_wait(agg: Arc<Mutex<Aggregator>>, every: Duration) {
                 Ok(Err(e)) => log::debug!("TIME_WAIT reconciliation of netns {netns} skipped: {e:#}"),
                 Err(e) => log::warn!("TIME_WAIT reconciliation task failed: {e}"),
             }
+        }
+    }
+}
+
+/// Requests and bytes of long-lived connections: read the kernel's per-socket counters
+/// periodically (closing sockets hand theirs over with their CLOSE).
+async fn flush_io(probes: Arc<Mutex<Probes>>, agg: Arc<Mutex<Aggregator>>, every: Duration) {
+    if !probes.lock().expect("probes lock").features.requests {
+        return;
+    }
+    let mut interval = tokio::time::interval(every);
+    loop {
+        interval.tick().await;
+        let p = probes.clone();
+        match tokio::task::spawn_blocking(move || p.lock().expect("probes lock").io_counters()).await {
+            Ok(Ok(counters)) => agg.lock().expect("aggregator lock").flush_io(&counters),
+            Ok(Err(e)) => log::warn!("reading per-socket I/O counters: {e:#}"),
+            Err(_) => {}
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use observer_common::{Event, flags, kind};
 
-use crate::model::{Endpoint, ProcessKey, TICK_NS, TcpState};
+use crate::model::{Endpoint, IoCounts, ProcessKey, TICK_NS, TcpState};
 
 /// The process a kernel record names.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,6 +51,8 @@ pub struct SocketEvent {
     /// See [`observer_common::Event::error`].
     pub error: i32,
     pub netns: Option<u32>,
+    /// STATE to CLOSE: the socket's final I/O counters.
+    pub io: IoCounts,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -113,6 +115,7 @@ pub fn from_raw(raw: &Event) -> Result<SocketEvent, DecodeError> {
         remote: Endpoint::from_kernel(raw.family, &raw.daddr, raw.dport),
         error: raw.error,
         netns: (raw.flags & flags::NETNS_KNOWN != 0).then_some(raw.netns),
+        io: IoCounts::from_kernel(&raw.io),
     })
 }
 

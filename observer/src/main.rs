@@ -7,11 +7,13 @@ mod btf_offsets;
 mod client;
 mod daemon;
 mod event;
+mod exphist;
 mod lifetime;
 mod metrics;
 mod model;
 mod probes;
 mod procfs;
+mod rate;
 mod snapshot;
 mod sock_diag;
 mod timewait;
@@ -92,6 +94,10 @@ enum Command {
         /// How often TIME_WAIT is reconciled with the kernel's socket table, in seconds.
         #[arg(long, default_value_t = 2, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
         reconcile_interval: u64,
+        /// How often requests and bytes of open connections are read from the kernel, in
+        /// seconds (closed connections report theirs at once).
+        #[arg(long, default_value_t = 5, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+        io_flush_interval: u64,
     },
     /// Show one process from a running daemon: sockets by state, peers, failures, resets.
     Pid {
@@ -126,7 +132,15 @@ fn parse_ring_mib(s: &str) -> Result<u32, String> {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Daemon { listen, log_level, exited_retention, max_sockets, ring_buffer_mib, reconcile_interval } => {
+        Command::Daemon {
+            listen,
+            log_level,
+            exited_retention,
+            max_sockets,
+            ring_buffer_mib,
+            reconcile_interval,
+            io_flush_interval,
+        } => {
             let mut logger = env_logger::Builder::new();
             logger.filter_level(log_level.filter()).format_target(false);
             if !matches!(log_level, Level::Trace) {
@@ -152,6 +166,7 @@ fn main() {
                         ring_buffer_bytes: ring_buffer_mib << 20,
                         kernel_log_level,
                         reconcile_interval: Duration::from_secs(reconcile_interval),
+                        io_flush_interval: Duration::from_secs(io_flush_interval),
                     }))
                 })
         }

@@ -1,14 +1,20 @@
 //! Prometheus exposition of the aggregation, built fresh at each scrape (so that series of
-//! pruned processes disappear with them).
+//! pruned processes disappear with them), with prometheus-client: OpenMetrics text by default,
+//! the Prometheus protobuf format (with native histograms) when the scraper asks for it.
 //!
 //! Per peer, labels are `pid`, `comm`, `direction` (`outbound`/`inbound`) and `peer`: the remote
 //! endpoint for outbound sockets, the local listening endpoint for inbound ones.
 
-use prometheus::proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType};
-use prometheus::{Encoder as _, TextEncoder};
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NativeHistogram, NativeHistogramBuckets};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
 use crate::aggregate::{Aggregator, PeerStats, Process};
-use crate::model::{Direction, Endpoint, FAILURE_REASONS, errno_name};
+use crate::daemon::monotonic_ns;
+use crate::model::{Direction, Endpoint, FAILURE_REASONS, StateCounts, errno_name};
 use crate::probes::{Features, KernelCounters};
 use crate::timewait::TwOwner;
 use crate::views::process_totals;
@@ -34,304 +40,378 @@ pub fn eviction_lower_bound(inserted_before: u64, entries: u64, deleted_after: u
     inserted_before.saturating_sub(deleted_after).saturating_sub(entries)
 }
 
-struct Family {
-    mf: MetricFamily,
+pub const TEXT_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const PROTOBUF_CONTENT_TYPE: &str =
+    "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited";
+
+/// Whether an `Accept` header asks for the protobuf format (Prometheus does, with native
+/// histograms enabled).
+pub fn wants_protobuf(accept: &str) -> bool {
+    accept.contains("application/vnd.google.protobuf") && accept.contains("io.prometheus.client.MetricFamily")
 }
 
-impl Family {
-    fn new(name: &str, help: &str, ty: MetricType) -> Family {
-        let mut mf = MetricFamily::default();
-        mf.set_name(name.to_string());
-        mf.set_help(help.to_string());
-        mf.set_field_type(ty);
-        Family { mf }
-    }
-
-    fn labels(labels: &[(&str, &str)]) -> Vec<LabelPair> {
-        labels
-            .iter()
-            .map(|(k, v)| {
-                let mut l = LabelPair::default();
-                l.set_name(k.to_string());
-                l.set_value(v.to_string());
-                l
-            })
-            .collect()
-    }
-
-    fn gauge(&mut self, labels: &[(&str, &str)], v: f64) {
-        let mut g = Gauge::default();
-        g.set_value(v);
-        let mut m = Metric::from_label(Self::labels(labels));
-        m.set_gauge(g);
-        self.mf.mut_metric().push(m);
-    }
-
-    fn counter(&mut self, labels: &[(&str, &str)], v: f64) {
-        let mut c = Counter::default();
-        c.set_value(v);
-        let mut m = Metric::from_label(Self::labels(labels));
-        m.set_counter(c);
-        self.mf.mut_metric().push(m);
-    }
-
-    fn histogram(&mut self, labels: &[(&str, &str)], h: Histogram) {
-        let mut m = Metric::from_label(Self::labels(labels));
-        m.set_histogram(h);
-        self.mf.mut_metric().push(m);
-    }
+/// The registry serving observer's metrics.
+pub fn registry(agg: Arc<Mutex<Aggregator>>, kernel: Arc<Mutex<KernelStatus>>) -> Registry {
+    let mut r = Registry::default();
+    r.register_collector(Box::new(ObserverCollector { agg, kernel }));
+    r
 }
 
-struct Families {
-    sockets: Family,
-    process_sockets: Family,
-    opened: Family,
-    accepted: Family,
-    closed: Family,
-    failures: Family,
-    resets_sent: Family,
-    resets_received: Family,
-    socket_errors: Family,
-    lifetime: Family,
-}
-
-fn lifetime_histogram(st: &PeerStats) -> Histogram {
-    let mut h = Histogram::default();
-    h.set_sample_count(st.lifetimes.count);
-    h.set_sample_sum(st.lifetimes.sum_ns as f64 / 1e9);
-    h.set_bucket(
-        st.lifetimes
-            .cumulative()
-            .map(|(le, n)| {
-                let mut b = Bucket::default();
-                b.set_upper_bound(le);
-                b.set_cumulative_count(n);
-                b
-            })
-            .collect(),
-    );
-    h
-}
-
-fn peer_metrics(
-    f: &mut Families,
-    agg: &Aggregator,
-    p: &Process,
-    direction: Direction,
-    peer: &Endpoint,
-    st: &PeerStats,
-) {
-    let pid = p.key.pid.to_string();
-    let dir = direction.name();
-    let peer_s = peer.to_string();
-    let base = [("pid", pid.as_str()), ("comm", p.comm.as_str()), ("direction", dir), ("peer", peer_s.as_str())];
-    let mut sockets = st.sockets;
-    if let Some(tw) = agg.timewait().counts().get(&TwOwner { process: p.key, direction, peer: *peer }) {
-        sockets.merge(tw);
-    }
-    for (state, n) in sockets.iter() {
-        let mut l = base.to_vec();
-        l.push(("state", state.name()));
-        f.sockets.gauge(&l, n as f64);
-    }
-    match direction {
-        Direction::Outbound => {
-            f.opened.counter(&base, st.connections as f64);
-            for r in FAILURE_REASONS {
-                let mut l = base.to_vec();
-                l.push(("reason", r.name()));
-                f.failures.counter(&l, st.connect_failures.get(r) as f64);
-            }
-        }
-        Direction::Inbound => f.accepted.counter(&base, st.connections as f64),
-    }
-    for (by, n) in [("local", st.closed_by_local), ("peer", st.closed_by_peer)] {
-        let mut l = base.to_vec();
-        l.push(("by", by));
-        f.closed.counter(&l, n as f64);
-    }
-    f.resets_sent.counter(&base, st.resets_sent as f64);
-    f.resets_received.counter(&base, st.resets_received as f64);
-    for (errno, n) in &st.socket_errors {
-        let name = errno_name(*errno);
-        let mut l = base.to_vec();
-        l.push(("errno", name.as_str()));
-        f.socket_errors.counter(&l, *n as f64);
-    }
-    f.lifetime.histogram(&base, lifetime_histogram(st));
-}
-
-/// Every metric family, in exposition order.
-pub fn families(agg: &Aggregator, kernel: &KernelStatus) -> Vec<MetricFamily> {
-    use MetricType::{COUNTER, GAUGE, HISTOGRAM};
-    let mut f = Families {
-        sockets: Family::new(
-            "observer_sockets",
-            "Live TCP sockets of a process by peer and state (TIME_WAIT reconciled with the kernel's table).",
-            GAUGE,
-        ),
-        process_sockets: Family::new(
-            "observer_process_sockets",
-            "Live TCP sockets of a process by state, over all peers.",
-            GAUGE,
-        ),
-        opened: Family::new("observer_connections_opened_total", "Outbound connections established.", COUNTER),
-        accepted: Family::new(
-            "observer_connections_accepted_total",
-            "Inbound connections accepted, by listening endpoint.",
-            COUNTER,
-        ),
-        closed: Family::new(
-            "observer_connections_closed_total",
-            "Connections closed, by the side that closed first (local or peer).",
-            COUNTER,
-        ),
-        failures: Family::new(
-            "observer_connect_failures_total",
-            "Outbound connects that failed, by reason (refused, timeout, unreachable, reset, other).",
-            COUNTER,
-        ),
-        resets_sent: Family::new("observer_resets_sent_total", "TCP resets sent.", COUNTER),
-        resets_received: Family::new("observer_resets_received_total", "TCP resets received.", COUNTER),
-        socket_errors: Family::new(
-            "observer_socket_errors_total",
-            "Errors the kernel reported on sockets, by errno.",
-            COUNTER,
-        ),
-        lifetime: Family::new("observer_connection_lifetime_seconds", "Time from established to closed.", HISTOGRAM),
-    };
-    let mut procs: Vec<&Process> = agg.processes().collect();
-    procs.sort_by_key(|p| p.key.pid);
-    for p in procs {
-        let mut peers: Vec<_> = p.outbound.iter().map(|(e, s)| (Direction::Outbound, e, s)).collect();
-        peers.extend(p.inbound.iter().map(|(e, s)| (Direction::Inbound, e, s)));
-        peers.sort_by_key(|(d, e, _)| (*d, **e));
-        for (d, e, s) in peers {
-            peer_metrics(&mut f, agg, p, d, e, s);
-        }
-        let (total, _, _) = process_totals(agg, p);
-        let pid = p.key.pid.to_string();
-        for (state, n) in total.iter() {
-            f.process_sockets.gauge(&[("pid", &pid), ("comm", &p.comm), ("state", state.name())], n as f64);
-        }
-    }
-
-    let mut out: Vec<MetricFamily> = [
-        f.sockets,
-        f.process_sockets,
-        f.opened,
-        f.accepted,
-        f.closed,
-        f.failures,
-        f.resets_sent,
-        f.resets_received,
-        f.socket_errors,
-        f.lifetime,
-    ]
-    .into_iter()
-    .map(|f| f.mf)
-    .collect();
-
-    let mut events = Family::new("observer_events_total", "Kernel events applied, by kind.", COUNTER);
-    for (kind, n) in &agg.stats.events {
-        events.counter(&[("kind", kind)], *n as f64);
-    }
-    let single = |name: &str, help: &str, ty: MetricType, v: u64| {
-        let mut fam = Family::new(name, help, ty);
-        match ty {
-            COUNTER => fam.counter(&[], v as f64),
-            _ => fam.gauge(&[], v as f64),
-        }
-        fam.mf
-    };
-    out.push(events.mf);
-    let c = &kernel.counters;
-    out.push(single(
-        "observer_events_lost_total",
-        "Events the kernel could not queue because the ring buffer was full.",
-        COUNTER,
-        c.events_lost,
-    ));
-    let mut evictions =
-        Family::new("observer_map_evictions_total", "Records the kernel's LRU maps dropped to make room.", COUNTER);
-    evictions.counter(&[("map", "sockets")], kernel.socket_map_evictions as f64);
-    out.push(evictions.mf);
-    let mut failures =
-        Family::new("observer_map_insert_failures_total", "Records the kernel could not insert into a map.", COUNTER);
-    failures.counter(&[("map", "sockets")], c.socket_insert_failed as f64);
-    failures.counter(&[("map", "listeners")], c.listener_insert_failed as f64);
-    failures.counter(&[("map", "connects")], c.connect_insert_failed as f64);
-    out.push(failures.mf);
-    out.push(single(
-        "observer_unattributed_events_total",
-        "Socket events whose owner was unknown (sockets older than the daemon, or evicted).",
-        COUNTER,
-        agg.stats.unattributed_events,
-    ));
-    out.push(single(
-        "observer_decode_errors_total",
-        "Ring-buffer records that could not be decoded.",
-        COUNTER,
-        agg.stats.decode_errors,
-    ));
-    out.push(single(
-        "observer_time_wait_unattributed",
-        "Kernel TIME_WAIT sockets not charged to any process.",
-        GAUGE,
-        agg.timewait().unattributed(),
-    ));
-    out.push(single("observer_tracked_processes", "Processes in the table.", GAUGE, agg.processes().count() as u64));
-    out.push(single(
-        "observer_tracked_sockets",
-        "Live sockets tracked (TIME_WAIT not included).",
-        GAUGE,
-        agg.tracked_sockets() as u64,
-    ));
-    out.push(single(
-        "observer_tracked_time_wait",
-        "Timewait entries charged to processes.",
-        GAUGE,
-        agg.timewait().len() as u64,
-    ));
-    out.push(single(
-        "observer_socket_map_entries",
-        "Entries in the kernel's socket-owner map.",
-        GAUGE,
-        kernel.socket_map_entries,
-    ));
-    let mut feat = Family::new(
-        "observer_feature_enabled",
-        "Whether an optional kernel feature is working (1) or degraded (0).",
-        GAUGE,
-    );
-    let fs = &kernel.features;
-    for (name, on) in [
-        ("kernel_offsets", fs.kernel_offsets),
-        ("accept_attribution", fs.accept_attribution),
-        ("early_connect_errors", fs.early_connect_errors),
-        ("error_reports", fs.error_reports),
-        ("resets", fs.resets),
-        ("socket_cleanup", fs.socket_cleanup),
-        ("process_exits", fs.process_exits),
-    ] {
-        feat.gauge(&[("feature", name)], if on { 1.0 } else { 0.0 });
-    }
-    out.push(feat.mf);
-    let mut build = Family::new("observer_build_info", "Build information.", GAUGE);
-    build.gauge(&[("version", env!("CARGO_PKG_VERSION"))], 1.0);
-    out.push(build.mf);
-    out.retain(|f| !f.get_metric().is_empty());
+pub fn render_text(registry: &Registry) -> String {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, registry).expect("text encoding to memory");
     out
 }
 
-/// The Prometheus text exposition.
-pub fn render(agg: &Aggregator, kernel: &KernelStatus) -> String {
-    let mut buf = Vec::new();
-    TextEncoder::new().encode(&families(agg, kernel), &mut buf).expect("text encoding to memory");
-    String::from_utf8(buf).expect("the text format is UTF-8")
+pub fn render_protobuf(registry: &Registry) -> Vec<u8> {
+    prometheus_client::encoding::prometheus_protobuf::encode_to_vec(registry).expect("protobuf encoding to memory")
 }
 
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+struct ObserverCollector {
+    agg: Arc<Mutex<Aggregator>>,
+    kernel: Arc<Mutex<KernelStatus>>,
+}
+
+impl std::fmt::Debug for ObserverCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ObserverCollector")
+    }
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+/// One peer of one process, with everything its series need.
+struct PeerRow<'a> {
+    labels: Labels,
+    direction: Direction,
+    stats: &'a PeerStats,
+    sockets: StateCounts,
+}
+
+fn with(labels: &Labels, key: &'static str, value: impl Into<String>) -> Labels {
+    let mut l = labels.clone();
+    l.push((key, value.into()));
+    l
+}
+
+fn peer_rows<'a>(agg: &'a Aggregator) -> Vec<PeerRow<'a>> {
+    let mut procs: Vec<&Process> = agg.processes().collect();
+    procs.sort_by_key(|p| p.key.pid);
+    let mut rows = Vec::new();
+    for p in procs {
+        let mut peers: Vec<(Direction, &Endpoint, &PeerStats)> =
+            p.outbound.iter().map(|(e, s)| (Direction::Outbound, e, s)).collect();
+        peers.extend(p.inbound.iter().map(|(e, s)| (Direction::Inbound, e, s)));
+        peers.sort_by_key(|(d, e, _)| (*d, **e));
+        for (direction, peer, stats) in peers {
+            let mut sockets = stats.sockets;
+            if let Some(tw) = agg.timewait().counts().get(&TwOwner { process: p.key, direction, peer: *peer }) {
+                sockets.merge(tw);
+            }
+            let labels = vec![
+                ("pid", p.key.pid.to_string()),
+                ("comm", p.comm.clone()),
+                ("direction", direction.name().to_string()),
+                ("peer", peer.to_string()),
+            ];
+            rows.push(PeerRow { labels, direction, stats, sockets });
+        }
+    }
+    rows
+}
+
+fn gauge(m: &mut MetricEncoder, labels: &Labels, v: f64) -> Result<(), std::fmt::Error> {
+    m.encode_family(labels)?.encode_gauge(&v)
+}
+
+/// A gauge that counts things (printed as an integer).
+fn gauge_count(m: &mut MetricEncoder, labels: &Labels, v: u64) -> Result<(), std::fmt::Error> {
+    if labels.is_empty() {
+        return m.encode_gauge(&v);
+    }
+    m.encode_family(labels)?.encode_gauge(&v)
+}
+
+fn counter(m: &mut MetricEncoder, labels: &Labels, v: u64) -> Result<(), std::fmt::Error> {
+    if labels.is_empty() {
+        return m.encode_counter::<Labels, u64, u64>(&v, None);
+    }
+    m.encode_family(labels)?.encode_counter::<Labels, u64, u64>(&v, None)
+}
+
+impl Collector for ObserverCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let kernel = self.kernel.lock().expect("kernel status lock").clone();
+        let agg = self.agg.lock().expect("aggregator lock");
+        let now = monotonic_ns();
+        let rows = peer_rows(&agg);
+        use MetricType::{Counter, Gauge, Histogram};
+
+        let mut m = enc.encode_descriptor(
+            "observer_sockets",
+            "Live TCP sockets of a process by peer and state (TIME_WAIT reconciled with the kernel's table)",
+            None,
+            Gauge,
+        )?;
+        for r in &rows {
+            for (state, n) in r.sockets.iter() {
+                gauge_count(&mut m, &with(&r.labels, "state", state.name()), n)?;
+            }
+        }
+        let mut m = enc.encode_descriptor(
+            "observer_process_sockets",
+            "Live TCP sockets of a process by state, over all peers",
+            None,
+            Gauge,
+        )?;
+        let mut procs: Vec<&Process> = agg.processes().collect();
+        procs.sort_by_key(|p| p.key.pid);
+        for p in &procs {
+            let (total, _, _) = process_totals(&agg, p);
+            let labels = vec![("pid", p.key.pid.to_string()), ("comm", p.comm.clone())];
+            for (state, n) in total.iter() {
+                gauge_count(&mut m, &with(&labels, "state", state.name()), n)?;
+            }
+        }
+
+        let outbound = || rows.iter().filter(|r| r.direction == Direction::Outbound);
+        let inbound = || rows.iter().filter(|r| r.direction == Direction::Inbound);
+        let mut m =
+            enc.encode_descriptor("observer_connections_opened", "Outbound connections established", None, Counter)?;
+        for r in outbound() {
+            counter(&mut m, &r.labels, r.stats.connections)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "observer_connections_accepted",
+            "Inbound connections accepted, by listening endpoint",
+            None,
+            Counter,
+        )?;
+        for r in inbound() {
+            counter(&mut m, &r.labels, r.stats.connections)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "observer_connections_closed",
+            "Connections closed, by the side that closed first (local or peer)",
+            None,
+            Counter,
+        )?;
+        for r in &rows {
+            counter(&mut m, &with(&r.labels, "by", "local"), r.stats.closed_by_local)?;
+            counter(&mut m, &with(&r.labels, "by", "peer"), r.stats.closed_by_peer)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "observer_connect_failures",
+            "Outbound connects that failed, by reason (refused, timeout, unreachable, reset, other)",
+            None,
+            Counter,
+        )?;
+        for r in outbound() {
+            for reason in FAILURE_REASONS {
+                counter(&mut m, &with(&r.labels, "reason", reason.name()), r.stats.connect_failures.get(reason))?;
+            }
+        }
+        let mut m = enc.encode_descriptor("observer_resets_sent", "TCP resets sent", None, Counter)?;
+        for r in &rows {
+            counter(&mut m, &r.labels, r.stats.resets_sent)?;
+        }
+        let mut m = enc.encode_descriptor("observer_resets_received", "TCP resets received", None, Counter)?;
+        for r in &rows {
+            counter(&mut m, &r.labels, r.stats.resets_received)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "observer_socket_errors",
+            "Errors the kernel reported on sockets, by errno",
+            None,
+            Counter,
+        )?;
+        for r in &rows {
+            for (errno, n) in &r.stats.socket_errors {
+                counter(&mut m, &with(&r.labels, "errno", errno_name(*errno)), *n)?;
+            }
+        }
+        let mut m = enc.encode_descriptor(
+            "observer_requests",
+            "Request/response exchanges: sends after a receive on client sockets, receives after a send on server sockets",
+            None,
+            Counter,
+        )?;
+        for r in &rows {
+            counter(&mut m, &r.labels, r.stats.requests)?;
+        }
+        let mut m = enc.encode_descriptor("observer_bytes_sent", "Bytes the application sent", None, Counter)?;
+        for r in &rows {
+            counter(&mut m, &r.labels, r.stats.bytes_sent)?;
+        }
+        let mut m =
+            enc.encode_descriptor("observer_bytes_received", "Bytes the application received", None, Counter)?;
+        for r in &rows {
+            counter(&mut m, &r.labels, r.stats.bytes_received)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "observer_reuse_ratio",
+            "Requests per connection opened or accepted (1 means no reuse); absent before the first connection",
+            None,
+            Gauge,
+        )?;
+        for r in rows.iter().filter(|r| r.stats.connections > 0) {
+            gauge(&mut m, &r.labels, r.stats.requests as f64 / r.stats.connections as f64)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "observer_new_connections_per_second",
+            "Connections opened or accepted per second over the last 60 s",
+            None,
+            Gauge,
+        )?;
+        for r in &rows {
+            gauge(&mut m, &r.labels, r.stats.new_connections_per_second(now))?;
+        }
+        let mut m = enc.encode_descriptor(
+            "observer_requests_per_connection",
+            "Requests carried by each closed connection (native histogram, schema 0, with classic buckets)",
+            None,
+            Histogram,
+        )?;
+        for r in &rows {
+            let h = &r.stats.requests_per_connection;
+            let mut classic = h.classic();
+            let above: u64 = h.count - classic.iter().map(|(_, n)| n).sum::<u64>();
+            classic.push((f64::INFINITY, above));
+            let (spans, deltas) = h.native_spans();
+            let native = NativeHistogram {
+                schema: 0,
+                zero_threshold: 0.0,
+                zero_count: h.zero,
+                negative: NativeHistogramBuckets { spans: &[], deltas: &[] },
+                positive: NativeHistogramBuckets { spans: &spans, deltas: &deltas },
+                created: None,
+            };
+            m.encode_family(&r.labels)?.encode_histogram_with_native::<Labels>(
+                h.sum as f64,
+                h.count,
+                &classic,
+                None,
+                native,
+            )?;
+        }
+        let mut m = enc.encode_descriptor(
+            "observer_connection_lifetime_seconds",
+            "Time from established to closed",
+            None,
+            Histogram,
+        )?;
+        for r in &rows {
+            let l = &r.stats.lifetimes;
+            let mut buckets: Vec<(f64, u64)> = l.buckets().collect();
+            let above = l.count - buckets.iter().map(|(_, n)| n).sum::<u64>();
+            buckets.push((f64::INFINITY, above));
+            m.encode_family(&r.labels)?.encode_histogram::<Labels>(l.sum_ns as f64 / 1e9, l.count, &buckets, None)?;
+        }
+
+        // About observer itself.
+        let mut m = enc.encode_descriptor("observer_events", "Kernel events applied, by kind", None, Counter)?;
+        for (kind, n) in &agg.stats.events {
+            counter(&mut m, &vec![("kind", kind.to_string())], *n)?;
+        }
+        let c = &kernel.counters;
+        let none: Labels = Vec::new();
+        let single = |enc: &mut DescriptorEncoder, name: &str, help: &str, ty: MetricType, v: u64| {
+            let mut m = enc.encode_descriptor(name, help, None, ty.clone())?;
+            match ty {
+                Counter => counter(&mut m, &none, v),
+                _ => gauge_count(&mut m, &none, v),
+            }
+        };
+        single(
+            &mut enc,
+            "observer_events_lost",
+            "Events the kernel could not queue because the ring buffer was full",
+            Counter,
+            c.events_lost,
+        )?;
+        let mut m = enc.encode_descriptor(
+            "observer_map_evictions",
+            "Records the kernel's LRU maps dropped to make room",
+            None,
+            Counter,
+        )?;
+        counter(&mut m, &vec![("map", "sockets".into())], kernel.socket_map_evictions)?;
+        let mut m = enc.encode_descriptor(
+            "observer_map_insert_failures",
+            "Records the kernel could not insert into a map",
+            None,
+            Counter,
+        )?;
+        for (map, n) in [
+            ("sockets", c.socket_insert_failed),
+            ("listeners", c.listener_insert_failed),
+            ("connects", c.connect_insert_failed),
+        ] {
+            counter(&mut m, &vec![("map", map.to_string())], n)?;
+        }
+        single(
+            &mut enc,
+            "observer_unattributed_events",
+            "Socket events whose owner was unknown (sockets older than the daemon, or evicted)",
+            Counter,
+            agg.stats.unattributed_events,
+        )?;
+        single(
+            &mut enc,
+            "observer_decode_errors",
+            "Ring-buffer records that could not be decoded",
+            Counter,
+            agg.stats.decode_errors,
+        )?;
+        single(
+            &mut enc,
+            "observer_time_wait_unattributed",
+            "Kernel TIME_WAIT sockets not charged to any process",
+            Gauge,
+            agg.timewait().unattributed(),
+        )?;
+        single(
+            &mut enc,
+            "observer_tracked_processes",
+            "Processes in the table",
+            Gauge,
+            agg.processes().count() as u64,
+        )?;
+        single(
+            &mut enc,
+            "observer_tracked_sockets",
+            "Live sockets tracked (TIME_WAIT not included)",
+            Gauge,
+            agg.tracked_sockets() as u64,
+        )?;
+        single(
+            &mut enc,
+            "observer_tracked_time_wait",
+            "Timewait entries charged to processes",
+            Gauge,
+            agg.timewait().len() as u64,
+        )?;
+        single(
+            &mut enc,
+            "observer_socket_map_entries",
+            "Entries in the kernel's socket-owner map",
+            Gauge,
+            kernel.socket_map_entries,
+        )?;
+        let mut m = enc.encode_descriptor(
+            "observer_feature_enabled",
+            "Whether an optional kernel feature is working (1) or degraded (0)",
+            None,
+            Gauge,
+        )?;
+        for (name, on) in kernel.features.list() {
+            gauge_count(&mut m, &vec![("feature", name.to_string())], u64::from(on))?;
+        }
+        let mut m = enc.encode_descriptor("observer_build_info", "Build information", None, Gauge)?;
+        gauge_count(&mut m, &vec![("version", env!("CARGO_PKG_VERSION").to_string())], 1)?;
+        Ok(())
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -346,5 +426,14 @@ mod tests {
         // Deletes during the walk (counted after) lower it too.
         assert_eq!(eviction_lower_bound(100, 30, 65), 5);
         assert_eq!(eviction_lower_bound(10, 30, 60), 0);
+    }
+
+    #[test]
+    fn prometheus_asks_for_protobuf_with_native_histograms() {
+        // The Accept header Prometheus sends with native histograms enabled.
+        let accept = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.6,application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3,*/*;q=0.1";
+        assert!(wants_protobuf(accept));
+        assert!(!wants_protobuf("application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"));
+        assert!(!wants_protobuf("*/*"));
     }
 }

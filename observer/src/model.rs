@@ -195,6 +195,55 @@ impl Direction {
     }
 }
 
+/// What an application sent and received on a socket (see `observer_common::SockIo`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoCounts {
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// Sends that follow a receive, or the first send.
+    pub send_runs: u64,
+    /// Receives that follow a send, or the first receive.
+    pub recv_runs: u64,
+}
+
+impl IoCounts {
+    pub fn from_kernel(io: &observer_common::SockIo) -> IoCounts {
+        IoCounts {
+            bytes_sent: io.bytes_sent,
+            bytes_received: io.bytes_received,
+            send_runs: u64::from(io.send_runs),
+            recv_runs: u64::from(io.recv_runs),
+        }
+    }
+
+    /// What was added since `prev` (counters only grow; if they went back, the kernel record
+    /// was replaced and everything is new).
+    pub fn since(&self, prev: &IoCounts) -> IoCounts {
+        if self.bytes_sent < prev.bytes_sent
+            || self.bytes_received < prev.bytes_received
+            || self.send_runs < prev.send_runs
+            || self.recv_runs < prev.recv_runs
+        {
+            return *self;
+        }
+        IoCounts {
+            bytes_sent: self.bytes_sent - prev.bytes_sent,
+            bytes_received: self.bytes_received - prev.bytes_received,
+            send_runs: self.send_runs - prev.send_runs,
+            recv_runs: self.recv_runs - prev.recv_runs,
+        }
+    }
+
+    /// Request/response exchanges: a client's requests start with a send, a server's with a
+    /// receive.
+    pub fn requests(&self, direction: Direction) -> u64 {
+        match direction {
+            Direction::Outbound => self.send_runs,
+            Direction::Inbound => self.recv_runs,
+        }
+    }
+}
+
 /// Why an outbound connect failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FailureReason {

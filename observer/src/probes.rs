@@ -7,10 +7,12 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::{BtfTracePoint, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
-use observer_common::{AF_INET, AF_INET6, KernelOffsets, ListenerKey, ListenerValue, Owner, counter, names};
+use observer_common::{
+    AF_INET, AF_INET6, KernelOffsets, ListenerKey, ListenerValue, Owner, SockInfo, SockIo, counter, names,
+};
 
 use crate::aggregate::SeedSocket;
-use crate::model::{ProcessKey, TcpState};
+use crate::model::{IoCounts, ProcessKey, TcpState};
 
 use crate::btf_offsets;
 use crate::tracefs::{self, Expected};
@@ -38,6 +40,24 @@ pub struct Features {
     pub resets: bool,
     pub socket_cleanup: bool,
     pub process_exits: bool,
+    /// Requests and bytes per connection (`sock/sock_send_length`, `sock/sock_recv_length`).
+    pub requests: bool,
+}
+
+impl Features {
+    /// (name, working) for each feature, in a fixed order.
+    pub fn list(&self) -> [(&'static str, bool); 8] {
+        [
+            ("kernel_offsets", self.kernel_offsets),
+            ("accept_attribution", self.accept_attribution),
+            ("early_connect_errors", self.early_connect_errors),
+            ("error_reports", self.error_reports),
+            ("resets", self.resets),
+            ("socket_cleanup", self.socket_cleanup),
+            ("process_exits", self.process_exits),
+            ("requests", self.requests),
+        ]
+    }
 }
 
 /// Totals of the kernel programs' counters.
@@ -75,7 +95,9 @@ pub fn check_privileges() -> Result<()> {
     if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
         return Ok(());
     }
-    bail!("permission denied: the daemon must run as root, or with at least CAP_BPF and CAP_PERFMON (see \"Privileges\" in docs/api.md)")
+    bail!(
+        "permission denied: the daemon must run as root, or with at least CAP_BPF and CAP_PERFMON (see \"Privileges\" in docs/api.md)"
+    )
 }
 
 fn raise_memlock() {
@@ -172,23 +194,22 @@ impl Probes {
                     "connect failures before any SYN are not counted",
                 );
             features.early_connect_errors = ce && cx;
-            features.error_reports = match (|| -> Result<()> {
-                let btf = btf.as_ref().ok_or_else(|| anyhow!("no kernel BTF"))?;
-                let p: &mut BtfTracePoint = ebpf
-                    .program_mut("inet_sk_error_report")
-                    .ok_or_else(|| anyhow!("program missing from the object"))?
-                    .try_into()?;
-                p.load("inet_sk_error_report", btf)?;
-                p.attach()?;
-                Ok(())
-            })() {
+        }
+        let mut btf_optional = |prog: &str, what: &str| -> bool {
+            match attach_btf_tracepoint(&mut ebpf, btf.as_ref(), prog) {
                 Ok(()) => true,
                 Err(e) => {
-                    log::warn!("sock/inet_sk_error_report unavailable ({e:#}): socket errors are not counted");
+                    log::warn!("BTF tracepoint {prog} unavailable ({e:#}): {what}");
                     false
                 }
-            };
+            }
+        };
+        if features.kernel_offsets {
+            features.error_reports = btf_optional("inet_sk_error_report", "socket errors are not counted");
         }
+        let sends = btf_optional("sock_send_length", "requests and bytes per connection are not counted");
+        let recvs = sends && btf_optional("sock_recv_length", "requests and bytes per connection are not counted");
+        features.requests = sends && recvs;
         Ok(Probes { ebpf, features })
     }
 
@@ -251,17 +272,26 @@ impl Probes {
     /// Record owners learnt in user space in the kernel's socket map.
     pub fn set_owners(&mut self, owners: &[(u64, ProcessKey, String)]) {
         let Some(map) = self.ebpf.map_mut(names::SOCKETS) else { return };
-        let Ok(mut m) = BpfHashMap::<&mut MapData, u64, Owner>::try_from(map) else { return };
+        let Ok(mut m) = BpfHashMap::<&mut MapData, u64, SockInfo>::try_from(map) else { return };
         for (sk, key, comm) in owners {
+            let info = SockInfo { owner: kernel_owner(key, comm), io: SockIo::zeroed() };
             // BPF_NOEXIST: never overwrite an owner the kernel recorded itself.
-            let _ = m.insert(sk, kernel_owner(key, comm), 1);
+            let _ = m.insert(sk, info, 1);
         }
+    }
+
+    /// The I/O counters of every socket in the kernel's map (walks the map: one pass per
+    /// flush interval).
+    pub fn io_counters(&self) -> Result<Vec<(u64, IoCounts)>> {
+        let map = self.ebpf.map(names::SOCKETS).ok_or_else(|| anyhow!("SOCKETS map missing"))?;
+        let m: BpfHashMap<&MapData, u64, SockInfo> = BpfHashMap::try_from(map)?;
+        Ok(m.iter().filter_map(Result::ok).map(|(sk, info)| (sk, IoCounts::from_kernel(&info.io))).collect())
     }
 
     /// Entries in the kernel's socket-owner map now (walks the map: not for hot paths).
     pub fn socket_map_entries(&self) -> Result<u64> {
         let map = self.ebpf.map(names::SOCKETS).ok_or_else(|| anyhow!("SOCKETS map missing"))?;
-        let m: BpfHashMap<&MapData, u64, Owner> = BpfHashMap::try_from(map)?;
+        let m: BpfHashMap<&MapData, u64, SockInfo> = BpfHashMap::try_from(map)?;
         Ok(m.keys().filter(|k| k.is_ok()).count() as u64)
     }
 }
@@ -271,6 +301,15 @@ fn kernel_owner(key: &ProcessKey, comm: &str) -> Owner {
     let n = comm.len().min(15);
     c[..n].copy_from_slice(&comm.as_bytes()[..n]);
     Owner { tgid: key.pid, _pad: 0, start_ns: key.start_ns, comm: c }
+}
+
+fn attach_btf_tracepoint(ebpf: &mut Ebpf, btf: Option<&Btf>, prog: &str) -> Result<()> {
+    let btf = btf.ok_or_else(|| anyhow!("no kernel BTF"))?;
+    let p: &mut BtfTracePoint =
+        ebpf.program_mut(prog).ok_or_else(|| anyhow!("program {prog} missing from the object"))?.try_into()?;
+    p.load(prog, btf)?;
+    p.attach()?;
+    Ok(())
 }
 
 fn attach_tracepoint(ebpf: &mut Ebpf, prog: &str, tp: &Expected, _tracefs: &Path) -> Result<()> {

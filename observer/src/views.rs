@@ -7,6 +7,7 @@ use serde::Serialize;
 use serde::ser::SerializeMap as _;
 
 use crate::aggregate::{Aggregator, PeerStats, Process};
+use crate::exphist::ExpHistogram;
 use crate::lifetime::Lifetimes;
 use crate::model::{Direction, Endpoint, FailureCounts, FailureReason, StateCounts, errno_name};
 use crate::timewait::TwOwner;
@@ -66,6 +67,57 @@ impl From<&Lifetimes> for LifetimeSeconds {
     }
 }
 
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct Bucket {
+    /// Upper bound (inclusive): 0, then powers of two.
+    pub le: u64,
+    pub count: u64,
+}
+
+/// Requests carried by each closed connection (whose opening was seen).
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct RequestsPerConnection {
+    pub count: u64,
+    pub sum: u64,
+    pub max: u64,
+    /// Non-empty buckets; bucket `le` holds the values in (le/2, le].
+    pub buckets: Vec<Bucket>,
+}
+
+impl From<&ExpHistogram> for RequestsPerConnection {
+    fn from(h: &ExpHistogram) -> Self {
+        RequestsPerConnection {
+            count: h.count,
+            sum: h.sum,
+            max: h.max,
+            buckets: h.buckets().map(|(le, count)| Bucket { le, count }).collect(),
+        }
+    }
+}
+
+/// Connection reuse figures of a peer.
+#[derive(Serialize, Debug, Clone)]
+pub struct Reuse {
+    pub requests: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// Requests per connection; 1.0 means no reuse. Null before the first connection.
+    pub reuse_ratio: Option<f64>,
+    pub new_connections_per_second: f64,
+    pub requests_per_connection: RequestsPerConnection,
+}
+
+fn reuse(st: &PeerStats, now_ns: u64) -> Reuse {
+    Reuse {
+        requests: st.requests,
+        bytes_sent: st.bytes_sent,
+        bytes_received: st.bytes_received,
+        reuse_ratio: (st.connections > 0).then(|| st.requests as f64 / st.connections as f64),
+        new_connections_per_second: st.new_connections_per_second(now_ns),
+        requests_per_connection: (&st.requests_per_connection).into(),
+    }
+}
+
 #[derive(Serialize, Debug, Clone)]
 pub struct Outbound {
     pub remote: String,
@@ -78,6 +130,8 @@ pub struct Outbound {
     pub resets_received: u64,
     pub socket_errors: BTreeMap<String, u64>,
     pub connection_lifetime_seconds: LifetimeSeconds,
+    #[serde(flatten)]
+    pub reuse: Reuse,
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -91,6 +145,8 @@ pub struct Inbound {
     pub resets_received: u64,
     pub socket_errors: BTreeMap<String, u64>,
     pub connection_lifetime_seconds: LifetimeSeconds,
+    #[serde(flatten)]
+    pub reuse: Reuse,
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -136,7 +192,8 @@ fn sorted(m: &std::collections::HashMap<Endpoint, PeerStats>) -> Vec<(&Endpoint,
     v
 }
 
-pub fn process_detail(agg: &Aggregator, p: &Process) -> ProcessDetail {
+/// The document of one process, with rates as of `now_ns` (CLOCK_MONOTONIC).
+pub fn process_detail(agg: &Aggregator, p: &Process, now_ns: u64) -> ProcessDetail {
     let mut total = StateCounts::default();
     let mut outbound = Vec::new();
     for (peer, st) in sorted(&p.outbound) {
@@ -153,6 +210,7 @@ pub fn process_detail(agg: &Aggregator, p: &Process) -> ProcessDetail {
             resets_received: st.resets_received,
             socket_errors: errors(st),
             connection_lifetime_seconds: (&st.lifetimes).into(),
+            reuse: reuse(st, now_ns),
         });
     }
     let mut inbound = Vec::new();
@@ -169,6 +227,7 @@ pub fn process_detail(agg: &Aggregator, p: &Process) -> ProcessDetail {
             resets_received: st.resets_received,
             socket_errors: errors(st),
             connection_lifetime_seconds: (&st.lifetimes).into(),
+            reuse: reuse(st, now_ns),
         });
     }
     ProcessDetail {

@@ -59,6 +59,9 @@ fn responses_match_the_openapi_document() {
     }
     let (status, body) = d.get("/healthz");
     check(&doc, "/healthz", status, &body);
+    let (status, body) = d.get("/api/v1/status");
+    check(&doc, "/api/v1/status", status, &body);
+    assert_eq!(body["features"]["requests"], true, "{body}");
 
     // Every documented path is served; /metrics is text.
     for path in doc["paths"].as_object().unwrap().keys() {
@@ -66,15 +69,17 @@ fn responses_match_the_openapi_document() {
         let (status, _) = d.get(&url);
         assert_eq!(status, 200, "{url}");
     }
-    // Every metric family served is documented in docs/api.md with its type, and every
-    // documented one is served.
+    // Every metric family served is documented in docs/api.md with its type (by the name
+    // PromQL uses: counters end in _total), and every documented one is served.
     let text = d.metrics();
     let served: std::collections::BTreeSet<(String, String)> = text
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
         .map(|l| {
             let mut p = l.split_whitespace();
-            (p.next().unwrap().to_string(), p.next().unwrap().to_string())
+            let (name, ty) = (p.next().unwrap(), p.next().unwrap());
+            let name = if ty == "counter" { format!("{name}_total") } else { name.to_string() };
+            (name, ty.to_string())
         })
         .collect();
     let api_md = std::fs::read_to_string(workspace_root().join("docs/api.md")).unwrap();

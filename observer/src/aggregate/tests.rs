@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 
 use super::*;
 use crate::event::{EventKind, Owner, SocketEvent};
+use crate::model::IoCounts;
 use crate::model::TcpState::*;
 use crate::timewait::KernelTimeWait;
 
@@ -28,11 +29,13 @@ struct Sock {
     local: Endpoint,
     remote: Endpoint,
     t: u64,
+    /// I/O counters the kernel would hand over with the close.
+    io: IoCounts,
 }
 
 impl Sock {
     fn new(sk: u64, pid: u32, local: &str, remote: &str) -> Sock {
-        Sock { sk, owner: Some(owner(pid)), local: ep(local), remote: ep(remote), t: 0 }
+        Sock { sk, owner: Some(owner(pid)), local: ep(local), remote: ep(remote), t: 0, io: IoCounts::default() }
     }
 
     fn ev(&mut self, kind: EventKind, error: i32) -> SocketEvent {
@@ -47,6 +50,7 @@ impl Sock {
             remote: self.remote,
             error,
             netns: Some(7),
+            io: self.io,
         }
     }
 
@@ -415,4 +419,68 @@ fn a_snapshot_never_duplicates_tracked_or_recently_closed_sockets() {
         seed_socket(100, "127.0.0.1:40001", "127.0.0.1:8080", Established),
     ]);
     assert_eq!(out(&a, 100, "127.0.0.1:8080").sockets.get(Established), 1);
+}
+
+fn io(sent_runs: u64, recv_runs: u64) -> IoCounts {
+    IoCounts { bytes_sent: sent_runs * 100, bytes_received: recv_runs * 1000, send_runs: sent_runs, recv_runs }
+}
+
+#[test]
+fn requests_on_a_long_lived_connection_are_flushed_then_handed_over_at_close() {
+    let mut a = Aggregator::default();
+    let mut s = Sock::new(1, 100, "127.0.0.1:40000", "127.0.0.1:8080");
+    s.state(&mut a, Close, SynSent);
+    s.state(&mut a, SynSent, Established);
+    a.flush_io(&[(1, io(50, 50)), (999, io(7, 7))]);
+    let st = out(&a, 100, "127.0.0.1:8080");
+    assert_eq!((st.requests, st.bytes_sent, st.bytes_received), (50, 5000, 50_000));
+    a.flush_io(&[(1, io(50, 50))]);
+    assert_eq!(out(&a, 100, "127.0.0.1:8080").requests, 50, "a flush adds only what is new");
+    assert_eq!(out(&a, 100, "127.0.0.1:8080").requests_per_connection.count, 0, "still open");
+    s.io = io(100, 100);
+    s.state(&mut a, Established, FinWait1);
+    s.state(&mut a, FinWait1, FinWait2);
+    s.close_with(&mut a, FinWait2, 0);
+    let st = out(&a, 100, "127.0.0.1:8080");
+    assert_eq!(st.requests, 100);
+    assert_eq!(st.bytes_sent, 10_000);
+    assert_eq!(st.requests_per_connection.buckets().collect::<Vec<_>>(), vec![(128, 1)]);
+    assert_eq!(st.requests_per_connection.sum, 100);
+    assert_eq!(st.new_connections_per_second(s.t), 1.0 / 60.0);
+}
+
+#[test]
+fn one_request_per_connection_without_reuse() {
+    let mut a = Aggregator::default();
+    for i in 0..100u64 {
+        let mut s = Sock::new(10 + i, 100, &format!("127.0.0.1:{}", 40000 + i), "127.0.0.1:8080");
+        s.io = io(1, 1);
+        s.state(&mut a, Close, SynSent);
+        s.state(&mut a, SynSent, Established);
+        s.state(&mut a, Established, FinWait1);
+        s.state(&mut a, FinWait1, FinWait2);
+        s.close_with(&mut a, FinWait2, 0);
+    }
+    let st = out(&a, 100, "127.0.0.1:8080");
+    assert_eq!((st.connections, st.requests), (100, 100));
+    assert_eq!(st.requests_per_connection.buckets().collect::<Vec<_>>(), vec![(1, 100)]);
+}
+
+#[test]
+fn server_requests_start_with_a_receive() {
+    let mut a = Aggregator::default();
+    let mut l = Sock::new(1, 10, "0.0.0.0:6379", "0.0.0.0:0");
+    l.state(&mut a, Close, Listen);
+    let mut c = Sock::new(2, 10, "127.0.0.1:6379", "127.0.0.1:50000");
+    c.state(&mut a, Listen, SynRecv);
+    c.state(&mut a, SynRecv, Established);
+    c.other(&mut a, EventKind::Accept, 0);
+    c.io = IoCounts { bytes_sent: 10, bytes_received: 20, send_runs: 3, recv_runs: 4 };
+    c.state(&mut a, Established, CloseWait);
+    c.state(&mut a, CloseWait, LastAck);
+    c.close_with(&mut a, LastAck, 0);
+    let st = inb(&a, 10, "0.0.0.0:6379");
+    assert_eq!(st.requests, 4);
+    assert_eq!(st.connections, 1);
+    assert_eq!(st.requests_per_connection.buckets().collect::<Vec<_>>(), vec![(4, 1)]);
 }
