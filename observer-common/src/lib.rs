@@ -44,7 +44,8 @@ pub struct Owner {
     pub comm: [u8; COMM_LEN],
 }
 
-/// What the application sent and received on a socket, counted in the kernel.
+/// What the application sent and received on a socket, counted in the kernel (in the
+/// socket's own storage, `SOCK_IO`).
 ///
 /// An exchange ("run") starts each time the direction of traffic changes: `send_runs` counts
 /// the sends that follow a receive (or the first send), `recv_runs` the receives that follow a
@@ -59,12 +60,14 @@ pub struct SockIo {
     pub recv_runs: u32,
     /// [`io_dir`] of the last send or receive.
     pub last_dir: u32,
-    pub _pad: u32,
+    /// 0 for a connection accepted from a listener until a process first sends or receives on
+    /// it: that process claims it (see [`kind::CLAIM`]).
+    pub claimed: u32,
 }
 
 impl SockIo {
     pub const fn zeroed() -> Self {
-        SockIo { bytes_sent: 0, bytes_received: 0, send_runs: 0, recv_runs: 0, last_dir: 0, _pad: 0 }
+        SockIo { bytes_sent: 0, bytes_received: 0, send_runs: 0, recv_runs: 0, last_dir: 0, claimed: 0 }
     }
 }
 
@@ -75,11 +78,11 @@ pub mod io_dir {
     pub const RECV: u32 = 2;
 }
 
-/// Value of the `SOCKETS` map: the owner of a socket and its I/O counters.
+/// One record of the socket-storage iterator (`dump_sock_io`): a socket and its counters.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
-pub struct SockInfo {
-    pub owner: Owner,
+pub struct IoRecord {
+    pub sk: u64,
     pub io: SockIo,
 }
 
@@ -87,11 +90,9 @@ pub struct SockInfo {
 pub mod kind {
     /// A TCP state change of a socket (`sock/inet_sock_set_state`).
     pub const STATE: u8 = 1;
-    /// A process accepted the socket (`accept`/`accept4` returned it): the socket's owner is now
-    /// the accepting process.
-    pub const ACCEPT: u8 = 2;
-    /// `connect()` failed before any SYN was sent (no route, no local port, firewall...).
-    pub const CONNECT_ERROR: u8 = 3;
+    /// The first process to send or receive on a connection accepted from a listener (the
+    /// process that accepted it) claims it: the socket's owner is now that process.
+    pub const CLAIM: u8 = 2;
     /// The kernel reported an error on the socket (`sock/inet_sk_error_report`).
     pub const ERROR_REPORT: u8 = 4;
     /// The socket sent a RST (`tcp/tcp_send_reset`).
@@ -100,6 +101,8 @@ pub mod kind {
     pub const RESET_RECEIVED: u8 = 6;
     /// The last thread of a process exited (`sched/sched_process_exit`).
     pub const PROCESS_EXIT: u8 = 7;
+    /// A socket closed: its final I/O counters ([`super::Event::io`]).
+    pub const IO_FINAL: u8 = 8;
 }
 
 /// [`Event::flags`] bits.
@@ -134,8 +137,7 @@ pub struct Event {
     /// Remote port.
     pub dport: u16,
     pub _pad: u16,
-    /// STATE to CLOSE: `sk_err` at that moment; CONNECT_ERROR: the positive errno returned by
-    /// connect(); ERROR_REPORT: the reported errno.
+    /// STATE to CLOSE: `sk_err` at that moment; ERROR_REPORT: the reported errno.
     pub error: i32,
     /// Inode number of the socket's network namespace.
     pub netns: u32,
@@ -143,7 +145,7 @@ pub struct Event {
     pub saddr: [u8; 16],
     /// Remote address.
     pub daddr: [u8; 16],
-    /// STATE to CLOSE: the socket's final I/O counters.
+    /// IO_FINAL: the socket's final I/O counters.
     pub io: SockIo,
 }
 
@@ -174,8 +176,8 @@ impl Event {
 /// (`/sys/kernel/btf/vmlinux`) and handed to the kernel programs as the `OFFSETS` global.
 ///
 /// Programs read kernel memory with `bpf_probe_read_kernel` at these offsets. When `valid` is 0
-/// (no BTF), the programs skip everything that needs them: netns, `sk_err`, accept attribution,
-/// early connect errors, process start times.
+/// (no BTF), the programs skip everything that needs them: network namespaces, `sk_err`,
+/// process start times.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelOffsets {
@@ -190,30 +192,12 @@ pub struct KernelOffsets {
     pub sock_protocol: u32,
     /// `struct sock`: `sk_type` (u16).
     pub sock_type: u32,
-    /// `struct sock`: `__sk_common.skc_family` (u16).
-    pub sock_family: u32,
     /// `struct task_struct`: `group_leader`.
     pub task_group_leader: u32,
     /// `struct task_struct`: `start_boottime` (u64 ns).
     pub task_start_boottime: u32,
     /// `struct task_struct`: `comm`.
     pub task_comm: u32,
-    /// `struct task_struct`: `files`.
-    pub task_files: u32,
-    /// `struct files_struct`: `fdt`.
-    pub files_fdt: u32,
-    /// `struct fdtable`: `max_fds` (u32).
-    pub fdtable_max_fds: u32,
-    /// `struct fdtable`: `fd` (`struct file **`).
-    pub fdtable_fd: u32,
-    /// `struct file`: `private_data` (a `struct socket *` for sockets).
-    pub file_private_data: u32,
-    /// `struct socket`: `file` (back pointer, used to check that a file is a socket).
-    pub socket_file: u32,
-    /// `struct socket`: `sk`.
-    pub socket_sk: u32,
-    /// `struct socket`: `state` (`socket_state`, 4 bytes).
-    pub socket_state: u32,
 }
 
 impl KernelOffsets {
@@ -225,18 +209,9 @@ impl KernelOffsets {
             sock_err: 0,
             sock_protocol: 0,
             sock_type: 0,
-            sock_family: 0,
             task_group_leader: 0,
             task_start_boottime: 0,
             task_comm: 0,
-            task_files: 0,
-            files_fdt: 0,
-            fdtable_max_fds: 0,
-            fdtable_fd: 0,
-            file_private_data: 0,
-            socket_file: 0,
-            socket_sk: 0,
-            socket_state: 0,
         }
     }
 }
@@ -254,10 +229,8 @@ pub mod counter {
     pub const SOCKET_DELETED: u32 = 3;
     /// Listener records that could not be inserted into `LISTENERS`.
     pub const LISTENER_INSERT_FAILED: u32 = 4;
-    /// Pending connect() records that could not be inserted into `CONNECTS`.
-    pub const CONNECT_INSERT_FAILED: u32 = 5;
     /// Number of counters.
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 5;
 }
 
 /// Key of the `LISTENERS` map: a listening endpoint in a network namespace.
@@ -280,26 +253,11 @@ pub struct ListenerValue {
     pub owner: Owner,
 }
 
-/// Value of the per-thread `CONNECTS` map, kept between connect() entry and exit.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct PendingConnect {
-    /// The socket behind the fd, if resolved (0 otherwise).
-    pub sk: u64,
-    /// Set by the state-change program when this thread moved a socket to SYN_SENT.
-    pub syn_sent: u32,
-    pub family: u16,
-    pub port: u16,
-    pub addr: [u8; 16],
-}
-
 /// Names of the maps and programs, shared so both sides agree.
 pub mod names {
     pub const EVENTS: &str = "EVENTS";
     pub const SOCKETS: &str = "SOCKETS";
     pub const LISTENERS: &str = "LISTENERS";
-    pub const CONNECTS: &str = "CONNECTS";
-    pub const ACCEPTS: &str = "ACCEPTS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const OFFSETS: &str = "OFFSETS";
     /// Global: byte offset of `group_dead` in the `sched_process_exit` record, 0 if absent.
@@ -313,7 +271,6 @@ mod pod {
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::ListenerKey {}
     unsafe impl aya::Pod for super::ListenerValue {}
-    unsafe impl aya::Pod for super::PendingConnect {}
     unsafe impl aya::Pod for super::SockIo {}
-    unsafe impl aya::Pod for super::SockInfo {}
+    unsafe impl aya::Pod for super::IoRecord {}
 }

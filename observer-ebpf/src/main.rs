@@ -15,28 +15,23 @@
 mod kernel;
 mod maps;
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user},
+    helpers::generated::{bpf_seq_write, bpf_sk_storage_get},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use aya_log_ebpf::{debug, warn};
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
-use maps::{CONNECTS, EVENTS, EXIT_GROUP_DEAD_OFFSET, LISTENERS, OFFSETS, SOCKETS, count};
+use maps::{EVENTS, EXIT_GROUP_DEAD_OFFSET, LISTENERS, OFFSETS, SOCKETS, count};
 
 use observer_common::{
-    AF_INET, AF_INET6, Event, IPPROTO_TCP, KernelOffsets, ListenerKey, ListenerValue, Owner, PendingConnect, SockInfo,
-    SockIo, counter, flags, io_dir, kind, tcp_state,
+    AF_INET, Event, IPPROTO_TCP, IoRecord, KernelOffsets, ListenerKey, ListenerValue, Owner, SockIo, counter, flags,
+    io_dir, kind, tcp_state,
 };
-
-const EINTR: i64 = 4;
-const EISCONN: i64 = 106;
-const EALREADY: i64 = 114;
-const EINPROGRESS: i64 = 115;
-const ERESTARTSYS: i64 = 512;
-const ERESTARTNOINTR: i64 = 513;
-const SS_UNCONNECTED: u32 = 1;
 
 /// Direct read of a tracepoint record field (aligned fields only).
 #[inline(always)]
@@ -50,9 +45,20 @@ fn field_unaligned<T>(ctx: &TracePointContext, offset: usize) -> Option<T> {
     unsafe { ctx.read_at::<T>(offset).ok() }
 }
 
+/// `bpf_ringbuf_output` flags.
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+/// `bpf_ringbuf_query`: bytes not yet consumed.
+const BPF_RB_AVAIL_DATA: u64 = 0;
+/// Wake the daemon up only past this much unread data; otherwise it drains the ring buffer on
+/// its own timer. A wake-up per event costs an inter-processor interrupt (a VM exit on virtual
+/// machines): microseconds on the traced task's path.
+const WAKEUP_BYTES: u64 = 256 * 1024;
+
 #[inline(always)]
 fn emit(ev: &Event) {
-    if EVENTS.output::<Event>(ev, 0).is_err() {
+    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP };
+    if EVENTS.output::<Event>(ev, flags).is_err() {
         count(counter::EVENTS_LOST);
     }
 }
@@ -61,28 +67,20 @@ const BPF_NOEXIST: u64 = 1;
 const BPF_EXIST: u64 = 2;
 
 /// Record the owner of a socket. New records are counted (with the deletes and the map's size,
-/// that gives the LRU evictions); replacing an existing record (accept) is not.
+/// that gives the LRU evictions); replacing an existing record (accept, or a stale record at a
+/// reused address) is not.
 #[inline(always)]
-fn remember_owner(sk: u64, owner: &Owner, new_socket: bool) {
-    let info = SockInfo { owner: *owner, io: SockIo::zeroed() };
-    if SOCKETS.insert(sk, info, BPF_NOEXIST).is_ok() {
+fn remember_owner(sk: u64, owner: &Owner) {
+    if SOCKETS.insert(sk, owner, BPF_NOEXIST).is_ok() {
         count(counter::SOCKET_INSERTED);
-    } else if new_socket {
-        // A stale record of a previous socket at this address: start afresh.
-        if SOCKETS.insert(sk, info, BPF_EXIST).is_err() {
-            count(counter::SOCKET_INSERT_FAILED);
-        }
-    } else if let Some(p) = SOCKETS.get_ptr_mut(sk) {
-        // accept(): a new owner, same socket, same counters.
-        unsafe { (*p).owner = *owner };
-    } else {
+    } else if SOCKETS.insert(sk, owner, BPF_EXIST).is_err() {
         count(counter::SOCKET_INSERT_FAILED);
     }
 }
 
 #[inline(always)]
 fn lookup_owner(sk: u64) -> Option<Owner> {
-    unsafe { SOCKETS.get(sk).map(|i| i.owner) }
+    unsafe { SOCKETS.get(sk).copied() }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -128,18 +126,14 @@ fn on_state(ctx: &TracePointContext) {
         // connect(): process context, the caller owns the socket.
         (tcp_state::CLOSE, tcp_state::SYN_SENT) => {
             let owner = kernel::current_owner(&off);
-            remember_owner(sk, &owner, true);
-            let tid = bpf_get_current_pid_tgid() as u32;
-            if let Some(pending) = CONNECTS.get_ptr_mut(tid) {
-                unsafe { (*pending).syn_sent = 1 };
-            }
+            remember_owner(sk, &owner);
             set_netns(&off, &mut ev);
             Some(owner)
         }
         // listen(): process context.
         (_, tcp_state::LISTEN) => {
             let owner = kernel::current_owner(&off);
-            remember_owner(sk, &owner, true);
+            remember_owner(sk, &owner);
             set_netns(&off, &mut ev);
             let key = ListenerKey { netns: ev.netns, family: ev.family, port: ev.sport, addr: ev.saddr };
             let value = ListenerValue { sk, owner };
@@ -161,7 +155,7 @@ fn on_state(ctx: &TracePointContext) {
             }
             match listener {
                 Some(l) => {
-                    remember_owner(sk, &l.owner, true);
+                    remember_owner(sk, &l.owner);
                     Some(l.owner)
                 }
                 None => {
@@ -197,10 +191,6 @@ fn on_state(ctx: &TracePointContext) {
     }
     if newstate == tcp_state::CLOSE {
         ev.error = kernel::sock_err(&off, sk);
-        // Hand over the I/O counters (the record itself lives until the socket is destroyed).
-        if let Some(info) = unsafe { SOCKETS.get(sk) } {
-            ev.io = info.io;
-        }
     }
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
     emit(&ev);
@@ -212,126 +202,6 @@ fn set_netns(off: &KernelOffsets, ev: &mut Event) {
         ev.netns = netns;
         ev.flags |= flags::NETNS_KNOWN;
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// accept()/accept4(): the accepting process owns the new socket.
-//   sys_exit_*: ret@16
-// ---------------------------------------------------------------------------------------------
-
-#[tracepoint]
-pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
-    on_accept(&ctx);
-    0
-}
-
-#[tracepoint]
-pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
-    on_accept(&ctx);
-    0
-}
-
-#[inline(always)]
-fn on_accept(ctx: &TracePointContext) {
-    let ret: i64 = field(ctx, 16);
-    if ret < 0 {
-        return;
-    }
-    let off = OFFSETS.load();
-    let Some(socket) = kernel::fd_to_socket(&off, ret as u64) else { return };
-    let Some(sk) = kernel::socket_sock(&off, socket) else { return };
-    if !kernel::sock_is_tcp(&off, sk) {
-        return;
-    }
-    let owner = kernel::current_owner(&off);
-    remember_owner(sk, &owner, false);
-    let mut ev = Event::zeroed();
-    ev.kind = kind::ACCEPT;
-    ev.sk = sk;
-    ev.owner = owner;
-    ev.flags = flags::OWNER_KNOWN;
-    ev.family = kernel::sock_family(&off, sk);
-    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
-    emit(&ev);
-}
-
-// ---------------------------------------------------------------------------------------------
-// connect(): failures that happen before any SYN is sent (no route, no local port...).
-//   sys_enter_connect: fd@16 uservaddr@24 addrlen@32; sys_exit_connect: ret@16
-// ---------------------------------------------------------------------------------------------
-
-#[tracepoint]
-pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
-    on_connect_enter(&ctx);
-    0
-}
-
-#[inline(always)]
-fn on_connect_enter(ctx: &TracePointContext) {
-    let fd: u64 = field(ctx, 16);
-    let uaddr: u64 = field(ctx, 24);
-    let off = OFFSETS.load();
-    let Some(socket) = kernel::fd_to_socket(&off, fd) else { return };
-    // Only a fresh connect: a second connect() on a socket already connecting is a status check.
-    if kernel::socket_state(&off, socket) != Some(SS_UNCONNECTED) {
-        return;
-    }
-    let Some(sk) = kernel::socket_sock(&off, socket) else { return };
-    if !kernel::sock_is_tcp(&off, sk) {
-        return;
-    }
-    let Ok(family) = (unsafe { bpf_probe_read_user(uaddr as *const u16) }) else { return };
-    let mut pending = PendingConnect { sk, family, ..PendingConnect::default() };
-    let Ok(port) = (unsafe { bpf_probe_read_user((uaddr + 2) as *const u16) }) else { return };
-    pending.port = u16::from_be(port);
-    if family == AF_INET {
-        let Ok(a) = (unsafe { bpf_probe_read_user((uaddr + 4) as *const [u8; 4]) }) else { return };
-        pending.addr[..4].copy_from_slice(&a);
-    } else if family == AF_INET6 {
-        let Ok(a) = (unsafe { bpf_probe_read_user((uaddr + 8) as *const [u8; 16]) }) else { return };
-        pending.addr = a;
-    } else {
-        return;
-    }
-    let tid = bpf_get_current_pid_tgid() as u32;
-    if CONNECTS.insert(tid, pending, 0).is_err() {
-        count(counter::CONNECT_INSERT_FAILED);
-        warn!(ctx, "CONNECTS insert failed for thread {}", tid);
-    }
-}
-
-#[tracepoint]
-pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
-    on_connect_exit(&ctx);
-    0
-}
-
-#[inline(always)]
-fn on_connect_exit(ctx: &TracePointContext) {
-    let tid = bpf_get_current_pid_tgid() as u32;
-    let Some(pending) = (unsafe { CONNECTS.get(tid).copied() }) else { return };
-    let _ = CONNECTS.remove(tid);
-    let ret: i64 = field(ctx, 16);
-    if ret >= 0 || pending.syn_sent != 0 {
-        return;
-    }
-    let errno = -ret;
-    if matches!(errno, EINPROGRESS | EALREADY | EISCONN | EINTR | ERESTARTSYS | ERESTARTNOINTR) {
-        return;
-    }
-    let off = OFFSETS.load();
-    let mut ev = Event::zeroed();
-    ev.kind = kind::CONNECT_ERROR;
-    ev.sk = pending.sk;
-    ev.owner = kernel::current_owner(&off);
-    ev.flags = flags::OWNER_KNOWN;
-    ev.family = pending.family;
-    ev.dport = pending.port;
-    ev.daddr = pending.addr;
-    ev.error = errno as i32;
-    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
-    debug!(ctx, "connect failed before SYN: errno {}", errno);
-    emit(&ev);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -467,12 +337,15 @@ fn on_io(ctx: &BtfTracePointContext, dir: u32) {
     if dir == io_dir::RECV && ctx.arg::<i64>(2) & MSG_PEEK != 0 {
         return;
     }
-    let sk: u64 = ctx.arg(0);
-    // Only sockets with an owner record (TCP sockets observer tracks) are counted.
-    let Some(info) = SOCKETS.get_ptr_mut(sk) else { return };
+    let sk: *mut c_void = ctx.arg(0);
+    // Only sockets that got storage when observer saw them created are counted.
+    let io = unsafe { bpf_sk_storage_get(maps::sock_io_map(), sk, core::ptr::null_mut(), 0) } as *mut SockIo;
+    if io.is_null() {
+        return;
+    }
     // Two threads may send on one socket at once: the counters are added atomically.
-    unsafe {
-        let io = &mut (*info).io;
+    let claim = unsafe {
+        let io = &mut *io;
         let bytes = if dir == io_dir::SEND { &mut io.bytes_sent } else { &mut io.bytes_received };
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(bytes, ret as u64);
         if io.last_dir != dir {
@@ -480,7 +353,90 @@ fn on_io(ctx: &BtfTracePointContext, dir: u32) {
             let runs = if dir == io_dir::SEND { &mut io.send_runs } else { &mut io.recv_runs };
             atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(runs, 1);
         }
+        let unclaimed = io.claimed == 0;
+        io.claimed = 1;
+        unclaimed
+    };
+    if claim {
+        claim_socket(sk as u64);
     }
+}
+
+/// The first send or receive on a connection accepted from a listener, in the context of the
+/// process doing it (the one that accepted the connection): it owns the socket from now on.
+///
+/// (Hooking accept() itself would take a syscall tracepoint, and enabling any syscall tracepoint
+/// puts every syscall of every task on the slow tracing path.)
+#[inline(always)]
+fn claim_socket(sk: u64) {
+    let off = OFFSETS.load();
+    let owner = kernel::current_owner(&off);
+    remember_owner(sk, &owner);
+    let mut ev = Event::zeroed();
+    ev.kind = kind::CLAIM;
+    ev.sk = sk;
+    ev.owner = owner;
+    ev.flags = flags::OWNER_KNOWN;
+    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    emit(&ev);
+}
+
+/// Iterator over the socket storage map (`iter/bpf_sk_storage_map`): writes one [`IoRecord`]
+/// per socket, for the daemon's periodic read of open connections.
+///
+/// The context is `struct bpf_iter__bpf_sk_storage_map { meta; map; sk; value; }`.
+#[unsafe(link_section = "iter/bpf_sk_storage_map")]
+#[unsafe(no_mangle)]
+pub fn dump_sock_io(ctx: *mut c_void) -> i32 {
+    let ctx = ctx as *const u64;
+    unsafe {
+        let sk = *ctx.add(2);
+        let value = *ctx.add(3) as *const SockIo;
+        if sk == 0 || value.is_null() {
+            return 0;
+        }
+        let meta = *ctx as *const u64;
+        let seq = *meta as *mut c_void;
+        let rec = IoRecord { sk, io: *value };
+        bpf_seq_write(seq.cast(), core::ptr::from_ref(&rec).cast_mut().cast(), size_of::<IoRecord>() as u32);
+    }
+    0
+}
+
+/// BPF_SK_STORAGE_GET_F_CREATE
+const SK_STORAGE_CREATE: u64 = 1;
+
+/// `sock/inet_sock_set_state` seen with the socket as a typed pointer (sk, oldstate, newstate),
+/// for its I/O storage: created with each new connection, handed over to user space (IO_FINAL)
+/// when it closes. The socket-storage helpers need the typed pointer the classic tracepoint
+/// does not give.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state_io(ctx: BtfTracePointContext) -> u32 {
+    let old = ctx.arg::<i64>(1) as u8;
+    let new = ctx.arg::<i64>(2) as u8;
+    let sk: *mut c_void = ctx.arg(0);
+    let connected = old == tcp_state::CLOSE && new == tcp_state::SYN_SENT;
+    let accepted = old == tcp_state::LISTEN && new == tcp_state::SYN_RECV;
+    if connected || accepted {
+        // A connecting socket is owned already; an accepted one is claimed at its first use.
+        let mut init = SockIo::zeroed();
+        init.claimed = u32::from(connected);
+        unsafe {
+            bpf_sk_storage_get(maps::sock_io_map(), sk, core::ptr::from_mut(&mut init).cast(), SK_STORAGE_CREATE)
+        };
+    } else if new == tcp_state::CLOSE {
+        let io = unsafe { bpf_sk_storage_get(maps::sock_io_map(), sk, core::ptr::null_mut(), 0) } as *const SockIo;
+        if io.is_null() {
+            return 0;
+        }
+        let mut ev = Event::zeroed();
+        ev.kind = kind::IO_FINAL;
+        ev.sk = sk as u64;
+        ev.io = unsafe { *io };
+        ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+        emit(&ev);
+    }
+    0
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -3,27 +3,34 @@
 
 use aya_ebpf::{
     Global,
-    macros::map,
+    btf_maps::SkStorage,
+    macros::{btf_map, map},
     maps::{LruHashMap, PerCpuArray, RingBuf},
 };
-use observer_common::{KernelOffsets, ListenerKey, ListenerValue, PendingConnect, SockInfo, counter};
+use observer_common::{KernelOffsets, ListenerKey, ListenerValue, Owner, SockIo, counter};
 
 /// The one ring buffer to user space. Its size can be changed by the daemon at load time.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
-/// Socket (`struct sock *`) -> the process that owns it and its I/O counters. Cleaned in
-/// `tcp_destroy_sock`.
+/// Socket (`struct sock *`) -> the process that owns it. Cleaned in `tcp_destroy_sock`.
 #[map]
-pub static SOCKETS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(65536, 0);
+pub static SOCKETS: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(65536, 0);
+
+/// Per-socket I/O counters in socket-local storage: found from the socket itself on the
+/// send/receive hot path (no hashing), freed by the kernel with the socket.
+#[btf_map]
+pub static SOCK_IO: SkStorage<SockIo> = SkStorage::new();
+
+/// The map pointer helpers expect.
+#[inline(always)]
+pub fn sock_io_map() -> *mut core::ffi::c_void {
+    core::ptr::from_ref(&SOCK_IO).cast_mut().cast()
+}
 
 /// Listening endpoints -> owner, to attribute the children created in softirq.
 #[map]
 pub static LISTENERS: LruHashMap<ListenerKey, ListenerValue> = LruHashMap::with_max_entries(8192, 0);
-
-/// Thread id -> connect() in progress.
-#[map]
-pub static CONNECTS: LruHashMap<u32, PendingConnect> = LruHashMap::with_max_entries(16384, 0);
 
 /// Counters (see `observer_common::counter`).
 #[map]

@@ -185,6 +185,8 @@ struct SocketRec {
     accept_counted: bool,
     /// I/O counters already added to the peer's figures.
     io: IoCounts,
+    /// The kernel handed the final counters over (IO_FINAL came before the CLOSE).
+    final_io: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -193,6 +195,12 @@ struct Tombstone {
     direction: Direction,
     peer: Endpoint,
     closed_ns: u64,
+    /// I/O counters already added.
+    io: IoCounts,
+    /// The final counters are in (no IO_FINAL expected any more).
+    final_io: bool,
+    /// The connection's requests go into the requests-per-connection histogram once final.
+    observe: bool,
 }
 
 /// Counters about the aggregation itself.
@@ -386,6 +394,7 @@ impl Aggregator {
             close_counted: matches!(seed.state, FinWait1 | FinWait2 | Closing | CloseWait | LastAck),
             accept_counted: true,
             io: IoCounts::default(),
+            final_io: false,
         };
         if ev.owner.is_none() {
             self.kernel_owner_updates.push((ev.sk, seed.owner, seed.comm));
@@ -423,11 +432,11 @@ impl Aggregator {
         *self.stats.events.entry(ev.kind.name()).or_default() += 1;
         match ev.kind {
             EventKind::State { old, new } => self.on_state(ev, old, new),
-            EventKind::Accept => self.on_accept(ev),
-            EventKind::ConnectError => self.on_connect_error(ev),
+            EventKind::Claim => self.on_claim(ev),
             EventKind::ErrorReport => self.on_error_report(ev),
             EventKind::ResetSent => self.on_reset(ev, false),
             EventKind::ResetReceived => self.on_reset(ev, true),
+            EventKind::IoFinal => self.on_io_final(ev),
             EventKind::ProcessExit => {
                 if let Some(o) = &ev.owner {
                     self.mark_exited(o.key, ev.ts_ns);
@@ -593,7 +602,7 @@ impl Aggregator {
             if old == SynSent
                 && let Some(stats) = self.peer_mut(key, Direction::Outbound, ev.remote.canonical())
             {
-                stats.connect_failures.add(FailureReason::from_errno(ev.error));
+                stats.connect_failures.add(FailureReason::of_connect(ev.error, ev.local.port()));
             }
             return false;
         }
@@ -627,6 +636,7 @@ impl Aggregator {
             // An adopted inbound socket was accepted before we looked.
             accept_counted: !creation,
             io: IoCounts::default(),
+            final_io: false,
         };
         let process = self.processes.get_mut(&key.pid).expect("ensured");
         if listener {
@@ -643,13 +653,11 @@ impl Aggregator {
         let cfg_peer = rec.peer;
         {
             let Some(stats) = self.peer_mut(rec.owner, rec.direction, cfg_peer) else { return };
-            // The final I/O counters the kernel handed over with the close.
-            stats.add_io(rec.direction, &ev.io.since(&rec.io));
-            if rec.established_ns.is_some() && !rec.listener {
-                stats.requests_per_connection.observe(ev.io.requests(rec.direction));
+            if rec.final_io && rec.established_ns.is_some() && !rec.listener {
+                stats.requests_per_connection.observe(rec.io.requests(rec.direction));
             }
             match old {
-                SynSent => stats.connect_failures.add(FailureReason::from_errno(ev.error)),
+                SynSent => stats.connect_failures.add(FailureReason::of_connect(ev.error, ev.local.port())),
                 _ if rec.connected => {
                     if !rec.close_counted {
                         // Abortive close straight from a connected state.
@@ -678,14 +686,49 @@ impl Aggregator {
         self.drop_socket(ev.sk);
         self.tombstones.insert(
             ev.sk,
-            Tombstone { owner: rec.owner, direction: rec.direction, peer: rec.peer, closed_ns: ev.ts_ns },
+            Tombstone {
+                owner: rec.owner,
+                direction: rec.direction,
+                peer: rec.peer,
+                closed_ns: ev.ts_ns,
+                io: rec.io,
+                final_io: rec.final_io,
+                observe: rec.established_ns.is_some() && !rec.listener,
+            },
         );
     }
 
-    fn on_accept(&mut self, ev: &SocketEvent) {
+    /// The final I/O counters of a closing socket, before or after its CLOSE event (two kernel
+    /// programs report them; their order is not guaranteed).
+    fn on_io_final(&mut self, ev: &SocketEvent) {
+        if let Some(rec) = self.sockets.get_mut(&ev.sk) {
+            let delta = ev.io.since(&rec.io);
+            rec.io = ev.io;
+            rec.final_io = true;
+            let (owner, direction, peer) = (rec.owner, rec.direction, rec.peer);
+            if let Some(stats) = self.peer_mut(owner, direction, peer) {
+                stats.add_io(direction, &delta);
+            }
+            return;
+        }
+        let Some(t) = self.tombstones.get_mut(&ev.sk).filter(|t| !t.final_io) else { return };
+        let delta = ev.io.since(&t.io);
+        t.io = ev.io;
+        t.final_io = true;
+        let t = *t;
+        if let Some(stats) = self.peer_mut(t.owner, t.direction, t.peer) {
+            stats.add_io(t.direction, &delta);
+            if t.observe {
+                stats.requests_per_connection.observe(ev.io.requests(t.direction));
+            }
+        }
+    }
+
+    /// A process started using a connection accepted from a listener: it owns it, and it is
+    /// the one that accepted it.
+    fn on_claim(&mut self, ev: &SocketEvent) {
         let Some(owner) = &ev.owner else { return };
         if !self.sockets.contains_key(&ev.sk) {
-            // Accepted from a queue filled before the daemon started.
             self.stats.unattributed_events += 1;
             return;
         }
@@ -699,14 +742,6 @@ impl Aggregator {
         let (owner, direction, peer) = (rec.owner, rec.direction, rec.peer);
         if let Some(stats) = self.peer_mut(owner, direction, peer) {
             stats.count_connection(ev.ts_ns);
-        }
-    }
-
-    fn on_connect_error(&mut self, ev: &SocketEvent) {
-        let Some(owner) = &ev.owner else { return };
-        let Some(key) = self.ensure_process(owner, ev.ts_ns) else { return };
-        if let Some(stats) = self.peer_mut(key, Direction::Outbound, ev.remote.canonical()) {
-            stats.connect_failures.add(FailureReason::from_errno(ev.error));
         }
     }
 

@@ -118,34 +118,49 @@ async fn shutdown_signal() {
     }
 }
 
+/// How often the ring buffer is drained when the kernel does not wake us up (it only does past
+/// a fill threshold, see the kernel programs' `emit`).
+const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
+
 async fn read_events(ring: RingBuf<MapData>, agg: Arc<Mutex<Aggregator>>) -> Result<()> {
     // SAFETY: the ring buffer owns its map fd and keeps it open while registered.
     let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("registering the ring buffer with the reactor: {e}"))?;
+    let mut tick = tokio::time::interval(DRAIN_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let mut guard = fd.readable_mut().await?;
-        let ring = guard.get_inner_mut();
-        loop {
-            let mut n = 0;
-            {
-                let mut agg = agg.lock().expect("aggregator lock");
-                while n < BATCH {
-                    let Some(item) = ring.next() else { break };
-                    match event::decode(&item) {
-                        Ok(ev) => agg.apply(&ev),
-                        Err(e) => {
-                            agg.stats.decode_errors += 1;
-                            log::debug!("undecodable record: {e}");
-                        }
-                    }
-                    n += 1;
-                }
+        tokio::select! {
+            guard = fd.readable_mut() => {
+                let mut guard = guard?;
+                drain(guard.get_inner_mut(), &agg);
+                guard.clear_ready();
             }
-            if n < BATCH {
-                break;
+            _ = tick.tick() => drain(fd.get_mut(), &agg),
+        }
+    }
+}
+
+/// Apply every record in the ring buffer, in batches so that the API never waits long.
+fn drain(ring: &mut RingBuf<MapData>, agg: &Mutex<Aggregator>) {
+    loop {
+        let mut n = 0;
+        {
+            let mut agg = agg.lock().expect("aggregator lock");
+            while n < BATCH {
+                let Some(item) = ring.next() else { break };
+                match event::decode(&item) {
+                    Ok(ev) => agg.apply(&ev),
+                    Err(e) => {
+                        agg.stats.decode_errors += 1;
+                        log::debug!("undecodable record: {e}");
+                    }
+                }
+                n += 1;
             }
         }
-        guard.clear_ready();
+        if n < BATCH {
+            return;
+        }
     }
 }
 

@@ -13,25 +13,30 @@ pub struct Owner {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
-    State { old: TcpState, new: TcpState },
-    Accept,
-    ConnectError,
+    State {
+        old: TcpState,
+        new: TcpState,
+    },
+    /// A process started using a connection accepted from a listener.
+    Claim,
     ErrorReport,
     ResetSent,
     ResetReceived,
     ProcessExit,
+    /// The final I/O counters of a closing socket.
+    IoFinal,
 }
 
 impl EventKind {
     pub fn name(self) -> &'static str {
         match self {
             EventKind::State { .. } => "state",
-            EventKind::Accept => "accept",
-            EventKind::ConnectError => "connect_error",
+            EventKind::Claim => "claim",
             EventKind::ErrorReport => "error_report",
             EventKind::ResetSent => "reset_sent",
             EventKind::ResetReceived => "reset_received",
             EventKind::ProcessExit => "process_exit",
+            EventKind::IoFinal => "io_final",
         }
     }
 }
@@ -51,7 +56,7 @@ pub struct SocketEvent {
     /// See [`observer_common::Event::error`].
     pub error: i32,
     pub netns: Option<u32>,
-    /// STATE to CLOSE: the socket's final I/O counters.
+    /// IO_FINAL: the socket's final I/O counters.
     pub io: IoCounts,
 }
 
@@ -93,12 +98,12 @@ pub fn from_raw(raw: &Event) -> Result<SocketEvent, DecodeError> {
     let state = |v: u8| TcpState::from_kernel(v).ok_or(DecodeError::UnknownState(v));
     let kind = match raw.kind {
         kind::STATE => EventKind::State { old: state(raw.oldstate)?, new: state(raw.newstate)? },
-        kind::ACCEPT => EventKind::Accept,
-        kind::CONNECT_ERROR => EventKind::ConnectError,
+        kind::CLAIM => EventKind::Claim,
         kind::ERROR_REPORT => EventKind::ErrorReport,
         kind::RESET_SENT => EventKind::ResetSent,
         kind::RESET_RECEIVED => EventKind::ResetReceived,
         kind::PROCESS_EXIT => EventKind::ProcessExit,
+        kind::IO_FINAL => EventKind::IoFinal,
         k => return Err(DecodeError::UnknownKind(k)),
     };
     let owner = (raw.flags & flags::OWNER_KNOWN != 0 && raw.owner.tgid != 0).then(|| Owner {

@@ -316,7 +316,7 @@ impl Collector for ObserverCollector {
         let c = &kernel.counters;
         let none: Labels = Vec::new();
         let single = |enc: &mut DescriptorEncoder, name: &str, help: &str, ty: MetricType, v: u64| {
-            let mut m = enc.encode_descriptor(name, help, None, ty.clone())?;
+            let mut m = enc.encode_descriptor(name, help, None, ty)?;
             match ty {
                 Counter => counter(&mut m, &none, v),
                 _ => gauge_count(&mut m, &none, v),
@@ -342,11 +342,7 @@ impl Collector for ObserverCollector {
             None,
             Counter,
         )?;
-        for (map, n) in [
-            ("sockets", c.socket_insert_failed),
-            ("listeners", c.listener_insert_failed),
-            ("connects", c.connect_insert_failed),
-        ] {
+        for (map, n) in [("sockets", c.socket_insert_failed), ("listeners", c.listener_insert_failed)] {
             counter(&mut m, &vec![("map", map.to_string())], n)?;
         }
         single(

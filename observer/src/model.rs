@@ -268,6 +268,17 @@ pub const FAILURE_REASONS: [FailureReason; 5] = [
 ];
 
 impl FailureReason {
+    /// Classify a connect that ended in SYN_SENT from the socket's error and its local port.
+    /// No error means the socket closed while still in SYN_SENT: the application's own connect
+    /// timeout, unless the kernel never found it a local port (port exhaustion: connect() fails
+    /// with EADDRNOTAVAIL right after the move to SYN_SENT, before any SYN).
+    pub fn of_connect(errno: i32, local_port: u16) -> FailureReason {
+        if errno == 0 && local_port == 0 {
+            return FailureReason::Other;
+        }
+        FailureReason::from_errno(errno)
+    }
+
     /// Classify the error of a connect that ended. `errno` 0 means the application closed the
     /// socket while it was still in SYN_SENT, i.e. its own connect timeout.
     pub fn from_errno(errno: i32) -> FailureReason {
@@ -370,6 +381,9 @@ mod tests {
         assert_eq!(FailureReason::from_errno(libc::ENETUNREACH), FailureReason::Unreachable);
         assert_eq!(FailureReason::from_errno(libc::ECONNRESET), FailureReason::Reset);
         assert_eq!(FailureReason::from_errno(libc::EADDRNOTAVAIL), FailureReason::Other);
+        assert_eq!(FailureReason::of_connect(0, 40000), FailureReason::Timeout);
+        assert_eq!(FailureReason::of_connect(0, 0), FailureReason::Other, "no local port");
+        assert_eq!(FailureReason::of_connect(libc::ECONNREFUSED, 40000), FailureReason::Refused);
     }
 
     #[test]

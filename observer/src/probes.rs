@@ -1,15 +1,15 @@
 //! Loading the kernel programs, attaching them to their tracepoints, and reading the kernel
 //! side's counters. Dropping [`Probes`] detaches and unloads everything.
 
+use std::os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::path::Path;
 
 use anyhow::{Context as _, Result, anyhow, bail};
+use aya::maps::Map;
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::{BtfTracePoint, TracePoint};
+use aya::programs::{BtfTracePoint, Iter, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
-use observer_common::{
-    AF_INET, AF_INET6, KernelOffsets, ListenerKey, ListenerValue, Owner, SockInfo, SockIo, counter, names,
-};
+use observer_common::{AF_INET, AF_INET6, IoRecord, KernelOffsets, ListenerKey, ListenerValue, Owner, counter, names};
 
 use crate::aggregate::SeedSocket;
 use crate::model::{IoCounts, ProcessKey, TcpState};
@@ -32,25 +32,22 @@ pub struct Options {
 /// Which optional features are working.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Features {
-    /// Struct offsets from BTF: netns, sk_err, accept attribution, process start times.
+    /// Struct offsets from BTF: network namespaces, sk_err, process start times.
     pub kernel_offsets: bool,
-    pub accept_attribution: bool,
-    pub early_connect_errors: bool,
     pub error_reports: bool,
     pub resets: bool,
     pub socket_cleanup: bool,
     pub process_exits: bool,
-    /// Requests and bytes per connection (`sock/sock_send_length`, `sock/sock_recv_length`).
+    /// Requests and bytes per connection, and accepted connections charged to the process that
+    /// uses them (`sock/sock_send_length`, `sock/sock_recv_length`).
     pub requests: bool,
 }
 
 impl Features {
     /// (name, working) for each feature, in a fixed order.
-    pub fn list(&self) -> [(&'static str, bool); 8] {
+    pub fn list(&self) -> [(&'static str, bool); 6] {
         [
             ("kernel_offsets", self.kernel_offsets),
-            ("accept_attribution", self.accept_attribution),
-            ("early_connect_errors", self.early_connect_errors),
             ("error_reports", self.error_reports),
             ("resets", self.resets),
             ("socket_cleanup", self.socket_cleanup),
@@ -68,12 +65,13 @@ pub struct KernelCounters {
     pub socket_inserted: u64,
     pub socket_deleted: u64,
     pub listener_insert_failed: u64,
-    pub connect_insert_failed: u64,
 }
 
 pub struct Probes {
     ebpf: Ebpf,
     pub features: Features,
+    /// Link of the socket-storage iterator (reads the I/O counters of open connections).
+    io_iter: Option<OwnedFd>,
 }
 
 /// Refuse early, with one clear line, when we cannot possibly load programs.
@@ -130,7 +128,7 @@ impl Probes {
             }
             Err(e) => {
                 log::warn!(
-                    "kernel BTF unusable ({e:#}): sockets are charged by tgid only, without network namespaces, accept attribution or connect error details"
+                    "kernel BTF unusable ({e:#}): no network namespaces, connect error details or process start times"
                 );
                 KernelOffsets::zeroed()
             }
@@ -174,29 +172,8 @@ impl Probes {
         );
         features.process_exits =
             optional("sched_process_exit", &tracefs::SCHED_PROCESS_EXIT, "exits are found by polling /proc");
-        if features.kernel_offsets {
-            let a4 = optional(
-                "sys_exit_accept4",
-                &tracefs::SYS_EXIT_ACCEPT4,
-                "accepted sockets stay charged to the listener's owner",
-            );
-            let a = optional("sys_exit_accept", &tracefs::SYS_EXIT_ACCEPT, "accept() (not accept4) is not attributed");
-            features.accept_attribution = a4 || a;
-            let ce = optional(
-                "sys_enter_connect",
-                &tracefs::SYS_ENTER_CONNECT,
-                "connect failures before any SYN are not counted",
-            );
-            let cx = ce
-                && optional(
-                    "sys_exit_connect",
-                    &tracefs::SYS_EXIT_CONNECT,
-                    "connect failures before any SYN are not counted",
-                );
-            features.early_connect_errors = ce && cx;
-        }
-        let mut btf_optional = |prog: &str, what: &str| -> bool {
-            match attach_btf_tracepoint(&mut ebpf, btf.as_ref(), prog) {
+        let mut btf_optional = |prog: &str, target: &str, what: &str| -> bool {
+            match attach_btf_tracepoint(&mut ebpf, btf.as_ref(), prog, target) {
                 Ok(()) => true,
                 Err(e) => {
                     log::warn!("BTF tracepoint {prog} unavailable ({e:#}): {what}");
@@ -205,12 +182,23 @@ impl Probes {
             }
         };
         if features.kernel_offsets {
-            features.error_reports = btf_optional("inet_sk_error_report", "socket errors are not counted");
+            features.error_reports =
+                btf_optional("inet_sk_error_report", "inet_sk_error_report", "socket errors are not counted");
         }
-        let sends = btf_optional("sock_send_length", "requests and bytes per connection are not counted");
-        let recvs = sends && btf_optional("sock_recv_length", "requests and bytes per connection are not counted");
-        features.requests = sends && recvs;
-        Ok(Probes { ebpf, features })
+        let lost = "requests and bytes per connection are not counted";
+        features.requests = btf_optional("inet_sock_set_state_io", "inet_sock_set_state", lost)
+            && btf_optional("sock_send_length", "sock_send_length", lost)
+            && btf_optional("sock_recv_length", "sock_recv_length", lost);
+        let mut io_iter = None;
+        if features.requests {
+            match attach_io_iterator(&mut ebpf, btf.as_ref()) {
+                Ok(fd) => io_iter = Some(fd),
+                Err(e) => log::warn!(
+                    "socket storage iterator unavailable ({e:#}): requests on open connections are only counted when they close"
+                ),
+            }
+        }
+        Ok(Probes { ebpf, features, io_iter })
     }
 
     /// The ring buffer of events (can be taken once).
@@ -240,7 +228,6 @@ impl Probes {
             socket_inserted: get(counter::SOCKET_INSERTED)?,
             socket_deleted: get(counter::SOCKET_DELETED)?,
             listener_insert_failed: get(counter::LISTENER_INSERT_FAILED)?,
-            connect_insert_failed: get(counter::CONNECT_INSERT_FAILED)?,
         })
     }
 
@@ -272,26 +259,34 @@ impl Probes {
     /// Record owners learnt in user space in the kernel's socket map.
     pub fn set_owners(&mut self, owners: &[(u64, ProcessKey, String)]) {
         let Some(map) = self.ebpf.map_mut(names::SOCKETS) else { return };
-        let Ok(mut m) = BpfHashMap::<&mut MapData, u64, SockInfo>::try_from(map) else { return };
+        let Ok(mut m) = BpfHashMap::<&mut MapData, u64, Owner>::try_from(map) else { return };
         for (sk, key, comm) in owners {
-            let info = SockInfo { owner: kernel_owner(key, comm), io: SockIo::zeroed() };
             // BPF_NOEXIST: never overwrite an owner the kernel recorded itself.
-            let _ = m.insert(sk, info, 1);
+            let _ = m.insert(sk, kernel_owner(key, comm), 1);
         }
     }
 
-    /// The I/O counters of every socket in the kernel's map (walks the map: one pass per
-    /// flush interval).
+    /// The I/O counters of every socket that has them, read in one pass of the socket-storage
+    /// iterator.
     pub fn io_counters(&self) -> Result<Vec<(u64, IoCounts)>> {
-        let map = self.ebpf.map(names::SOCKETS).ok_or_else(|| anyhow!("SOCKETS map missing"))?;
-        let m: BpfHashMap<&MapData, u64, SockInfo> = BpfHashMap::try_from(map)?;
-        Ok(m.iter().filter_map(Result::ok).map(|(sk, info)| (sk, IoCounts::from_kernel(&info.io))).collect())
+        let link = self.io_iter.as_ref().ok_or_else(|| anyhow!("no socket storage iterator"))?;
+        let mut file = std::fs::File::from(bpf_iter_create(link)?);
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut buf).context("reading the socket storage iterator")?;
+        Ok(buf
+            .chunks_exact(size_of::<IoRecord>())
+            .map(|c| {
+                // SAFETY: IoRecord is plain old data; read_unaligned copes with any alignment.
+                let r: IoRecord = unsafe { std::ptr::read_unaligned(c.as_ptr().cast()) };
+                (r.sk, IoCounts::from_kernel(&r.io))
+            })
+            .collect())
     }
 
     /// Entries in the kernel's socket-owner map now (walks the map: not for hot paths).
     pub fn socket_map_entries(&self) -> Result<u64> {
         let map = self.ebpf.map(names::SOCKETS).ok_or_else(|| anyhow!("SOCKETS map missing"))?;
-        let m: BpfHashMap<&MapData, u64, SockInfo> = BpfHashMap::try_from(map)?;
+        let m: BpfHashMap<&MapData, u64, Owner> = BpfHashMap::try_from(map)?;
         Ok(m.keys().filter(|k| k.is_ok()).count() as u64)
     }
 }
@@ -303,11 +298,58 @@ fn kernel_owner(key: &ProcessKey, comm: &str) -> Owner {
     Owner { tgid: key.pid, _pad: 0, start_ns: key.start_ns, comm: c }
 }
 
-fn attach_btf_tracepoint(ebpf: &mut Ebpf, btf: Option<&Btf>, prog: &str) -> Result<()> {
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_ITER_CREATE: libc::c_long = 33;
+const BPF_TRACE_ITER: u32 = 28;
+/// Size of the `union bpf_attr` we pass (the kernel checks that the unused tail is zero).
+const BPF_ATTR_SIZE: usize = 128;
+
+fn bpf(cmd: libc::c_long, attr: &mut [u8; BPF_ATTR_SIZE]) -> std::io::Result<OwnedFd> {
+    // SAFETY: a bpf_attr-sized, zero-padded buffer for the command.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), BPF_ATTR_SIZE as u32) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new file descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Load the socket-storage iterator and link it to the `SOCK_IO` map. aya's `Iter::attach`
+/// cannot pass a map to the link, so the link is created with the bpf() syscall directly:
+/// `link_create { prog_fd, target_fd, attach_type, flags, iter_info, iter_info_len }`.
+fn attach_io_iterator(ebpf: &mut Ebpf, btf: Option<&Btf>) -> Result<OwnedFd> {
+    let btf = btf.ok_or_else(|| anyhow!("no kernel BTF"))?;
+    let map_fd = match ebpf.map("SOCK_IO") {
+        Some(Map::SkStorage(m)) => m.fd().as_fd().as_raw_fd(),
+        _ => bail!("SOCK_IO socket storage map missing"),
+    };
+    let p: &mut Iter =
+        ebpf.program_mut("dump_sock_io").ok_or_else(|| anyhow!("program dump_sock_io missing"))?.try_into()?;
+    p.load("bpf_sk_storage_map", btf)?;
+    let prog_fd = p.fd()?.as_fd().as_raw_fd();
+    // union bpf_iter_link_info { struct { __u32 map_fd; } map; ... }
+    let link_info: [u32; 4] = [map_fd as u32, 0, 0, 0];
+    let mut attr = [0u8; BPF_ATTR_SIZE];
+    attr[0..4].copy_from_slice(&(prog_fd as u32).to_ne_bytes());
+    attr[8..12].copy_from_slice(&BPF_TRACE_ITER.to_ne_bytes());
+    attr[16..24].copy_from_slice(&(link_info.as_ptr() as u64).to_ne_bytes());
+    attr[24..28].copy_from_slice(&(size_of::<u32>() as u32).to_ne_bytes());
+    bpf(BPF_LINK_CREATE, &mut attr).context("creating the iterator link")
+}
+
+/// A new pass of an iterator: a file that reads its output to the end.
+fn bpf_iter_create(link: &OwnedFd) -> Result<OwnedFd> {
+    let mut attr = [0u8; BPF_ATTR_SIZE];
+    attr[0..4].copy_from_slice(&(link.as_raw_fd() as u32).to_ne_bytes());
+    bpf(BPF_ITER_CREATE, &mut attr).context("creating an iterator")
+}
+
+/// Attach program `prog` to the BTF tracepoint `target`.
+fn attach_btf_tracepoint(ebpf: &mut Ebpf, btf: Option<&Btf>, prog: &str, target: &str) -> Result<()> {
     let btf = btf.ok_or_else(|| anyhow!("no kernel BTF"))?;
     let p: &mut BtfTracePoint =
         ebpf.program_mut(prog).ok_or_else(|| anyhow!("program {prog} missing from the object"))?.try_into()?;
-    p.load(prog, btf)?;
+    p.load(target, btf)?;
     p.attach()?;
     Ok(())
 }

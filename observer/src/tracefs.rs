@@ -132,18 +132,6 @@ pub const TCP_RECEIVE_RESET: Expected = Expected {
 pub const TCP_DESTROY_SOCK: Expected =
     Expected { category: "tcp", name: "tcp_destroy_sock", fields: &[("skaddr", 8, 8)] };
 
-pub const SYS_ENTER_CONNECT: Expected =
-    Expected { category: "syscalls", name: "sys_enter_connect", fields: &[("fd", 16, 8), ("uservaddr", 24, 8)] };
-
-pub const SYS_EXIT_CONNECT: Expected =
-    Expected { category: "syscalls", name: "sys_exit_connect", fields: &[("ret", 16, 8)] };
-
-pub const SYS_EXIT_ACCEPT4: Expected =
-    Expected { category: "syscalls", name: "sys_exit_accept4", fields: &[("ret", 16, 8)] };
-
-pub const SYS_EXIT_ACCEPT: Expected =
-    Expected { category: "syscalls", name: "sys_exit_accept", fields: &[("ret", 16, 8)] };
-
 pub const SCHED_PROCESS_EXIT: Expected =
     Expected { category: "sched", name: "sched_process_exit", fields: &[("pid", 24, 4)] };
 

@@ -258,3 +258,25 @@ fn time_wait_is_reconciled_inside_other_network_namespaces() {
     assert_eq!(ss_count(&["state", "time-wait", "dst", &remote]), 0, "nothing of it in the host namespace");
     drop(c);
 }
+
+/// The nginx model: a parent listens, a forked worker accepts on the same socket. Connections
+/// belong to the worker that accepted them (charged when it first reads them), never to the
+/// parent, which only holds the listening socket.
+#[test]
+fn accepted_connections_belong_to_the_worker_that_accepts_them() {
+    let d = shared_daemon();
+    let (mut server, port) = http_server("127.0.0.1", "prefork");
+    let worker: u32 = server.line().strip_prefix("WORKER ").expect("worker line").parse().unwrap();
+    let listen = format!("127.0.0.1:{port}");
+    let (c, _) = client(None, &["requests_no_session", &format!("http://{listen}/"), "10"]);
+    let w = d.wait_process(worker, WAIT, "10 accepted by the worker", |doc| {
+        inbound(doc, &listen).is_some_and(|i| num(i, "connections_accepted") == 10 && num(i, "closed_by_peer") == 10)
+    });
+    assert_eq!(num(inbound(&w, &listen).unwrap(), "sockets/LISTEN"), 0, "the worker did not listen()");
+    let parent = d.process(server.pid()).expect("the parent listens");
+    let p = inbound(&parent, &listen).unwrap();
+    assert_eq!(num(p, "sockets/LISTEN"), 1);
+    assert_eq!(num(p, "connections_accepted"), 0, "{parent}");
+    assert_eq!(num(p, "closed_by_peer") + num(p, "closed_by_local"), 0, "{parent}");
+    drop(c);
+}

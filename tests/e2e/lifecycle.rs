@@ -32,17 +32,26 @@ fn detaches_cleanly_on(signal: libc::c_int) {
     let pid = d.pid();
     let progs = bpf_ids_of(pid, "prog_id");
     let links = bpf_ids_of(pid, "link_id");
-    assert_eq!(progs.len(), 12, "12 programs loaded: {progs:?}");
-    assert_eq!(links.len(), 12, "one link per program: {links:?}");
+    assert_eq!(progs.len(), 10, "10 programs loaded: {progs:?}");
+    assert_eq!(links.len(), 10, "one link per program: {links:?}");
     assert!(progs.iter().all(|id| bpf_object_exists("prog", *id)));
     let (status, log) = d.stop_with(signal);
     assert!(status.success(), "exit status {status:?}\n{log}");
     assert!(log.contains("detached from the kernel"), "{log}");
-    for id in progs {
-        assert!(!bpf_object_exists("prog", id), "program {id} is still loaded after exit");
-    }
-    for id in links {
-        assert!(!bpf_object_exists("link", id), "link {id} is still attached after exit");
+    // The kernel frees programs and links after an RCU grace period: give it a moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let left: Vec<String> = progs
+            .iter()
+            .filter(|id| bpf_object_exists("prog", **id))
+            .map(|id| format!("program {id}"))
+            .chain(links.iter().filter(|id| bpf_object_exists("link", **id)).map(|id| format!("link {id}")))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still in the kernel 5 s after exit: {left:?}");
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -73,6 +73,45 @@ def hold(host, port, n):
     return {}
 
 
+def pool_overflow(url, threads, per_thread, maxsize):
+    """A urllib3 PoolManager with a pool smaller than the thread count. Returns what urllib3's
+    own log says it did."""
+    import threading
+    import urllib3
+    counts = {"started": 0, "discarded": 0}
+
+    class Count(logging.Handler):
+        def emit(self, record):
+            msg = record.getMessage()
+            if msg.startswith("Starting new HTTP connection"):
+                counts["started"] += 1
+            elif msg.startswith("Connection pool is full, discarding connection"):
+                counts["discarded"] += 1
+
+    log = logging.getLogger("urllib3.connectionpool")
+    log.setLevel(logging.DEBUG)
+    log.addHandler(Count())
+    pm = urllib3.PoolManager(maxsize=int(maxsize))
+    threads, per_thread = int(threads), int(per_thread)
+    start = threading.Barrier(threads)
+    errors = []
+
+    def work():
+        start.wait()
+        for _ in range(per_thread):
+            r = pm.request("GET", url)
+            if r.status != 200:
+                errors.append(r.status)
+
+    ts = [threading.Thread(target=work) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    KEEP.append(pm)
+    return {**counts, "requests": threads * per_thread, "errors": errors}
+
+
 KEEP = []
 SCENARIOS = {
     "requests_no_session": requests_no_session,
@@ -80,6 +119,7 @@ SCENARIOS = {
     "retry_refused": retry_refused,
     "connect_timeout": connect_timeout,
     "hold": hold,
+    "pool_overflow": pool_overflow,
 }
 
 

@@ -7,14 +7,21 @@ Modes:
   idle:SECONDS    keep-alive, but closes connections idle for SECONDS.
   never-close     never calls close() on accepted sockets, even after the client hung up
                   (a server-side CLOSE_WAIT leak).
+  delay:SECONDS   keep-alive, answering each request after SECONDS (so that concurrent
+                  clients really overlap).
+  prefork         keep-alive, served by a forked worker process that accepts on the parent's
+                  listening socket (the nginx model); prints "WORKER <pid>" as well.
 
 Prints "LISTENING <pid> <port>" once it accepts connections.
 """
 import argparse
+import ctypes
 import os
+import signal
 import socket
 import sys
 import threading
+import time
 
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
 RESPONSE_CLOSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
@@ -49,6 +56,8 @@ def handle(conn, mode):
             if mode == "close":
                 conn.sendall(RESPONSE_CLOSE)
                 break
+            if mode.startswith("delay:"):
+                time.sleep(float(mode.split(":", 1)[1]))
             conn.sendall(RESPONSE)
     except OSError:
         pass
@@ -67,6 +76,15 @@ def main():
     srv.bind((a.host, a.port))
     srv.listen(1024)
     print(f"LISTENING {os.getpid()} {srv.getsockname()[1]}", flush=True)
+    if a.mode == "prefork":
+        worker = os.fork()
+        if worker:
+            print(f"WORKER {worker}", flush=True)
+            os.waitpid(worker, 0)
+            return
+        # The worker dies with its parent (PR_SET_PDEATHSIG is not inherited across fork).
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+        a.mode = "keepalive"
     while True:
         conn, _ = srv.accept()
         threading.Thread(target=handle, args=(conn, a.mode), daemon=True).start()

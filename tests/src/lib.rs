@@ -196,11 +196,16 @@ pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> 
 /// One daemon shared by the tests of a test binary, started from a thread that lives as long
 /// as the binary (so that it is not killed when the first test ends).
 pub fn shared_daemon() -> &'static Daemon {
+    shared_daemon_with(&[])
+}
+
+/// The same, started with `args` by whichever test comes first (a test binary uses one set).
+pub fn shared_daemon_with(args: &'static [&'static str]) -> &'static Daemon {
     static D: OnceLock<&'static Daemon> = OnceLock::new();
     D.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let d: &'static Daemon = Box::leak(Box::new(Daemon::start(&[])));
+            let d: &'static Daemon = Box::leak(Box::new(Daemon::start(args)));
             tx.send(d).unwrap();
             loop {
                 std::thread::park();

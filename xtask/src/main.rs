@@ -3,6 +3,8 @@
 //! Every task sets up what it needs first, idempotently, so that the README's two commands
 //! (`cargo xtask run`, `cargo xtask test`) work on a fresh machine.
 
+mod bench;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -35,6 +37,12 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Build, then measure observer's overhead side by side with no tracer (needs root) and
+    /// write bench/results.md. Cases: reuse (keep-alive throughput). Default: all.
+    Bench {
+        #[arg(value_parser = ["reuse"])]
+        cases: Vec<String>,
+    },
 }
 
 /// bpf-linker version known to work with the nightly's LLVM (see shared notes).
@@ -50,7 +58,14 @@ const TEST_COMMANDS: &[(&str, &str)] = &[
     ("setpriv", "util-linux"),
     ("curl", "curl"),
     ("python3", "python3"),
+    ("redis-server", "redis-server"),
+    ("redis-benchmark", "redis-tools"),
+    ("java", "openjdk-17-jdk-headless"),
 ];
+
+/// Commands the benchmarks run.
+const BENCH_COMMANDS: &[(&str, &str)] =
+    &[("nginx", "nginx"), ("wrk", "wrk"), ("curl", "curl"), ("bpftool", "bpftool"), ("taskset", "util-linux")];
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
@@ -126,9 +141,9 @@ fn setup_runtime() -> Result<()> {
     Ok(())
 }
 
-/// The real peers the end-to-end tests drive.
-fn setup_test_deps() -> Result<()> {
-    let mut missing: Vec<&str> = TEST_COMMANDS.iter().filter(|(c, _)| !have(c)).map(|(_, p)| *p).collect();
+/// Debian packages providing the commands that are missing.
+fn install_commands(commands: &[(&str, &str)]) -> Result<()> {
+    let mut missing: Vec<&str> = commands.iter().filter(|(c, _)| !have(c)).map(|(_, p)| *p).collect();
     missing.sort();
     missing.dedup();
     if !missing.is_empty() {
@@ -139,6 +154,12 @@ fn setup_test_deps() -> Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
+    Ok(())
+}
+
+/// The real peers the end-to-end tests drive.
+fn setup_test_deps() -> Result<()> {
+    install_commands(TEST_COMMANDS)?;
     if !succeeds(Command::new("python3").args(["-c", "import requests, urllib3"])) {
         step("installing python requests");
         run(Command::new("python3").args(["-m", "pip", "install", "-q", "requests"]))?;
@@ -194,6 +215,22 @@ fn main() -> Result<()> {
                 .args(["test", "--release", "--workspace", "--exclude", "observer-ebpf"])
                 .args(&args)
                 .env("OBSERVER_BIN", &bin))?;
+        }
+        Task::Bench { cases } => {
+            if !is_root() {
+                bail!("the benchmarks load eBPF programs: run as root");
+            }
+            setup_runtime()?;
+            install_commands(BENCH_COMMANDS)?;
+            let bin = build()?;
+            let b = bench::Bench::new(&root(), bin)?;
+            let all = cases.is_empty();
+            if all || cases.iter().any(|c| c == "reuse") {
+                step("bench reuse: keep-alive throughput with and without observer");
+                let md = b.reuse()?;
+                let path = b.write("reuse", &md, "`cargo xtask bench reuse`")?;
+                step(&format!("wrote {}", path.display()));
+            }
         }
     }
     Ok(())

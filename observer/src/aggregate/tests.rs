@@ -29,7 +29,7 @@ struct Sock {
     local: Endpoint,
     remote: Endpoint,
     t: u64,
-    /// I/O counters the kernel would hand over with the close.
+    /// I/O counters the kernel hands over when the socket closes (IO_FINAL).
     io: IoCounts,
 }
 
@@ -142,19 +142,25 @@ fn refused_connects_are_failures_not_connections() {
 }
 
 #[test]
-fn giving_up_in_syn_sent_is_a_timeout_and_no_route_is_unreachable() {
+fn giving_up_in_syn_sent_is_a_timeout_and_no_local_port_is_other() {
     let mut a = Aggregator::default();
-    let mut s = Sock::new(1, 100, "10.0.0.1:0", "10.9.9.9:80");
+    let mut s = Sock::new(1, 100, "10.0.0.1:40000", "10.9.9.9:80");
     s.state(&mut a, Close, SynSent);
     s.close_with(&mut a, SynSent, 0);
-    let mut s = Sock::new(2, 100, "10.0.0.1:0", "10.9.9.9:80");
+    let mut s = Sock::new(2, 100, "10.0.0.1:40001", "10.9.9.9:80");
     s.state(&mut a, Close, SynSent);
     s.close_with(&mut a, SynSent, libc::ETIMEDOUT);
-    let mut s = Sock::new(3, 100, "0.0.0.0:0", "10.9.9.9:80");
-    s.other(&mut a, EventKind::ConnectError, libc::ENETUNREACH);
+    let mut s = Sock::new(3, 100, "10.0.0.1:40002", "10.9.9.9:80");
+    s.state(&mut a, Close, SynSent);
+    s.close_with(&mut a, SynSent, libc::EHOSTUNREACH);
+    // No local port left: the kernel gives up inside connect(), before any SYN.
+    let mut s = Sock::new(4, 100, "0.0.0.0:0", "10.9.9.9:80");
+    s.state(&mut a, Close, SynSent);
+    s.close_with(&mut a, SynSent, 0);
     let st = out(&a, 100, "10.9.9.9:80");
     assert_eq!(st.connect_failures.get(FailureReason::Timeout), 2);
     assert_eq!(st.connect_failures.get(FailureReason::Unreachable), 1);
+    assert_eq!(st.connect_failures.get(FailureReason::Other), 1);
 }
 
 #[test]
@@ -187,7 +193,7 @@ fn accepted_sockets_aggregate_by_listener_and_follow_the_accepting_process() {
         c.state(&mut a, Listen, SynRecv);
         c.state(&mut a, SynRecv, Established);
         c.owner = Some(owner(11));
-        c.other(&mut a, EventKind::Accept, 0);
+        c.other(&mut a, EventKind::Claim, 0);
         c.state(&mut a, Established, FinWait1);
         c.state(&mut a, FinWait1, FinWait2);
         c.close_with(&mut a, FinWait2, 0);
@@ -441,6 +447,9 @@ fn requests_on_a_long_lived_connection_are_flushed_then_handed_over_at_close() {
     s.state(&mut a, Established, FinWait1);
     s.state(&mut a, FinWait1, FinWait2);
     s.close_with(&mut a, FinWait2, 0);
+    assert_eq!(out(&a, 100, "127.0.0.1:8080").requests, 50, "final counters not in yet");
+    s.other(&mut a, EventKind::IoFinal, 0);
+    s.other(&mut a, EventKind::IoFinal, 0);
     let st = out(&a, 100, "127.0.0.1:8080");
     assert_eq!(st.requests, 100);
     assert_eq!(st.bytes_sent, 10_000);
@@ -459,7 +468,14 @@ fn one_request_per_connection_without_reuse() {
         s.state(&mut a, SynSent, Established);
         s.state(&mut a, Established, FinWait1);
         s.state(&mut a, FinWait1, FinWait2);
-        s.close_with(&mut a, FinWait2, 0);
+        // Either order of IO_FINAL and CLOSE.
+        if i % 2 == 0 {
+            s.other(&mut a, EventKind::IoFinal, 0);
+            s.close_with(&mut a, FinWait2, 0);
+        } else {
+            s.close_with(&mut a, FinWait2, 0);
+            s.other(&mut a, EventKind::IoFinal, 0);
+        }
     }
     let st = out(&a, 100, "127.0.0.1:8080");
     assert_eq!((st.connections, st.requests), (100, 100));
@@ -474,11 +490,12 @@ fn server_requests_start_with_a_receive() {
     let mut c = Sock::new(2, 10, "127.0.0.1:6379", "127.0.0.1:50000");
     c.state(&mut a, Listen, SynRecv);
     c.state(&mut a, SynRecv, Established);
-    c.other(&mut a, EventKind::Accept, 0);
+    c.other(&mut a, EventKind::Claim, 0);
     c.io = IoCounts { bytes_sent: 10, bytes_received: 20, send_runs: 3, recv_runs: 4 };
     c.state(&mut a, Established, CloseWait);
     c.state(&mut a, CloseWait, LastAck);
     c.close_with(&mut a, LastAck, 0);
+    c.other(&mut a, EventKind::IoFinal, 0);
     let st = inb(&a, 10, "0.0.0.0:6379");
     assert_eq!(st.requests, 4);
     assert_eq!(st.connections, 1);
