@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 
+use crate::closewait::{CloseWaitConfig, CloseWaitTracker, Status as CloseWaitStatus, Verdict};
 use crate::event::{EventKind, Owner, SocketEvent};
 use crate::exphist::ExpHistogram;
 use crate::lifetime::Lifetimes;
@@ -25,11 +26,12 @@ pub struct Config {
     /// How long an exited process stays visible (its last figures can still be read and
     /// scraped) before it is pruned.
     pub exited_retention_ns: u64,
+    pub close_wait: CloseWaitConfig,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { exited_retention_ns: 30 * SECOND }
+        Config { exited_retention_ns: 30 * SECOND, close_wait: CloseWaitConfig::default() }
     }
 }
 
@@ -67,6 +69,8 @@ struct Seed {
     peer: Endpoint,
     listener: bool,
     state: TcpState,
+    /// When the seed was taken (a CLOSE_WAIT seed has been in CLOSE_WAIT at least since).
+    seeded_ns: u64,
 }
 
 /// Figures for one peer of one process.
@@ -93,9 +97,26 @@ pub struct PeerStats {
     pub requests_per_connection: ExpHistogram,
     /// Connections opened (outbound) or accepted (inbound) over the last minute.
     pub new_connections: Option<Box<RateWindow>>,
+    /// Live sockets in CLOSE_WAIT with their entry times, and the trend of their count.
+    pub close_wait: CloseWaitTracker,
 }
 
 impl PeerStats {
+    /// A live socket is counted in `state` (`close_wait_since`: when it entered CLOSE_WAIT).
+    fn add_live(&mut self, state: TcpState, close_wait_since: Option<u64>) {
+        self.sockets.add(state, 1);
+        if let (TcpState::CloseWait, Some(t)) = (state, close_wait_since) {
+            self.close_wait.enter(t);
+        }
+    }
+
+    fn remove_live(&mut self, state: TcpState, close_wait_since: Option<u64>) {
+        self.sockets.sub(state, 1);
+        if let (TcpState::CloseWait, Some(t)) = (state, close_wait_since) {
+            self.close_wait.leave(t);
+        }
+    }
+
     fn add_io(&mut self, direction: Direction, delta: &IoCounts) {
         self.requests += delta.requests(direction);
         self.bytes_sent += delta.bytes_sent;
@@ -176,6 +197,8 @@ struct SocketRec {
     remote: Endpoint,
     /// State the socket is counted in (None before its first state or after CLOSE).
     state: Option<TcpState>,
+    /// When it entered CLOSE_WAIT, while it is there.
+    close_wait_since: Option<u64>,
     netns: Option<u32>,
     established_ns: Option<u64>,
     /// Seen in a connected state (also for sockets adopted mid-life).
@@ -202,6 +225,27 @@ struct Tombstone {
     /// The connection's requests go into the requests-per-connection histogram once final.
     observe: bool,
 }
+
+/// An active finding: a CLOSE_WAIT leak of one process towards one peer.
+#[derive(Clone, Debug)]
+pub struct Finding {
+    pub process: ProcessKey,
+    pub comm: String,
+    pub direction: Direction,
+    pub peer: Endpoint,
+    pub status: CloseWaitStatus,
+    /// When the leak verdict started (CLOCK_MONOTONIC ns).
+    pub since_ns: u64,
+}
+
+/// A finding that started or cleared, for the daemon's log.
+#[derive(Clone, Debug)]
+pub struct AlertChange {
+    pub started: bool,
+    pub finding: Finding,
+}
+
+type PeerKey = (ProcessKey, Direction, Endpoint);
 
 /// Counters about the aggregation itself.
 #[derive(Clone, Debug, Default)]
@@ -231,6 +275,9 @@ pub struct Aggregator {
     recently_closed: HashMap<Tuple, u64>,
     /// Owners learnt in user space for sockets the kernel has no owner record for.
     kernel_owner_updates: Vec<(u64, ProcessKey, String)>,
+    /// Active CLOSE_WAIT leaks, with when each started.
+    findings: HashMap<PeerKey, u64>,
+    alert_changes: Vec<AlertChange>,
     pub stats: Stats,
 }
 
@@ -303,6 +350,85 @@ impl Aggregator {
         self.pruned.retain(|_, t| now_ns.saturating_sub(*t) < PRUNED_TTL_NS);
         self.recently_closed.retain(|_, t| now_ns.saturating_sub(*t) < RECENTLY_CLOSED_TTL_NS);
         self.timewait.expire(now_ns);
+        self.evaluate_close_wait(now_ns);
+    }
+
+    pub fn close_wait_config(&self) -> &CloseWaitConfig {
+        &self.cfg.close_wait
+    }
+
+    /// Sample every peer's CLOSE_WAIT count and start or clear leak findings.
+    fn evaluate_close_wait(&mut self, now_ns: u64) {
+        let cfg = self.cfg.close_wait.clone();
+        let mut leaking: Vec<(PeerKey, String, CloseWaitStatus)> = Vec::new();
+        for p in self.processes.values_mut() {
+            for (direction, peers) in [(Direction::Outbound, &mut p.outbound), (Direction::Inbound, &mut p.inbound)] {
+                for (peer, stats) in peers.iter_mut() {
+                    if stats.close_wait.is_idle() {
+                        continue;
+                    }
+                    stats.close_wait.sample(now_ns, &cfg);
+                    let status = stats.close_wait.status(now_ns, &cfg);
+                    if status.verdict == Verdict::Leak {
+                        leaking.push(((p.key, direction, *peer), p.comm.clone(), status));
+                    }
+                }
+            }
+        }
+        let now_leaking: HashSet<PeerKey> = leaking.iter().map(|(k, _, _)| *k).collect();
+        let cleared: Vec<PeerKey> = self.findings.keys().filter(|k| !now_leaking.contains(k)).copied().collect();
+        for key in cleared {
+            let since_ns = self.findings.remove(&key).unwrap_or(now_ns);
+            let comm = self.processes.get(&key.0.pid).map(|p| p.comm.clone()).unwrap_or_default();
+            let status = self.peer_close_wait(&key, now_ns).unwrap_or(CloseWaitStatus {
+                count: 0,
+                oldest_ns: 0,
+                growth_per_minute: 0.0,
+                verdict: Verdict::None,
+            });
+            self.alert_changes.push(AlertChange {
+                started: false,
+                finding: Finding { process: key.0, comm, direction: key.1, peer: key.2, status, since_ns },
+            });
+        }
+        for (key, comm, status) in leaking {
+            if let std::collections::hash_map::Entry::Vacant(e) = self.findings.entry(key) {
+                e.insert(now_ns);
+                self.alert_changes.push(AlertChange {
+                    started: true,
+                    finding: Finding { process: key.0, comm, direction: key.1, peer: key.2, status, since_ns: now_ns },
+                });
+            }
+        }
+    }
+
+    fn peer_close_wait(&self, key: &PeerKey, now_ns: u64) -> Option<CloseWaitStatus> {
+        let p = self.processes.get(&key.0.pid).filter(|p| p.key == key.0)?;
+        let peers = match key.1 {
+            Direction::Outbound => &p.outbound,
+            Direction::Inbound => &p.inbound,
+        };
+        Some(peers.get(&key.2)?.close_wait.status(now_ns, &self.cfg.close_wait))
+    }
+
+    /// The active CLOSE_WAIT leaks, oldest first.
+    pub fn alerts(&self, now_ns: u64) -> Vec<Finding> {
+        let mut v: Vec<Finding> = self
+            .findings
+            .iter()
+            .filter_map(|(key, since_ns)| {
+                let status = self.peer_close_wait(key, now_ns)?;
+                let comm = self.processes.get(&key.0.pid)?.comm.clone();
+                Some(Finding { process: key.0, comm, direction: key.1, peer: key.2, status, since_ns: *since_ns })
+            })
+            .collect();
+        v.sort_by_key(|f| (f.since_ns, f.process.pid, f.peer));
+        v
+    }
+
+    /// Findings that started or cleared since the last call.
+    pub fn take_alert_changes(&mut self) -> Vec<AlertChange> {
+        std::mem::take(&mut self.alert_changes)
     }
 
     /// A process is gone (found dead in /proc, or its pid was reused).
@@ -319,6 +445,13 @@ impl Aggregator {
         }
         self.tombstones.retain(|_, t| t.owner != key);
         self.seeds.retain(|_, seed| seed.owner != key);
+        let gone: Vec<PeerKey> = self.findings.keys().filter(|k| k.0 == key).copied().collect();
+        for k in gone {
+            let since_ns = self.findings.remove(&k).unwrap_or(now_ns);
+            let status = CloseWaitStatus { count: 0, oldest_ns: 0, growth_per_minute: 0.0, verdict: Verdict::None };
+            let finding = Finding { process: key, comm: p.comm.clone(), direction: k.1, peer: k.2, status, since_ns };
+            self.alert_changes.push(AlertChange { started: false, finding });
+        }
         self.timewait.remove_process(&key);
         self.pruned.insert(key, now_ns);
     }
@@ -335,7 +468,7 @@ impl Aggregator {
 
     /// Seed the table with the sockets found at start-up. Sockets already tracked through
     /// events, or seen closing without an owner, are skipped.
-    pub fn seed(&mut self, sockets: &[SeedSocket]) {
+    pub fn seed(&mut self, sockets: &[SeedSocket], now_ns: u64) {
         let tracked: HashSet<Tuple> =
             self.sockets.values().map(|r| (r.netns.unwrap_or(0), r.local.0, r.remote.0)).collect();
         // Listeners first, so that accepted sockets find theirs.
@@ -361,10 +494,18 @@ impl Aggregator {
             if listener {
                 process.listeners.push((Some(s.netns), peer));
             }
-            process.peers_mut(direction).entry(peer).or_default().sockets.add(s.state, 1);
+            process.peers_mut(direction).entry(peer).or_default().add_live(s.state, Some(now_ns));
             self.seeds.insert(
                 tuple,
-                Seed { owner: key, comm: s.owner.comm.clone(), direction, peer, listener, state: s.state },
+                Seed {
+                    owner: key,
+                    comm: s.owner.comm.clone(),
+                    direction,
+                    peer,
+                    listener,
+                    state: s.state,
+                    seeded_ns: now_ns,
+                },
             );
         }
     }
@@ -375,7 +516,7 @@ impl Aggregator {
         let Some(seed) = self.seeds.remove(&tuple) else { return false };
         let Some(p) = self.processes.get_mut(&seed.owner.pid).filter(|p| p.key == seed.owner) else { return false };
         if let Some(stats) = p.peers_mut(seed.direction).get_mut(&seed.peer) {
-            stats.sockets.sub(seed.state, 1);
+            stats.remove_live(seed.state, Some(seed.seeded_ns));
         }
         p.sockets.insert(ev.sk);
         use TcpState::*;
@@ -387,6 +528,7 @@ impl Aggregator {
             local: ev.local,
             remote: ev.remote,
             state: None,
+            close_wait_since: None,
             netns: ev.netns,
             established_ns: None,
             connected: !matches!(seed.state, SynSent | SynRecv | Listen),
@@ -486,18 +628,18 @@ impl Aggregator {
             return;
         }
         rec.owner = to;
-        let (direction, peer, state) = (rec.direction, rec.peer, rec.state);
+        let (direction, peer, state, since) = (rec.direction, rec.peer, rec.state, rec.close_wait_since);
         if let Some(p) = self.processes.get_mut(&from.pid).filter(|p| p.key == from) {
             p.sockets.remove(&sk);
             if let (Some(s), Some(stats)) = (state, p.peers_mut(direction).get_mut(&peer)) {
-                stats.sockets.sub(s, 1);
+                stats.remove_live(s, since);
             }
         }
         if let Some(p) = self.processes.get_mut(&to.pid).filter(|p| p.key == to) {
             p.sockets.insert(sk);
             let stats = p.peers_mut(direction).entry(peer).or_default();
             if let Some(s) = state {
-                stats.sockets.add(s, 1);
+                stats.add_live(s, since);
             }
         }
     }
@@ -513,7 +655,7 @@ impl Aggregator {
                 p.listeners.swap_remove(i);
             }
             if let (Some(s), Some(stats)) = (rec.state, p.peers_mut(rec.direction).get_mut(&rec.peer)) {
-                stats.sockets.sub(s, 1);
+                stats.remove_live(s, rec.close_wait_since);
             }
         }
         Some(rec)
@@ -544,8 +686,9 @@ impl Aggregator {
         }
 
         let rec = self.sockets.get_mut(&ev.sk).expect("tracked above");
-        let prev = rec.state;
+        let (prev, prev_since) = (rec.state, rec.close_wait_since);
         rec.state = (new != Close).then_some(new);
+        rec.close_wait_since = (new == CloseWait).then_some(ev.ts_ns);
         if new == Established {
             rec.connected = true;
             rec.established_ns.get_or_insert(ev.ts_ns);
@@ -567,10 +710,10 @@ impl Aggregator {
         let rec = rec.clone();
         let Some(stats) = self.peer_mut(rec.owner, rec.direction, rec.peer) else { return };
         if let Some(s) = prev {
-            stats.sockets.sub(s, 1);
+            stats.remove_live(s, prev_since);
         }
         if let Some(s) = rec.state {
-            stats.sockets.add(s, 1);
+            stats.add_live(s, rec.close_wait_since);
         }
         if counted_open {
             stats.count_connection(ev.ts_ns);
@@ -628,6 +771,7 @@ impl Aggregator {
             local: ev.local,
             remote: ev.remote,
             state: None,
+            close_wait_since: None,
             netns: ev.netns,
             established_ns: None,
             connected,

@@ -36,6 +36,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/processes", get(processes))
         .route("/api/v1/processes/{pid}", get(process))
         .route("/api/v1/status", get(status))
+        .route("/api/v1/alerts", get(alerts))
         .route("/metrics", get(metrics_text))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint (see docs/api.md)") })
         .with_state(state)
@@ -74,6 +75,13 @@ async fn metrics_text(State(s): State<AppState>, headers: HeaderMap) -> Response
     } else {
         ([(header::CONTENT_TYPE, metrics::TEXT_CONTENT_TYPE)], metrics::render_text(&s.registry)).into_response()
     }
+}
+
+/// Active findings: CLOSE_WAIT leaks.
+async fn alerts(State(s): State<AppState>) -> Response {
+    let now_ns = monotonic_ns();
+    let findings = s.agg.lock().expect("aggregator lock").alerts(now_ns);
+    Json(views::alerts(&findings, now_ns, std::time::SystemTime::now())).into_response()
 }
 
 /// The daemon itself: version, which optional features work, kernel-side counters.

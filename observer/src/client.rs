@@ -58,6 +58,11 @@ fn states(sockets: &Value) -> String {
     if parts.is_empty() { "-".into() } else { parts.join(" ") }
 }
 
+/// " CLOSE_WAIT LEAK" after the sockets of a leaking peer.
+fn leak_mark(v: &Value) -> String {
+    if v["close_wait"]["verdict"] == "leak" { "  CLOSE_WAIT LEAK".into() } else { String::new() }
+}
+
 /// Requests per connection, "-" before the first connection.
 fn ratio(v: &Value) -> String {
     v.get("reuse_ratio").and_then(Value::as_f64).map_or("-".into(), |r| format!("{r:.2}"))
@@ -76,6 +81,17 @@ pub fn render_process(p: &Value) -> String {
         let _ = writeln!(out, "cmdline  {}", s(p, "cmdline"));
     }
     let _ = writeln!(out, "sockets  {}", states(&p["sockets"]));
+    let cw = &p["close_wait"];
+    if n(cw, "count") > 0 {
+        let _ = writeln!(
+            out,
+            "close_wait  {} {} (oldest {:.0} s, {:+.1}/min)",
+            n(cw, "count"),
+            s(cw, "verdict"),
+            cw["oldest_seconds"].as_f64().unwrap_or(0.0),
+            cw["growth_per_minute"].as_f64().unwrap_or(0.0)
+        );
+    }
     let _ = writeln!(out, "opened {}  accepted {}", n(p, "connections_opened"), n(p, "connections_accepted"));
     let outbound = p["outbound"].as_array().cloned().unwrap_or_default();
     if !outbound.is_empty() {
@@ -99,7 +115,7 @@ pub fn render_process(p: &Value) -> String {
                 format!("{}/{}", n(o, "closed_by_local"), n(o, "closed_by_peer")),
                 format!("{}/{}/{}", n(f, "refused"), n(f, "timeout"), other),
                 format!("{}/{}", n(o, "resets_sent"), n(o, "resets_received")),
-                states(&o["sockets"]),
+                states(&o["sockets"]) + &leak_mark(o),
             );
         }
     }
@@ -122,7 +138,7 @@ pub fn render_process(p: &Value) -> String {
                 rate(i),
                 format!("{}/{}", n(i, "closed_by_local"), n(i, "closed_by_peer")),
                 format!("{}/{}", n(i, "resets_sent"), n(i, "resets_received")),
-                states(&i["sockets"]),
+                states(&i["sockets"]) + &leak_mark(i),
             );
         }
     }
@@ -177,6 +193,7 @@ mod tests {
         let doc = json!({
             "pid": 42, "comm": "python3", "cmdline": "python3 client.py", "exited": false,
             "sockets": {"ESTABLISHED": 1, "TIME_WAIT": 50, "LISTEN": 0},
+            "close_wait": {"count": 0, "oldest_seconds": 0.0, "growth_per_minute": 0.0, "verdict": "none"},
             "connections_opened": 51, "connections_accepted": 0,
             "outbound": [{"remote": "127.0.0.1:8080", "sockets": {"ESTABLISHED": 1, "TIME_WAIT": 50},
                 "connections_opened": 51, "closed_by_local": 50, "closed_by_peer": 0,
@@ -185,7 +202,11 @@ mod tests {
                 "new_connections_per_second": 0.85}],
             "inbound": [{"local": "0.0.0.0:9000", "sockets": {"LISTEN": 1}, "connections_accepted": 0,
                 "closed_by_local": 0, "closed_by_peer": 0, "resets_sent": 0, "resets_received": 0,
-                "requests": 0, "reuse_ratio": null, "new_connections_per_second": 0.0}]
+                "requests": 0, "reuse_ratio": null, "new_connections_per_second": 0.0},
+                {"local": "0.0.0.0:9001", "sockets": {"CLOSE_WAIT": 25}, "connections_accepted": 25,
+                "closed_by_local": 0, "closed_by_peer": 25, "resets_sent": 0, "resets_received": 0,
+                "requests": 25, "reuse_ratio": 1.0, "new_connections_per_second": 0.42,
+                "close_wait": {"count": 25, "oldest_seconds": 31.5, "growth_per_minute": 0.0, "verdict": "leak"}}]
         });
         let t = render_process(&doc);
         assert!(t.starts_with("pid 42  python3\n"), "{t}");
@@ -197,5 +218,8 @@ mod tests {
         let row = t.lines().find(|l| l.starts_with("0.0.0.0:9000")).unwrap();
         let cols: Vec<&str> = row.split_whitespace().collect();
         assert_eq!(&cols, &["0.0.0.0:9000", "0", "0", "-", "0.00", "0/0", "0/0", "LISTEN=1"]);
+        let row = t.lines().find(|l| l.starts_with("0.0.0.0:9001")).unwrap();
+        assert!(row.ends_with("CW=25  CLOSE_WAIT LEAK"), "{row}");
+        assert!(!t.contains("close_wait  "), "no process-level line when the count is 0");
     }
 }

@@ -11,8 +11,9 @@ use tokio::io::unix::AsyncFd;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::aggregate::{Aggregator, Config};
+use crate::aggregate::{Aggregator, AlertChange, Config};
 use crate::api::{self, AppState};
+use crate::closewait::CloseWaitConfig;
 use crate::event;
 use crate::metrics::{self, KernelStatus};
 use crate::probes::{Options, Probes};
@@ -26,6 +27,8 @@ pub struct DaemonOptions {
     pub kernel_log_level: u8,
     pub reconcile_interval: Duration,
     pub io_flush_interval: Duration,
+    pub close_wait: CloseWaitConfig,
+    pub metrics_peers_per_process: usize,
 }
 
 /// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
@@ -53,14 +56,16 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
     let features = probes.features.clone();
     log::info!("kernel programs attached; features: {features:?}");
 
-    let agg =
-        Arc::new(Mutex::new(Aggregator::new(Config { exited_retention_ns: opts.exited_retention.as_nanos() as u64 })));
+    let agg = Arc::new(Mutex::new(Aggregator::new(Config {
+        exited_retention_ns: opts.exited_retention.as_nanos() as u64,
+        close_wait: opts.close_wait.clone(),
+    })));
     // Sockets older than the daemon, attributed as `ss -tanp` would. Taken after the programs
     // are attached, so that nothing falls between the two.
     match tokio::task::spawn_blocking(snapshot::take).await? {
         Ok(seeds) => {
             let listeners = probes.seed_listeners(&seeds);
-            agg.lock().expect("aggregator lock").seed(&seeds);
+            agg.lock().expect("aggregator lock").seed(&seeds, monotonic_ns());
             log::info!("start-up snapshot: {} sockets, {listeners} listeners", seeds.len());
         }
         Err(e) => log::warn!("start-up snapshot failed, sockets older than the daemon are not attributed: {e:#}"),
@@ -97,7 +102,7 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
     tasks.spawn(refresh_kernel_status(probes.clone(), kernel.clone()));
     tasks.spawn(flush_io(probes.clone(), agg.clone(), opts.io_flush_interval));
 
-    let registry = Arc::new(metrics::registry(agg.clone(), kernel.clone()));
+    let registry = Arc::new(metrics::registry(agg.clone(), kernel.clone(), opts.metrics_peers_per_process));
     let app = api::router(AppState { agg, kernel, registry, healthy });
     log::info!("serving the API on http://{}", opts.listen);
     axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.context("HTTP server")?;
@@ -180,6 +185,7 @@ async fn housekeeping(agg: Arc<Mutex<Aggregator>>, probes: Arc<Mutex<Probes>>) {
             } else {
                 Vec::new()
             };
+            log_alert_changes(&a.take_alert_changes());
             let owners = a.take_kernel_owner_updates();
             if !owners.is_empty() {
                 probes.lock().expect("probes lock").set_owners(&owners);
@@ -202,6 +208,34 @@ async fn housekeeping(agg: Arc<Mutex<Aggregator>>, probes: Arc<Mutex<Probes>>) {
         }
         for k in dead {
             a.mark_exited(k, now);
+        }
+    }
+}
+
+/// One warning line when a CLOSE_WAIT leak starts and one when it clears.
+fn log_alert_changes(changes: &[AlertChange]) {
+    for c in changes {
+        let f = &c.finding;
+        if c.started {
+            log::warn!(
+                "CLOSE_WAIT leak: pid {} ({}) {} {}: {} sockets in CLOSE_WAIT, oldest {:.0} s, {:+.1} per minute",
+                f.process.pid,
+                f.comm,
+                f.direction.name(),
+                f.peer,
+                f.status.count,
+                f.status.oldest_ns as f64 / 1e9,
+                f.status.growth_per_minute
+            );
+        } else {
+            log::warn!(
+                "CLOSE_WAIT leak cleared: pid {} ({}) {} {}: {} sockets in CLOSE_WAIT now",
+                f.process.pid,
+                f.comm,
+                f.direction.name(),
+                f.peer,
+                f.status.count
+            );
         }
     }
 }

@@ -44,6 +44,16 @@ impl ExpHistogram {
         }
     }
 
+    pub fn merge(&mut self, other: &ExpHistogram) {
+        self.zero += other.zero;
+        for (a, b) in self.buckets.iter_mut().zip(other.buckets.iter()) {
+            *a += b;
+        }
+        self.count += other.count;
+        self.sum += other.sum;
+        self.max = self.max.max(other.max);
+    }
+
     /// Non-empty buckets as (upper bound, count), the zero bucket (upper bound 0) first.
     pub fn buckets(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         let zero = (self.zero > 0).then_some((0, self.zero));
@@ -128,5 +138,10 @@ mod tests {
         assert_eq!(classic[0], (1.0, 3), "zero folded into le=1");
         assert_eq!(classic[7], (128.0, 3));
         assert_eq!(classic.iter().map(|(_, n)| n).sum::<u64>(), 7);
+        let mut m = ExpHistogram::default();
+        m.merge(&h);
+        m.merge(&h);
+        assert_eq!((m.count, m.sum, m.max, m.zero), (14, 608, 100, 2));
+        assert_eq!(m.native_spans(), (vec![(0, 2), (5, 1)], vec![4, -2, 4]));
     }
 }

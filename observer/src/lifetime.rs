@@ -30,6 +30,21 @@ impl Lifetimes {
         }
     }
 
+    pub fn merge(&mut self, other: &Lifetimes) {
+        if other.count == 0 {
+            return;
+        }
+        if self.count == 0 || other.min_ns < self.min_ns {
+            self.min_ns = other.min_ns;
+        }
+        self.max_ns = self.max_ns.max(other.max_ns);
+        self.count += other.count;
+        self.sum_ns += other.sum_ns;
+        for (a, b) in self.buckets.iter_mut().zip(other.buckets.iter()) {
+            *a += b;
+        }
+    }
+
     /// (upper bound in seconds, count in that bucket) for each bucket.
     pub fn buckets(&self) -> impl Iterator<Item = (f64, u64)> + '_ {
         BUCKETS_SECONDS.iter().copied().zip(self.buckets.iter().copied())
@@ -54,5 +69,10 @@ mod tests {
         assert_eq!(b[1], (0.005, 1));
         assert_eq!(b[6], (1.0, 1));
         assert_eq!(b.iter().map(|(_, n)| n).sum::<u64>(), 2, "the 2 h one is above every bucket");
+        let mut m = Lifetimes::default();
+        m.merge(&l);
+        m.merge(&l);
+        assert_eq!((m.count, m.min_ns, m.max_ns), (6, 2_000_000, 7_200_000_000_000));
+        assert_eq!(m.buckets().map(|(_, n)| n).sum::<u64>(), 4);
     }
 }

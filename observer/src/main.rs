@@ -5,6 +5,8 @@ mod aggregate;
 mod api;
 mod btf_offsets;
 mod client;
+mod closewait;
+mod config;
 mod daemon;
 mod event;
 mod exphist;
@@ -98,6 +100,28 @@ enum Command {
         /// seconds (closed connections report theirs at once).
         #[arg(long, default_value_t = 5, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
         io_flush_interval: u64,
+        /// Per-peer metric series per process: the first N peers of a process get their own,
+        /// the others are folded into peer="other" (the JSON API always has every peer).
+        #[arg(long, default_value_t = 100, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        metrics_peers_per_process: u64,
+        /// Configuration file (TOML; see docs/api.md, "Configuration"). Flags override it.
+        #[arg(long, value_name = "FILE", env = "OBSERVER_CONFIG")]
+        config: Option<std::path::PathBuf>,
+        /// CLOSE_WAIT counts at or below this, per process and peer, are never a leak
+        /// [default: 10].
+        #[arg(long, value_name = "N")]
+        close_wait_floor: Option<u64>,
+        /// A CLOSE_WAIT count above the floor whose oldest socket is this old is a leak
+        /// [default: 30].
+        #[arg(long, value_name = "SECONDS")]
+        close_wait_max_age: Option<u64>,
+        /// Sampling window of the CLOSE_WAIT trend [default: 10].
+        #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+        close_wait_window: Option<u64>,
+        /// A CLOSE_WAIT count above the floor that rose this many windows in a row is a leak
+        /// [default: 3].
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..100))]
+        close_wait_rising_windows: Option<u64>,
     },
     /// Show one process from a running daemon: sockets by state, peers, failures, resets.
     Pid {
@@ -140,6 +164,12 @@ fn main() {
             ring_buffer_mib,
             reconcile_interval,
             io_flush_interval,
+            config,
+            metrics_peers_per_process,
+            close_wait_floor,
+            close_wait_max_age,
+            close_wait_window,
+            close_wait_rising_windows,
         } => {
             let mut logger = env_logger::Builder::new();
             logger.filter_level(log_level.filter()).format_target(false);
@@ -153,6 +183,21 @@ fn main() {
                 Level::Trace => 5,
                 _ => 2, // kernel-side warnings only: off the hot paths
             };
+            let file = match config.as_deref().map(config::load).transpose() {
+                Ok(f) => f.unwrap_or_default(),
+                Err(e) => {
+                    eprintln!("observer: {e:#}");
+                    std::process::exit(1);
+                }
+            };
+            let close_wait = config::CloseWaitFlags {
+                floor: close_wait_floor,
+                max_age_seconds: close_wait_max_age,
+                window_seconds: close_wait_window,
+                rising_windows: close_wait_rising_windows.map(|v| v as usize),
+            }
+            .apply(file.close_wait);
+            log::info!("CLOSE_WAIT leak thresholds: {close_wait:?}");
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -167,6 +212,8 @@ fn main() {
                         kernel_log_level,
                         reconcile_interval: Duration::from_secs(reconcile_interval),
                         io_flush_interval: Duration::from_secs(io_flush_interval),
+                        close_wait,
+                        metrics_peers_per_process: metrics_peers_per_process as usize,
                     }))
                 })
         }

@@ -12,9 +12,14 @@ use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NativeHistog
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use std::collections::{BTreeMap, HashMap, HashSet};
+
 use crate::aggregate::{Aggregator, PeerStats, Process};
+use crate::closewait::{CloseWaitConfig, Status as CloseWaitStatus, Verdict};
 use crate::daemon::monotonic_ns;
-use crate::model::{Direction, Endpoint, FAILURE_REASONS, StateCounts, errno_name};
+use crate::exphist::ExpHistogram;
+use crate::lifetime::Lifetimes;
+use crate::model::{Direction, Endpoint, FAILURE_REASONS, FailureCounts, ProcessKey, StateCounts, errno_name};
 use crate::probes::{Features, KernelCounters};
 use crate::timewait::TwOwner;
 use crate::views::process_totals;
@@ -50,10 +55,11 @@ pub fn wants_protobuf(accept: &str) -> bool {
     accept.contains("application/vnd.google.protobuf") && accept.contains("io.prometheus.client.MetricFamily")
 }
 
-/// The registry serving observer's metrics.
-pub fn registry(agg: Arc<Mutex<Aggregator>>, kernel: Arc<Mutex<KernelStatus>>) -> Registry {
+/// The registry serving observer's metrics; each process gets per-peer series for at most
+/// `max_peers` peers, the others are folded into `peer="other"`.
+pub fn registry(agg: Arc<Mutex<Aggregator>>, kernel: Arc<Mutex<KernelStatus>>, max_peers: usize) -> Registry {
     let mut r = Registry::default();
-    r.register_collector(Box::new(ObserverCollector { agg, kernel }));
+    r.register_collector(Box::new(ObserverCollector { agg, kernel, admitted: Mutex::default(), max_peers }));
     r
 }
 
@@ -70,6 +76,10 @@ pub fn render_protobuf(registry: &Registry) -> Vec<u8> {
 struct ObserverCollector {
     agg: Arc<Mutex<Aggregator>>,
     kernel: Arc<Mutex<KernelStatus>>,
+    /// Peers with series of their own, per process (sticky: a peer keeps its series for the
+    /// life of the process, so that every counter, the folded ones included, only grows).
+    admitted: Mutex<HashMap<ProcessKey, HashSet<(Direction, Endpoint)>>>,
+    max_peers: usize,
 }
 
 impl std::fmt::Debug for ObserverCollector {
@@ -80,12 +90,85 @@ impl std::fmt::Debug for ObserverCollector {
 
 type Labels = Vec<(&'static str, String)>;
 
-/// One peer of one process, with everything its series need.
-struct PeerRow<'a> {
+/// The figures behind one set of per-peer series: one peer, or the peers of a process folded
+/// into `peer="other"`.
+#[derive(Clone)]
+struct Row {
     labels: Labels,
     direction: Direction,
-    stats: &'a PeerStats,
     sockets: StateCounts,
+    connections: u64,
+    closed_by_local: u64,
+    closed_by_peer: u64,
+    connect_failures: FailureCounts,
+    resets_sent: u64,
+    resets_received: u64,
+    socket_errors: BTreeMap<i32, u64>,
+    lifetimes: Lifetimes,
+    requests: u64,
+    bytes_sent: u64,
+    bytes_received: u64,
+    new_connections_per_second: f64,
+    requests_per_connection: ExpHistogram,
+    close_wait: CloseWaitStatus,
+}
+
+impl Row {
+    fn new(
+        labels: Labels,
+        direction: Direction,
+        st: &PeerStats,
+        sockets: StateCounts,
+        now: u64,
+        cw: &CloseWaitConfig,
+    ) -> Row {
+        Row {
+            labels,
+            direction,
+            sockets,
+            connections: st.connections,
+            closed_by_local: st.closed_by_local,
+            closed_by_peer: st.closed_by_peer,
+            connect_failures: st.connect_failures,
+            resets_sent: st.resets_sent,
+            resets_received: st.resets_received,
+            socket_errors: st.socket_errors.clone(),
+            lifetimes: st.lifetimes.clone(),
+            requests: st.requests,
+            bytes_sent: st.bytes_sent,
+            bytes_received: st.bytes_received,
+            new_connections_per_second: st.new_connections_per_second(now),
+            requests_per_connection: st.requests_per_connection.clone(),
+            close_wait: st.close_wait.status(now, cw),
+        }
+    }
+
+    /// Fold another peer's figures into this one.
+    fn add(&mut self, o: &Row) {
+        self.sockets.merge(&o.sockets);
+        self.connections += o.connections;
+        self.closed_by_local += o.closed_by_local;
+        self.closed_by_peer += o.closed_by_peer;
+        self.connect_failures.merge(&o.connect_failures);
+        self.resets_sent += o.resets_sent;
+        self.resets_received += o.resets_received;
+        for (e, n) in &o.socket_errors {
+            *self.socket_errors.entry(*e).or_default() += n;
+        }
+        self.lifetimes.merge(&o.lifetimes);
+        self.requests += o.requests;
+        self.bytes_sent += o.bytes_sent;
+        self.bytes_received += o.bytes_received;
+        self.new_connections_per_second += o.new_connections_per_second;
+        self.requests_per_connection.merge(&o.requests_per_connection);
+        let (a, b) = (self.close_wait, o.close_wait);
+        self.close_wait = CloseWaitStatus {
+            count: a.count + b.count,
+            oldest_ns: a.oldest_ns.max(b.oldest_ns),
+            growth_per_minute: a.growth_per_minute + b.growth_per_minute,
+            verdict: if a.verdict == Verdict::Leak || b.verdict == Verdict::Leak { Verdict::Leak } else { a.verdict },
+        };
+    }
 }
 
 fn with(labels: &Labels, key: &'static str, value: impl Into<String>) -> Labels {
@@ -94,31 +177,65 @@ fn with(labels: &Labels, key: &'static str, value: impl Into<String>) -> Labels 
     l
 }
 
-fn peer_rows<'a>(agg: &'a Aggregator) -> Vec<PeerRow<'a>> {
-    let mut procs: Vec<&Process> = agg.processes().collect();
-    procs.sort_by_key(|p| p.key.pid);
-    let mut rows = Vec::new();
-    for p in procs {
-        let mut peers: Vec<(Direction, &Endpoint, &PeerStats)> =
-            p.outbound.iter().map(|(e, s)| (Direction::Outbound, e, s)).collect();
-        peers.extend(p.inbound.iter().map(|(e, s)| (Direction::Inbound, e, s)));
-        peers.sort_by_key(|(d, e, _)| (*d, **e));
-        for (direction, peer, stats) in peers {
-            let mut sockets = stats.sockets;
-            if let Some(tw) = agg.timewait().counts().get(&TwOwner { process: p.key, direction, peer: *peer }) {
-                sockets.merge(tw);
-            }
-            let labels = vec![
-                ("pid", p.key.pid.to_string()),
-                ("comm", p.comm.clone()),
-                ("direction", direction.name().to_string()),
-                ("peer", peer.to_string()),
-            ];
-            rows.push(PeerRow { labels, direction, stats, sockets });
-        }
-    }
-    rows
+fn peer_labels(p: &Process, direction: Direction, peer: &str) -> Labels {
+    vec![
+        ("pid", p.key.pid.to_string()),
+        ("comm", p.comm.clone()),
+        ("direction", direction.name().to_string()),
+        ("peer", peer.to_string()),
+    ]
 }
+
+impl ObserverCollector {
+    /// One row per admitted peer, plus one `peer="other"` row per process and direction for the
+    /// peers beyond the limit.
+    fn rows(&self, agg: &Aggregator, now: u64) -> Vec<Row> {
+        let mut admitted = self.admitted.lock().expect("admission lock");
+        let live: HashSet<ProcessKey> = agg.processes().map(|p| p.key).collect();
+        admitted.retain(|k, _| live.contains(k));
+        let cw = agg.close_wait_config();
+        let mut procs: Vec<&Process> = agg.processes().collect();
+        procs.sort_by_key(|p| p.key.pid);
+        let mut rows = Vec::new();
+        for p in procs {
+            let mut peers: Vec<(Direction, &Endpoint, &PeerStats)> =
+                p.outbound.iter().map(|(e, s)| (Direction::Outbound, e, s)).collect();
+            peers.extend(p.inbound.iter().map(|(e, s)| (Direction::Inbound, e, s)));
+            peers.sort_by_key(|(d, e, _)| (*d, **e));
+            let set = admitted.entry(p.key).or_default();
+            let mut other: [Option<Row>; 2] = [None, None];
+            for (direction, peer, stats) in peers {
+                let mut sockets = stats.sockets;
+                if let Some(tw) = agg.timewait().counts().get(&TwOwner { process: p.key, direction, peer: *peer }) {
+                    sockets.merge(tw);
+                }
+                let key = (direction, *peer);
+                if set.contains(&key) || set.len() < self.max_peers {
+                    set.insert(key);
+                    rows.push(Row::new(
+                        peer_labels(p, direction, &peer.to_string()),
+                        direction,
+                        stats,
+                        sockets,
+                        now,
+                        cw,
+                    ));
+                } else {
+                    let row = Row::new(peer_labels(p, direction, OTHER_PEER), direction, stats, sockets, now, cw);
+                    match &mut other[direction as usize] {
+                        Some(o) => o.add(&row),
+                        slot => *slot = Some(row),
+                    }
+                }
+            }
+            rows.extend(other.into_iter().flatten());
+        }
+        rows
+    }
+}
+
+/// The `peer` label of the folded series.
+pub const OTHER_PEER: &str = "other";
 
 fn gauge(m: &mut MetricEncoder, labels: &Labels, v: f64) -> Result<(), std::fmt::Error> {
     m.encode_family(labels)?.encode_gauge(&v)
@@ -144,7 +261,7 @@ impl Collector for ObserverCollector {
         let kernel = self.kernel.lock().expect("kernel status lock").clone();
         let agg = self.agg.lock().expect("aggregator lock");
         let now = monotonic_ns();
-        let rows = peer_rows(&agg);
+        let rows = self.rows(&agg, now);
         use MetricType::{Counter, Gauge, Histogram};
 
         let mut m = enc.encode_descriptor(
@@ -179,7 +296,7 @@ impl Collector for ObserverCollector {
         let mut m =
             enc.encode_descriptor("observer_connections_opened", "Outbound connections established", None, Counter)?;
         for r in outbound() {
-            counter(&mut m, &r.labels, r.stats.connections)?;
+            counter(&mut m, &r.labels, r.connections)?;
         }
         let mut m = enc.encode_descriptor(
             "observer_connections_accepted",
@@ -188,7 +305,7 @@ impl Collector for ObserverCollector {
             Counter,
         )?;
         for r in inbound() {
-            counter(&mut m, &r.labels, r.stats.connections)?;
+            counter(&mut m, &r.labels, r.connections)?;
         }
         let mut m = enc.encode_descriptor(
             "observer_connections_closed",
@@ -197,8 +314,8 @@ impl Collector for ObserverCollector {
             Counter,
         )?;
         for r in &rows {
-            counter(&mut m, &with(&r.labels, "by", "local"), r.stats.closed_by_local)?;
-            counter(&mut m, &with(&r.labels, "by", "peer"), r.stats.closed_by_peer)?;
+            counter(&mut m, &with(&r.labels, "by", "local"), r.closed_by_local)?;
+            counter(&mut m, &with(&r.labels, "by", "peer"), r.closed_by_peer)?;
         }
         let mut m = enc.encode_descriptor(
             "observer_connect_failures",
@@ -208,16 +325,16 @@ impl Collector for ObserverCollector {
         )?;
         for r in outbound() {
             for reason in FAILURE_REASONS {
-                counter(&mut m, &with(&r.labels, "reason", reason.name()), r.stats.connect_failures.get(reason))?;
+                counter(&mut m, &with(&r.labels, "reason", reason.name()), r.connect_failures.get(reason))?;
             }
         }
         let mut m = enc.encode_descriptor("observer_resets_sent", "TCP resets sent", None, Counter)?;
         for r in &rows {
-            counter(&mut m, &r.labels, r.stats.resets_sent)?;
+            counter(&mut m, &r.labels, r.resets_sent)?;
         }
         let mut m = enc.encode_descriptor("observer_resets_received", "TCP resets received", None, Counter)?;
         for r in &rows {
-            counter(&mut m, &r.labels, r.stats.resets_received)?;
+            counter(&mut m, &r.labels, r.resets_received)?;
         }
         let mut m = enc.encode_descriptor(
             "observer_socket_errors",
@@ -226,7 +343,7 @@ impl Collector for ObserverCollector {
             Counter,
         )?;
         for r in &rows {
-            for (errno, n) in &r.stats.socket_errors {
+            for (errno, n) in &r.socket_errors {
                 counter(&mut m, &with(&r.labels, "errno", errno_name(*errno)), *n)?;
             }
         }
@@ -237,16 +354,16 @@ impl Collector for ObserverCollector {
             Counter,
         )?;
         for r in &rows {
-            counter(&mut m, &r.labels, r.stats.requests)?;
+            counter(&mut m, &r.labels, r.requests)?;
         }
         let mut m = enc.encode_descriptor("observer_bytes_sent", "Bytes the application sent", None, Counter)?;
         for r in &rows {
-            counter(&mut m, &r.labels, r.stats.bytes_sent)?;
+            counter(&mut m, &r.labels, r.bytes_sent)?;
         }
         let mut m =
             enc.encode_descriptor("observer_bytes_received", "Bytes the application received", None, Counter)?;
         for r in &rows {
-            counter(&mut m, &r.labels, r.stats.bytes_received)?;
+            counter(&mut m, &r.labels, r.bytes_received)?;
         }
         let mut m = enc.encode_descriptor(
             "observer_reuse_ratio",
@@ -254,8 +371,8 @@ impl Collector for ObserverCollector {
             None,
             Gauge,
         )?;
-        for r in rows.iter().filter(|r| r.stats.connections > 0) {
-            gauge(&mut m, &r.labels, r.stats.requests as f64 / r.stats.connections as f64)?;
+        for r in rows.iter().filter(|r| r.connections > 0) {
+            gauge(&mut m, &r.labels, r.requests as f64 / r.connections as f64)?;
         }
         let mut m = enc.encode_descriptor(
             "observer_new_connections_per_second",
@@ -264,7 +381,7 @@ impl Collector for ObserverCollector {
             Gauge,
         )?;
         for r in &rows {
-            gauge(&mut m, &r.labels, r.stats.new_connections_per_second(now))?;
+            gauge(&mut m, &r.labels, r.new_connections_per_second)?;
         }
         let mut m = enc.encode_descriptor(
             "observer_requests_per_connection",
@@ -273,7 +390,7 @@ impl Collector for ObserverCollector {
             Histogram,
         )?;
         for r in &rows {
-            let h = &r.stats.requests_per_connection;
+            let h = &r.requests_per_connection;
             let mut classic = h.classic();
             let above: u64 = h.count - classic.iter().map(|(_, n)| n).sum::<u64>();
             classic.push((f64::INFINITY, above));
@@ -301,11 +418,39 @@ impl Collector for ObserverCollector {
             Histogram,
         )?;
         for r in &rows {
-            let l = &r.stats.lifetimes;
+            let l = &r.lifetimes;
             let mut buckets: Vec<(f64, u64)> = l.buckets().collect();
             let above = l.count - buckets.iter().map(|(_, n)| n).sum::<u64>();
             buckets.push((f64::INFINITY, above));
             m.encode_family(&r.labels)?.encode_histogram::<Labels>(l.sum_ns as f64 / 1e9, l.count, &buckets, None)?;
+        }
+
+        let mut m = enc.encode_descriptor(
+            "observer_close_wait_oldest_seconds",
+            "Time the oldest socket has been in CLOSE_WAIT (0 when none is)",
+            None,
+            Gauge,
+        )?;
+        for r in &rows {
+            gauge(&mut m, &r.labels, r.close_wait.oldest_ns as f64 / 1e9)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "observer_close_wait_growth_per_minute",
+            "Change of the CLOSE_WAIT count per minute, over the last minute",
+            None,
+            Gauge,
+        )?;
+        for r in &rows {
+            gauge(&mut m, &r.labels, r.close_wait.growth_per_minute)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "observer_close_wait_leak",
+            "1 while the CLOSE_WAIT sockets of this process and peer are judged a leak (count above the floor, rising or old), else 0",
+            None,
+            Gauge,
+        )?;
+        for r in &rows {
+            gauge_count(&mut m, &r.labels, u64::from(r.close_wait.verdict == Verdict::Leak))?;
         }
 
         // About observer itself.
@@ -422,6 +567,60 @@ mod tests {
         // Deletes during the walk (counted after) lower it too.
         assert_eq!(eviction_lower_bound(100, 30, 65), 5);
         assert_eq!(eviction_lower_bound(10, 30, 60), 0);
+    }
+
+    use crate::event::{EventKind, Owner, SocketEvent};
+    use crate::model::{IoCounts, TcpState};
+
+    /// One connection from pid 100 to `remote`, established.
+    fn connect(agg: &mut Aggregator, sk: u64, remote: &str) {
+        for (old, new) in [(TcpState::Close, TcpState::SynSent), (TcpState::SynSent, TcpState::Established)] {
+            agg.apply(&SocketEvent {
+                ts_ns: 1,
+                sk,
+                owner: Some(Owner { key: ProcessKey { pid: 100, start_ns: 1 }, comm: "client".into() }),
+                kind: EventKind::State { old, new },
+                family: 2,
+                local: Endpoint(format!("127.0.0.1:{}", 40000 + sk).parse().unwrap()),
+                remote: Endpoint(remote.parse().unwrap()),
+                error: 0,
+                netns: Some(1),
+                io: IoCounts::default(),
+            });
+        }
+    }
+
+    fn sample(text: &str, name: &str, peer: &str) -> Option<String> {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name}{{")) && l.contains(&format!("peer=\"{peer}\"")))
+            .map(|l| l.rsplit(' ').next().unwrap().to_string())
+    }
+
+    #[test]
+    fn peers_beyond_the_limit_fold_into_other_and_admission_sticks() {
+        let agg = Arc::new(Mutex::new(Aggregator::default()));
+        let kernel = Arc::new(Mutex::new(KernelStatus::default()));
+        let registry = registry(agg.clone(), kernel, 2);
+        {
+            let mut a = agg.lock().unwrap();
+            connect(&mut a, 1, "10.0.0.3:80");
+            connect(&mut a, 2, "10.0.0.2:80");
+            connect(&mut a, 3, "10.0.0.1:80");
+        }
+        let text = render_text(&registry);
+        // Admitted in endpoint order: 10.0.0.1 and 10.0.0.2; 10.0.0.3 folds into "other".
+        assert_eq!(sample(&text, "observer_connections_opened_total", "10.0.0.1:80").as_deref(), Some("1"));
+        assert_eq!(sample(&text, "observer_connections_opened_total", "10.0.0.2:80").as_deref(), Some("1"));
+        assert_eq!(sample(&text, "observer_connections_opened_total", "10.0.0.3:80"), None);
+        assert_eq!(sample(&text, "observer_connections_opened_total", "other").as_deref(), Some("1"));
+        // A new peer that sorts first does not take an admitted peer's series away.
+        connect(&mut agg.lock().unwrap(), 4, "10.0.0.0:80");
+        connect(&mut agg.lock().unwrap(), 5, "10.0.0.3:80");
+        let text = render_text(&registry);
+        assert_eq!(sample(&text, "observer_connections_opened_total", "10.0.0.1:80").as_deref(), Some("1"));
+        assert_eq!(sample(&text, "observer_connections_opened_total", "10.0.0.0:80"), None);
+        assert_eq!(sample(&text, "observer_connections_opened_total", "other").as_deref(), Some("3"), "only grows");
+        assert_eq!(text.matches("observer_connections_opened_total{").count(), 3);
     }
 
     #[test]

@@ -323,6 +323,12 @@ impl FailureCounts {
     pub fn total(&self) -> u64 {
         self.0.iter().sum()
     }
+
+    pub fn merge(&mut self, other: &FailureCounts) {
+        for (a, b) in self.0.iter_mut().zip(other.0.iter()) {
+            *a += b;
+        }
+    }
 }
 
 /// Symbolic name of an errno, for the `socket_errors` maps.

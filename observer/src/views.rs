@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde::ser::SerializeMap as _;
 
-use crate::aggregate::{Aggregator, PeerStats, Process};
+use crate::aggregate::{Aggregator, Finding, PeerStats, Process};
+use crate::closewait::{Status as CloseWaitStatus, Verdict};
 use crate::exphist::ExpHistogram;
 use crate::lifetime::Lifetimes;
 use crate::model::{Direction, Endpoint, FailureCounts, FailureReason, StateCounts, errno_name};
@@ -118,6 +119,43 @@ fn reuse(st: &PeerStats, now_ns: u64) -> Reuse {
     }
 }
 
+/// CLOSE_WAIT of a peer or a process: how many, since when, the trend, and the verdict.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct CloseWait {
+    pub count: u64,
+    pub oldest_seconds: f64,
+    pub growth_per_minute: f64,
+    pub verdict: Verdict,
+}
+
+impl From<CloseWaitStatus> for CloseWait {
+    fn from(s: CloseWaitStatus) -> Self {
+        CloseWait {
+            count: s.count,
+            oldest_seconds: s.oldest_ns as f64 / 1e9,
+            growth_per_minute: s.growth_per_minute,
+            verdict: s.verdict,
+        }
+    }
+}
+
+/// The summary over peers: counts and growth add up, the oldest is the oldest, and the
+/// process leaks if any of its peers does.
+fn close_wait_summary<'a>(peers: impl Iterator<Item = &'a CloseWait>) -> CloseWait {
+    let mut sum = CloseWait { count: 0, oldest_seconds: 0.0, growth_per_minute: 0.0, verdict: Verdict::None };
+    for c in peers {
+        sum.count += c.count;
+        sum.oldest_seconds = sum.oldest_seconds.max(c.oldest_seconds);
+        sum.growth_per_minute += c.growth_per_minute;
+        sum.verdict = match (sum.verdict, c.verdict) {
+            (Verdict::Leak, _) | (_, Verdict::Leak) => Verdict::Leak,
+            _ if sum.count > 0 => Verdict::PooledIdle,
+            _ => Verdict::None,
+        };
+    }
+    sum
+}
+
 #[derive(Serialize, Debug, Clone)]
 pub struct Outbound {
     pub remote: String,
@@ -132,6 +170,7 @@ pub struct Outbound {
     pub connection_lifetime_seconds: LifetimeSeconds,
     #[serde(flatten)]
     pub reuse: Reuse,
+    pub close_wait: CloseWait,
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -147,6 +186,7 @@ pub struct Inbound {
     pub connection_lifetime_seconds: LifetimeSeconds,
     #[serde(flatten)]
     pub reuse: Reuse,
+    pub close_wait: CloseWait,
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -159,6 +199,8 @@ pub struct ProcessDetail {
     pub sockets: Sockets,
     pub connections_opened: u64,
     pub connections_accepted: u64,
+    /// CLOSE_WAIT over all peers.
+    pub close_wait: CloseWait,
     pub outbound: Vec<Outbound>,
     pub inbound: Vec<Inbound>,
 }
@@ -211,6 +253,7 @@ pub fn process_detail(agg: &Aggregator, p: &Process, now_ns: u64) -> ProcessDeta
             socket_errors: errors(st),
             connection_lifetime_seconds: (&st.lifetimes).into(),
             reuse: reuse(st, now_ns),
+            close_wait: st.close_wait.status(now_ns, agg.close_wait_config()).into(),
         });
     }
     let mut inbound = Vec::new();
@@ -228,8 +271,11 @@ pub fn process_detail(agg: &Aggregator, p: &Process, now_ns: u64) -> ProcessDeta
             socket_errors: errors(st),
             connection_lifetime_seconds: (&st.lifetimes).into(),
             reuse: reuse(st, now_ns),
+            close_wait: st.close_wait.status(now_ns, agg.close_wait_config()).into(),
         });
     }
+    let close_wait =
+        close_wait_summary(outbound.iter().map(|o| &o.close_wait).chain(inbound.iter().map(|i| &i.close_wait)));
     ProcessDetail {
         pid: p.key.pid,
         comm: p.comm.clone(),
@@ -238,8 +284,88 @@ pub fn process_detail(agg: &Aggregator, p: &Process, now_ns: u64) -> ProcessDeta
         sockets: Sockets(total),
         connections_opened: outbound.iter().map(|o| o.connections_opened).sum(),
         connections_accepted: inbound.iter().map(|i| i.connections_accepted).sum(),
+        close_wait,
         outbound,
         inbound,
+    }
+}
+
+/// An active finding, as `GET /api/v1/alerts` lists it.
+#[derive(Serialize, Debug, Clone)]
+pub struct Alert {
+    pub kind: &'static str,
+    pub pid: u32,
+    pub comm: String,
+    pub direction: &'static str,
+    /// The remote endpoint (outbound) or the listening endpoint (inbound).
+    pub peer: String,
+    pub count: u64,
+    pub oldest_seconds: f64,
+    pub growth_per_minute: f64,
+    /// When the finding started, RFC 3339 (UTC).
+    pub since: String,
+}
+
+/// The active alerts; `now_ns` (CLOCK_MONOTONIC) and `now` (wall clock) are the same instant.
+pub fn alerts(findings: &[Finding], now_ns: u64, now: std::time::SystemTime) -> Vec<Alert> {
+    findings
+        .iter()
+        .map(|f| {
+            let since = now - std::time::Duration::from_nanos(now_ns.saturating_sub(f.since_ns));
+            Alert {
+                kind: "close_wait_leak",
+                pid: f.process.pid,
+                comm: f.comm.clone(),
+                direction: f.direction.name(),
+                peer: f.peer.to_string(),
+                count: f.status.count,
+                oldest_seconds: f.status.oldest_ns as f64 / 1e9,
+                growth_per_minute: f.status.growth_per_minute,
+                since: humantime::format_rfc3339_seconds(since).to_string(),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Endpoint, ProcessKey};
+
+    fn cw(count: u64, oldest: f64, growth: f64, verdict: Verdict) -> CloseWait {
+        CloseWait { count, oldest_seconds: oldest, growth_per_minute: growth, verdict }
+    }
+
+    #[test]
+    fn a_process_leaks_if_any_peer_does() {
+        let peers =
+            [cw(2, 5.0, 0.0, Verdict::PooledIdle), cw(30, 40.0, 12.0, Verdict::Leak), cw(0, 0.0, -1.0, Verdict::None)];
+        assert_eq!(close_wait_summary(peers.iter()), cw(32, 40.0, 11.0, Verdict::Leak));
+        let healthy = [cw(1, 500.0, 0.0, Verdict::PooledIdle), cw(0, 0.0, 0.0, Verdict::None)];
+        assert_eq!(close_wait_summary(healthy.iter()).verdict, Verdict::PooledIdle);
+        assert_eq!(close_wait_summary([].iter()).verdict, Verdict::None);
+    }
+
+    #[test]
+    fn alerts_carry_wall_clock_start_times() {
+        let f = Finding {
+            process: ProcessKey { pid: 42, start_ns: 0 },
+            comm: "python3".into(),
+            direction: Direction::Outbound,
+            peer: Endpoint("10.0.0.1:80".parse().unwrap()),
+            status: CloseWaitStatus {
+                count: 30,
+                oldest_ns: 35_000_000_000,
+                growth_per_minute: 0.0,
+                verdict: Verdict::Leak,
+            },
+            since_ns: 100_000_000_000,
+        };
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_000_000);
+        let a = alerts(&[f], 130_000_000_000, now);
+        assert_eq!(a[0].since, "2026-11-18T11:06:10Z", "30 s before now (1795000000 s)");
+        assert_eq!(a[0].kind, "close_wait_leak");
+        assert_eq!(a[0].oldest_seconds, 35.0);
     }
 }
 

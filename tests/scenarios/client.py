@@ -3,7 +3,10 @@
 
 Each scenario prints one JSON line with its pid and what it observed itself, then
 "DONE", and stays alive (sockets and all) until its standard input is closed, so that the
-test can query the daemon while the process exists.
+test can query the daemon while the process exists. Meanwhile it takes commands on stdin:
+
+  close      close every socket and session it keeps; answers "CLOSED"
+  get URL    one more GET on the session it keeps; answers "GOT <status>"
 """
 import json
 import logging
@@ -128,7 +131,16 @@ def main():
     result["pid"] = os.getpid()
     print(json.dumps(result), flush=True)
     print("DONE", flush=True)
-    sys.stdin.read()
+    for line in sys.stdin:
+        cmd = line.split()
+        if cmd and cmd[0] == "close":
+            for kept in KEEP:
+                kept.close()
+            KEEP.clear()
+            print("CLOSED", flush=True)
+        elif cmd and cmd[0] == "get":
+            session = next(k for k in KEEP if hasattr(k, "get"))
+            print(f"GOT {session.get(cmd[1], timeout=5).status_code}", flush=True)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,8 @@ const TEST_COMMANDS: &[(&str, &str)] = &[
     ("redis-server", "redis-server"),
     ("redis-benchmark", "redis-tools"),
     ("java", "openjdk-17-jdk-headless"),
+    ("prometheus", "prometheus"),
+    ("promtool", "prometheus"),
 ];
 
 /// Commands the benchmarks run.

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 
 use super::*;
+use crate::closewait::Verdict;
 use crate::event::{EventKind, Owner, SocketEvent};
 use crate::model::IoCounts;
 use crate::model::TcpState::*;
@@ -307,7 +308,7 @@ fn a_reused_socket_address_starts_a_new_life() {
 
 #[test]
 fn exited_processes_are_pruned_after_retention_and_stay_pruned() {
-    let mut a = Aggregator::new(Config { exited_retention_ns: 5 * SECOND });
+    let mut a = Aggregator::new(Config { exited_retention_ns: 5 * SECOND, ..Config::default() });
     let mut s = Sock::new(1, 100, "127.0.0.1:40000", "127.0.0.1:8080");
     s.state(&mut a, Close, SynSent);
     s.state(&mut a, SynSent, Established);
@@ -379,13 +380,16 @@ fn seed_socket(pid: u32, local: &str, remote: &str, state: TcpState) -> SeedSock
 #[test]
 fn seeded_sockets_count_at_once_and_are_adopted_by_their_first_event() {
     let mut a = Aggregator::default();
-    a.seed(&[
-        // A worker (11) holds a connection accepted on the master's (10) listener.
-        seed_socket(11, "127.0.0.1:8080", "127.0.0.1:50000", Established),
-        seed_socket(10, "0.0.0.0:8080", "0.0.0.0:0", Listen),
-        // A client with a leaked CLOSE_WAIT socket.
-        seed_socket(12, "127.0.0.1:40000", "10.0.0.9:443", CloseWait),
-    ]);
+    a.seed(
+        &[
+            // A worker (11) holds a connection accepted on the master's (10) listener.
+            seed_socket(11, "127.0.0.1:8080", "127.0.0.1:50000", Established),
+            seed_socket(10, "0.0.0.0:8080", "0.0.0.0:0", Listen),
+            // A client with a leaked CLOSE_WAIT socket.
+            seed_socket(12, "127.0.0.1:40000", "10.0.0.9:443", CloseWait),
+        ],
+        0,
+    );
     assert_eq!(inb(&a, 10, "0.0.0.0:8080").sockets.get(Listen), 1);
     assert_eq!(inb(&a, 11, "0.0.0.0:8080").sockets.get(Established), 1, "keyed by the listener");
     assert_eq!(out(&a, 12, "10.0.0.9:443").sockets.get(CloseWait), 1);
@@ -420,10 +424,13 @@ fn a_snapshot_never_duplicates_tracked_or_recently_closed_sockets() {
     let mut gone = Sock::new(2, 100, "127.0.0.1:40001", "127.0.0.1:8080");
     gone.owner = None;
     gone.close_with(&mut a, Established, 0);
-    a.seed(&[
-        seed_socket(100, "127.0.0.1:40000", "127.0.0.1:8080", Established),
-        seed_socket(100, "127.0.0.1:40001", "127.0.0.1:8080", Established),
-    ]);
+    a.seed(
+        &[
+            seed_socket(100, "127.0.0.1:40000", "127.0.0.1:8080", Established),
+            seed_socket(100, "127.0.0.1:40001", "127.0.0.1:8080", Established),
+        ],
+        0,
+    );
     assert_eq!(out(&a, 100, "127.0.0.1:8080").sockets.get(Established), 1);
 }
 
@@ -500,4 +507,87 @@ fn server_requests_start_with_a_receive() {
     assert_eq!(st.requests, 4);
     assert_eq!(st.connections, 1);
     assert_eq!(st.requests_per_connection.buckets().collect::<Vec<_>>(), vec![(4, 1)]);
+}
+
+/// A client that leaks: 30 connections the server closes, never closed by the client.
+fn leak(a: &mut Aggregator, pid: u32, n: u64, start_sk: u64, t0: u64) -> Vec<Sock> {
+    (0..n)
+        .map(|i| {
+            let mut s = Sock::new(start_sk + i, pid, &format!("127.0.0.1:{}", 41000 + i), "127.0.0.1:8080");
+            s.t = t0 + i * 100 * MS;
+            s.state(a, Close, SynSent);
+            s.state(a, SynSent, Established);
+            s.state(a, Established, CloseWait);
+            s
+        })
+        .collect()
+}
+
+#[test]
+fn a_close_wait_leak_starts_a_finding_and_closing_clears_it() {
+    let mut a = Aggregator::default();
+    let mut socks = leak(&mut a, 100, 30, 1, SECOND);
+    let cw = |a: &Aggregator, now| out(a, 100, "127.0.0.1:8080").close_wait.status(now, a.close_wait_config());
+    for s in 1..=30 {
+        a.tick(s * SECOND);
+    }
+    assert_eq!(cw(&a, 30 * SECOND).verdict, Verdict::PooledIdle);
+    assert!(a.alerts(30 * SECOND).is_empty());
+    for s in 31..=35 {
+        a.tick(s * SECOND);
+    }
+    let alerts = a.alerts(35 * SECOND);
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(alerts[0].process, key(100));
+    assert_eq!(alerts[0].peer, ep("127.0.0.1:8080"));
+    assert_eq!(alerts[0].status.count, 30);
+    assert_eq!(alerts[0].since_ns, 32 * SECOND, "the first tick with the oldest 30 s old");
+    let changes = a.take_alert_changes();
+    assert_eq!(changes.len(), 1);
+    assert!(changes[0].started);
+    // The client closes them all.
+    for s in socks.iter_mut() {
+        s.t = 40 * SECOND;
+        s.state(&mut a, CloseWait, LastAck);
+        s.close_with(&mut a, LastAck, 0);
+    }
+    a.tick(41 * SECOND);
+    assert!(a.alerts(41 * SECOND).is_empty());
+    let changes = a.take_alert_changes();
+    assert_eq!(changes.len(), 1);
+    assert!(!changes[0].started);
+    assert_eq!(cw(&a, 41 * SECOND).verdict, Verdict::None);
+}
+
+#[test]
+fn close_wait_follows_a_socket_moved_to_another_process() {
+    let mut a = Aggregator::default();
+    let mut s = Sock::new(1, 100, "127.0.0.1:40000", "127.0.0.1:8080");
+    s.state(&mut a, Close, SynSent);
+    s.state(&mut a, SynSent, Established);
+    s.state(&mut a, Established, CloseWait);
+    s.owner = Some(owner(200));
+    s.other(&mut a, EventKind::ErrorReport, libc::EPIPE);
+    s.state(&mut a, CloseWait, LastAck);
+    assert_eq!(out(&a, 100, "127.0.0.1:8080").close_wait.count(), 0);
+    assert_eq!(out(&a, 200, "127.0.0.1:8080").close_wait.count(), 0);
+    assert_eq!(out(&a, 200, "127.0.0.1:8080").sockets.get(LastAck), 1);
+}
+
+#[test]
+fn pruning_a_leaking_process_clears_its_finding() {
+    let mut a = Aggregator::new(Config { exited_retention_ns: SECOND, ..Config::default() });
+    let _socks = leak(&mut a, 100, 30, 1, SECOND);
+    for s in 1..=40 {
+        a.tick(s * SECOND);
+    }
+    assert_eq!(a.alerts(40 * SECOND).len(), 1);
+    a.take_alert_changes();
+    a.mark_exited(key(100), 40 * SECOND);
+    a.tick(42 * SECOND);
+    assert!(a.process(100).is_none());
+    assert!(a.alerts(42 * SECOND).is_empty());
+    let changes = a.take_alert_changes();
+    assert_eq!(changes.len(), 1);
+    assert!(!changes[0].started);
 }
