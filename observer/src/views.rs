@@ -327,6 +327,39 @@ pub fn alerts(findings: &[Finding], now_ns: u64, now: std::time::SystemTime) -> 
         .collect()
 }
 
+/// Live sockets, connections opened and connections accepted over all peers of a process.
+pub fn process_totals(agg: &Aggregator, p: &Process) -> (StateCounts, u64, u64) {
+    let mut total = StateCounts::default();
+    let (mut opened, mut accepted) = (0, 0);
+    for (peer, st) in &p.outbound {
+        total.merge(&peer_sockets(agg, p, Direction::Outbound, *peer, st));
+        opened += st.connections;
+    }
+    for (local, st) in &p.inbound {
+        total.merge(&peer_sockets(agg, p, Direction::Inbound, *local, st));
+        accepted += st.connections;
+    }
+    (total, opened, accepted)
+}
+
+pub fn process_summary(agg: &Aggregator, p: &Process) -> ProcessSummary {
+    let (sockets, connections_opened, connections_accepted) = process_totals(agg, p);
+    ProcessSummary {
+        pid: p.key.pid,
+        comm: p.comm.clone(),
+        exited: p.exited_ns.is_some(),
+        sockets: Sockets(sockets),
+        connections_opened,
+        connections_accepted,
+    }
+}
+
+pub fn process_list(agg: &Aggregator) -> Vec<ProcessSummary> {
+    let mut v: Vec<ProcessSummary> = agg.processes().map(|p| process_summary(agg, p)).collect();
+    v.sort_by_key(|s| s.pid);
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,37 +400,4 @@ mod tests {
         assert_eq!(a[0].kind, "close_wait_leak");
         assert_eq!(a[0].oldest_seconds, 35.0);
     }
-}
-
-/// Live sockets, connections opened and connections accepted over all peers of a process.
-pub fn process_totals(agg: &Aggregator, p: &Process) -> (StateCounts, u64, u64) {
-    let mut total = StateCounts::default();
-    let (mut opened, mut accepted) = (0, 0);
-    for (peer, st) in &p.outbound {
-        total.merge(&peer_sockets(agg, p, Direction::Outbound, *peer, st));
-        opened += st.connections;
-    }
-    for (local, st) in &p.inbound {
-        total.merge(&peer_sockets(agg, p, Direction::Inbound, *local, st));
-        accepted += st.connections;
-    }
-    (total, opened, accepted)
-}
-
-pub fn process_summary(agg: &Aggregator, p: &Process) -> ProcessSummary {
-    let (sockets, connections_opened, connections_accepted) = process_totals(agg, p);
-    ProcessSummary {
-        pid: p.key.pid,
-        comm: p.comm.clone(),
-        exited: p.exited_ns.is_some(),
-        sockets: Sockets(sockets),
-        connections_opened,
-        connections_accepted,
-    }
-}
-
-pub fn process_list(agg: &Aggregator) -> Vec<ProcessSummary> {
-    let mut v: Vec<ProcessSummary> = agg.processes().map(|p| process_summary(agg, p)).collect();
-    v.sort_by_key(|s| s.pid);
-    v
 }
