@@ -45,7 +45,7 @@ pub struct Owner {
 }
 
 /// What the application sent and received on a socket, counted in the kernel (in the
-/// socket's own storage, `SOCK_IO`).
+/// socket's own storage, [`SockState`]).
 ///
 /// An exchange ("run") starts each time the direction of traffic changes: `send_runs` counts
 /// the sends that follow a receive (or the first send), `recv_runs` the receives that follow a
@@ -78,6 +78,17 @@ pub mod io_dir {
     pub const RECV: u32 = 2;
 }
 
+/// What the kernel keeps per socket, in the socket's own storage (`BPF_MAP_TYPE_SK_STORAGE`):
+/// found from the socket without hashing and freed by the kernel with it, so it needs no cleanup
+/// and cannot be evicted.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SockState {
+    /// The process that owns the socket.
+    pub owner: Owner,
+    pub io: SockIo,
+}
+
 /// One record of the socket-storage iterator (`dump_sock_io`): a socket and its counters.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -86,10 +97,14 @@ pub struct IoRecord {
     pub io: SockIo,
 }
 
-/// Kinds of [`Event`].
+/// Kinds of [`Event`] (and of [`Transition`]).
 pub mod kind {
-    /// A TCP state change of a socket (`sock/inet_sock_set_state`).
+    /// A TCP state change of a socket (`sock/inet_sock_set_state`), with the socket's addresses,
+    /// owner and (at CLOSE) error and final I/O counters: at creation, establishment and close,
+    /// and for sockets observer has no storage for.
     pub const STATE: u8 = 1;
+    /// Any other state change of a socket observer tracks: a [`super::Transition`].
+    pub const TRANSITION: u8 = 9;
     /// The first process to send or receive on a connection accepted from a listener (the
     /// process that accepted it) claims it: the socket's owner is now that process.
     pub const CLAIM: u8 = 2;
@@ -101,8 +116,6 @@ pub mod kind {
     pub const RESET_RECEIVED: u8 = 6;
     /// The last thread of a process exited (`sched/sched_process_exit`).
     pub const PROCESS_EXIT: u8 = 7;
-    /// A socket closed: its final I/O counters ([`super::Event::io`]).
-    pub const IO_FINAL: u8 = 8;
 }
 
 /// [`Event::flags`] bits.
@@ -145,7 +158,7 @@ pub struct Event {
     pub saddr: [u8; 16],
     /// Remote address.
     pub daddr: [u8; 16],
-    /// IO_FINAL: the socket's final I/O counters.
+    /// STATE to CLOSE: the socket's final I/O counters.
     pub io: SockIo,
 }
 
@@ -172,6 +185,20 @@ impl Event {
     }
 }
 
+/// A state change of a socket observer tracks, when nothing else changed: 24 bytes instead of
+/// an [`Event`]'s 136, on the path of every connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Transition {
+    pub ts_ns: u64,
+    pub sk: u64,
+    /// [`kind::TRANSITION`].
+    pub kind: u8,
+    pub oldstate: u8,
+    pub newstate: u8,
+    pub _pad: [u8; 5],
+}
+
 /// Offsets of kernel struct members, computed by the daemon from the running kernel's BTF
 /// (`/sys/kernel/btf/vmlinux`) and handed to the kernel programs as the `OFFSETS` global.
 ///
@@ -192,6 +219,23 @@ pub struct KernelOffsets {
     pub sock_protocol: u32,
     /// `struct sock`: `sk_type` (u16).
     pub sock_type: u32,
+    /// `struct sock`: `__sk_common.skc_family` (u16).
+    pub sock_family: u32,
+    /// The socket's addresses and ports, read where `inet_sock_set_state`'s own record reads them
+    /// (`skc_num` and `skc_rcv_saddr` are already cleared when an active close hands the port
+    /// over to the timewait socket; `inet_sport` and `inet_saddr` are not).
+    /// `struct sock`: `__sk_common.skc_daddr` (IPv4 remote address).
+    pub sock_daddr: u32,
+    /// `struct inet_sock`: `inet_saddr` (IPv4 local address).
+    pub inet_saddr: u32,
+    /// `struct sock`: `__sk_common.skc_dport` (remote port, network order).
+    pub sock_dport: u32,
+    /// `struct inet_sock`: `inet_sport` (local port, network order).
+    pub inet_sport: u32,
+    /// `struct sock`: `__sk_common.skc_v6_daddr`.
+    pub sock_v6_daddr: u32,
+    /// `struct sock`: `__sk_common.skc_v6_rcv_saddr`.
+    pub sock_v6_saddr: u32,
     /// `struct task_struct`: `group_leader`.
     pub task_group_leader: u32,
     /// `struct task_struct`: `start_boottime` (u64 ns).
@@ -209,6 +253,13 @@ impl KernelOffsets {
             sock_err: 0,
             sock_protocol: 0,
             sock_type: 0,
+            sock_family: 0,
+            sock_daddr: 0,
+            inet_saddr: 0,
+            sock_dport: 0,
+            inet_sport: 0,
+            sock_v6_daddr: 0,
+            sock_v6_saddr: 0,
             task_group_leader: 0,
             task_start_boottime: 0,
             task_comm: 0,
@@ -220,14 +271,14 @@ impl KernelOffsets {
 pub mod counter {
     /// Ring buffer reservations that failed: events lost.
     pub const EVENTS_LOST: u32 = 0;
-    /// Owner records that could not be inserted into `SOCKETS`.
-    pub const SOCKET_INSERT_FAILED: u32 = 1;
-    /// Owner records inserted into `SOCKETS` (with `SOCKET_DELETED` and the map's size, user
-    /// space derives how many the LRU evicted).
-    pub const SOCKET_INSERTED: u32 = 2;
-    /// Owner records deleted from `SOCKETS` when their socket was destroyed.
-    pub const SOCKET_DELETED: u32 = 3;
-    /// Listener records that could not be inserted into `LISTENERS`.
+    /// Socket storage that could not be allocated: sockets not tracked.
+    pub const STORAGE_FAILED: u32 = 1;
+    /// Listener records inserted into `LISTENERS` (with `LISTENER_DELETED` and the map's size,
+    /// user space derives how many the LRU evicted).
+    pub const LISTENER_INSERTED: u32 = 2;
+    /// Listener records deleted when their listener closed.
+    pub const LISTENER_DELETED: u32 = 3;
+    /// Listener records that could not be inserted.
     pub const LISTENER_INSERT_FAILED: u32 = 4;
     /// Number of counters.
     pub const COUNT: u32 = 5;
@@ -256,7 +307,7 @@ pub struct ListenerValue {
 /// Names of the maps and programs, shared so both sides agree.
 pub mod names {
     pub const EVENTS: &str = "EVENTS";
-    pub const SOCKETS: &str = "SOCKETS";
+    pub const SOCKS: &str = "SOCKS";
     pub const LISTENERS: &str = "LISTENERS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const OFFSETS: &str = "OFFSETS";
@@ -273,4 +324,6 @@ mod pod {
     unsafe impl aya::Pod for super::ListenerValue {}
     unsafe impl aya::Pod for super::SockIo {}
     unsafe impl aya::Pod for super::IoRecord {}
+    unsafe impl aya::Pod for super::SockState {}
+    unsafe impl aya::Pod for super::Transition {}
 }

@@ -1,10 +1,16 @@
 //! Reads of kernel memory at the offsets the daemon computed from BTF.
 
-use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel};
-use observer_common::{IPPROTO_TCP, KernelOffsets, Owner};
+use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_probe_read_kernel};
+use observer_common::{AF_INET, Event, IPPROTO_TCP, KernelOffsets, Owner};
 
-/// `SOCK_STREAM`.
-const SOCK_STREAM: u16 = 1;
+/// A field of a kernel object the program holds a typed (BTF) pointer to (the socket a BTF
+/// tracepoint was handed, the current task): a plain load, which the verifier checks against
+/// the kernel's BTF (the offsets are constants of the frozen `OFFSETS`), instead of a helper
+/// call.
+#[inline(always)]
+pub fn sock_field<T: Copy>(sk: u64, offset: u32) -> T {
+    unsafe { core::ptr::read_volatile((sk as *const u8).add(offset as usize) as *const T) }
+}
 
 #[inline(always)]
 unsafe fn read<T>(base: u64, offset: u32) -> Option<T> {
@@ -14,50 +20,59 @@ unsafe fn read<T>(base: u64, offset: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T).ok() }
 }
 
-/// The process running now, identified by tgid and its leader's start time.
+/// The process running now, identified by tgid and its leader's start time (through the
+/// typed task pointer: plain loads).
 #[inline(always)]
 pub fn current_owner(off: &KernelOffsets) -> Owner {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let mut owner = Owner { tgid, ..Owner::default() };
-    if off.valid != 0 {
-        let task = unsafe { bpf_get_current_task() };
-        if let Some(leader) = unsafe { read::<u64>(task, off.task_group_leader) } {
-            owner.start_ns = unsafe { read::<u64>(leader, off.task_start_boottime) }.unwrap_or(0);
-            if let Some(comm) = unsafe { read::<[u8; 16]>(leader, off.task_comm) } {
-                owner.comm = comm;
-                return owner;
-            }
-        }
-    }
-    if let Ok(comm) = bpf_get_current_comm() {
-        owner.comm = comm;
-    }
-    owner
+    let task = unsafe { bpf_get_current_task_btf() } as u64;
+    let leader: u64 = sock_field(task, off.task_group_leader);
+    let mut comm = [0u8; 16];
+    let c: [u64; 2] = [sock_field(leader, off.task_comm), sock_field(leader, off.task_comm + 8)];
+    comm[..8].copy_from_slice(&c[0].to_ne_bytes());
+    comm[8..].copy_from_slice(&c[1].to_ne_bytes());
+    Owner { tgid, _pad: 0, start_ns: sock_field(leader, off.task_start_boottime), comm }
 }
 
-/// Inode number of the socket's network namespace.
+/// Inode number of the socket's network namespace (`sk->__sk_common.skc_net.net->ns.inum`).
 #[inline(always)]
 pub fn sock_netns(off: &KernelOffsets, sk: u64) -> Option<u32> {
-    if off.valid == 0 {
+    let net: u64 = sock_field(sk, off.sock_net);
+    if net == 0 {
         return None;
     }
-    let net = unsafe { read::<u64>(sk, off.sock_net) }?;
-    unsafe { read::<u32>(net, off.net_inum) }
+    Some(sock_field(net, off.net_inum))
 }
 
 /// `sk->sk_err`.
 #[inline(always)]
 pub fn sock_err(off: &KernelOffsets, sk: u64) -> i32 {
-    if off.valid == 0 {
-        return 0;
-    }
-    unsafe { read::<i32>(sk, off.sock_err) }.unwrap_or(0)
+    sock_field::<i32>(sk, off.sock_err)
 }
 
-/// Whether the socket is a TCP stream socket (not UDP, unix, MPTCP...).
+/// Whether the socket is a TCP socket (`inet_sock_set_state` also fires for SCTP and MPTCP).
 #[inline(always)]
 pub fn sock_is_tcp(off: &KernelOffsets, sk: u64) -> bool {
-    let proto = unsafe { read::<u16>(sk, off.sock_protocol) };
-    let ty = unsafe { read::<u16>(sk, off.sock_type) };
-    proto == Some(IPPROTO_TCP) && ty == Some(SOCK_STREAM)
+    sock_field::<u16>(sk, off.sock_protocol) == IPPROTO_TCP
+}
+
+/// The socket's family, ports and addresses, into the event (ports in host order), from the
+/// fields `inet_sock_set_state`'s own record uses.
+#[inline(always)]
+pub fn sock_tuple(off: &KernelOffsets, sk: u64, ev: &mut Event) {
+    ev.family = sock_field::<u16>(sk, off.sock_family);
+    ev.dport = u16::from_be(sock_field::<u16>(sk, off.sock_dport));
+    // inet_sock's fields lie beyond struct sock: read them with the helper.
+    ev.sport = u16::from_be(unsafe { read::<u16>(sk, off.inet_sport) }.unwrap_or(0));
+    if ev.family == AF_INET {
+        ev.daddr[..4].copy_from_slice(&sock_field::<u32>(sk, off.sock_daddr).to_ne_bytes());
+        ev.saddr[..4].copy_from_slice(&unsafe { read::<[u8; 4]>(sk, off.inet_saddr) }.unwrap_or([0; 4]));
+    } else {
+        let d: [u64; 2] = [sock_field(sk, off.sock_v6_daddr), sock_field(sk, off.sock_v6_daddr + 8)];
+        let s: [u64; 2] = [sock_field(sk, off.sock_v6_saddr), sock_field(sk, off.sock_v6_saddr + 8)];
+        ev.daddr[..8].copy_from_slice(&d[0].to_ne_bytes());
+        ev.daddr[8..].copy_from_slice(&d[1].to_ne_bytes());
+        ev.saddr[..8].copy_from_slice(&s[0].to_ne_bytes());
+        ev.saddr[8..].copy_from_slice(&s[1].to_ne_bytes());
+    }
 }

@@ -1,14 +1,15 @@
 //! observer's kernel programs.
 //!
 //! Small and dumb on purpose: record who owns each TCP socket (in process context: connect,
-//! listen, accept) and report every state change, reset and error of that socket with its owner.
-//! All aggregation happens in user space.
+//! listen, and the first send or receive of an accepted connection) in the socket's own
+//! storage, count what it sends and receives there, and report its state changes. All
+//! aggregation happens in user space.
 //!
-//! Tracepoint record layouts are the kernel's stable tracepoint ABI; the daemon checks them
-//! against `/sys/kernel/tracing/events/*/*/format` before loading (see `observer::tracefs`).
+//! The socket programs are BTF tracepoints: they get the socket as a typed pointer, which the
+//! socket-storage helpers need, and cost less per hit than classic tracepoints.
 #![no_std]
 #![no_main]
-// Atomic adds on map values (the eBPF crate is always built with nightly, see aya-build).
+// Atomic adds on storage values (the eBPF crate is always built with nightly, see aya-build).
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 
@@ -16,138 +17,175 @@ mod kernel;
 mod maps;
 
 use core::ffi::c_void;
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
-    EbpfContext,
     helpers::generated::{bpf_seq_write, bpf_sk_storage_get},
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{btf_tracepoint, tracepoint},
+    maps::ring_buf::RingBufEntry,
     programs::{BtfTracePointContext, TracePointContext},
 };
 use aya_log_ebpf::{debug, warn};
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
-use maps::{EVENTS, EXIT_GROUP_DEAD_OFFSET, LISTENERS, OFFSETS, SOCKETS, count};
-
+use maps::{EVENTS, EXIT_GROUP_DEAD_OFFSET, LISTENERS, OFFSETS, count};
 use observer_common::{
-    AF_INET, Event, IPPROTO_TCP, IoRecord, KernelOffsets, ListenerKey, ListenerValue, Owner, SockIo, counter, flags,
+    Event, IoRecord, KernelOffsets, ListenerKey, ListenerValue, Owner, SockIo, SockState, Transition, counter, flags,
     io_dir, kind, tcp_state,
 };
 
-/// Direct read of a tracepoint record field (aligned fields only).
-#[inline(always)]
-fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
-    unsafe { core::ptr::read((ctx.as_ptr() as *const u8).add(offset) as *const T) }
-}
-
-/// Read of a field that is not naturally aligned in the record.
-#[inline(always)]
-fn field_unaligned<T>(ctx: &TracePointContext, offset: usize) -> Option<T> {
-    unsafe { ctx.read_at::<T>(offset).ok() }
-}
-
-/// `bpf_ringbuf_output` flags.
+/// `bpf_ringbuf_submit` flag. Records never wake the daemon up: it drains the ring buffer on its
+/// own timer (every 20 ms). A wake-up per record costs an inter-processor interrupt (a VM exit on
+/// virtual machines): microseconds on the traced task's path.
 const BPF_RB_NO_WAKEUP: u64 = 1;
-const BPF_RB_FORCE_WAKEUP: u64 = 2;
-/// `bpf_ringbuf_query`: bytes not yet consumed.
-const BPF_RB_AVAIL_DATA: u64 = 0;
-/// Wake the daemon up only past this much unread data; otherwise it drains the ring buffer on
-/// its own timer. A wake-up per event costs an inter-processor interrupt (a VM exit on virtual
-/// machines): microseconds on the traced task's path.
-const WAKEUP_BYTES: u64 = 256 * 1024;
 
+/// `BPF_SK_STORAGE_GET_F_CREATE`
+const SK_STORAGE_CREATE: u64 = 1;
+const MSG_PEEK: i64 = 2;
+
+/// Reserve an [`Event`] in the ring buffer, zeroed, with its header: filled in place (no copy of
+/// a stack struct), then submitted with [`submit`].
 #[inline(always)]
-fn emit(ev: &Event) {
-    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP };
-    if EVENTS.output::<Event>(ev, flags).is_err() {
+fn reserve_event(event_kind: u8, sk: u64) -> Option<RingBufEntry<Event>> {
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         count(counter::EVENTS_LOST);
+        return None;
+    };
+    let e = entry.as_mut_ptr();
+    // Word writes: zeroing the struct as a whole would call a memset subprogram.
+    let words = e as *mut u64;
+    for i in 0..size_of::<Event>() / 8 {
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
     }
-}
-
-const BPF_NOEXIST: u64 = 1;
-const BPF_EXIST: u64 = 2;
-
-/// Record the owner of a socket. New records are counted (with the deletes and the map's size,
-/// that gives the LRU evictions); replacing an existing record (accept, or a stale record at a
-/// reused address) is not.
-#[inline(always)]
-fn remember_owner(sk: u64, owner: &Owner) {
-    if SOCKETS.insert(sk, owner, BPF_NOEXIST).is_ok() {
-        count(counter::SOCKET_INSERTED);
-    } else if SOCKETS.insert(sk, owner, BPF_EXIST).is_err() {
-        count(counter::SOCKET_INSERT_FAILED);
+    unsafe {
+        (*e).kind = event_kind;
+        (*e).sk = sk;
+        (*e).ts_ns = bpf_ktime_get_ns();
     }
+    Some(entry)
 }
 
 #[inline(always)]
-fn lookup_owner(sk: u64) -> Option<Owner> {
-    unsafe { SOCKETS.get(sk).copied() }
+fn submit<T>(entry: RingBufEntry<T>) {
+    entry.submit(BPF_RB_NO_WAKEUP);
+}
+
+/// The socket's storage, or null if observer does not track it.
+#[inline(always)]
+fn state_of(sk: *mut c_void) -> *mut SockState {
+    unsafe { bpf_sk_storage_get(maps::socks(), sk, core::ptr::null_mut(), 0) as *mut SockState }
+}
+
+/// Give a new socket its storage, owned by `owner`. (A socket that connects again after a failed
+/// connect gets its storage reset.)
+#[inline(always)]
+fn track(sk: *mut c_void, owner: &Owner, claimed: bool) -> bool {
+    let mut init = SockState { owner: *owner, io: SockIo::zeroed() };
+    init.io.claimed = u32::from(claimed);
+    let st = unsafe { bpf_sk_storage_get(maps::socks(), sk, core::ptr::from_mut(&mut init).cast(), SK_STORAGE_CREATE) }
+        as *mut SockState;
+    if st.is_null() {
+        count(counter::STORAGE_FAILED);
+        return false;
+    }
+    unsafe { *st = init };
+    true
+}
+
+/// `sk` must be the typed pointer the program was handed (not `ev.sk`, a plain number).
+#[inline(always)]
+fn set_netns(off: &KernelOffsets, sk: *mut c_void, ev: &mut Event) {
+    if let Some(netns) = kernel::sock_netns(off, sk as u64) {
+        ev.netns = netns;
+        ev.flags |= flags::NETNS_KNOWN;
+    }
+}
+
+#[inline(always)]
+fn with_owner(ev: &mut Event, owner: &Owner) {
+    ev.owner = *owner;
+    ev.flags |= flags::OWNER_KNOWN;
+}
+
+#[inline(always)]
+fn listener_key(ev: &Event) -> ListenerKey {
+    ListenerKey { netns: ev.netns, family: ev.family, port: ev.sport, addr: ev.saddr }
 }
 
 // ---------------------------------------------------------------------------------------------
-// sock/inet_sock_set_state
-//   skaddr@8 oldstate@16 newstate@20 sport@24 dport@26 family@28 protocol@30
-//   saddr[4]@32 daddr[4]@36 saddr_v6[16]@40 daddr_v6[16]@56
+// sock/inet_sock_set_state (sk, oldstate, newstate)
 // ---------------------------------------------------------------------------------------------
 
-#[tracepoint]
-pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
     on_state(&ctx);
     0
 }
 
 #[inline(always)]
-fn on_state(ctx: &TracePointContext) {
-    if field::<u16>(ctx, 30) != IPPROTO_TCP {
-        return;
-    }
-    let sk: u64 = field(ctx, 8);
-    let oldstate = field::<i32>(ctx, 16) as u8;
-    let newstate = field::<i32>(ctx, 20) as u8;
-    let mut ev = Event::zeroed();
-    ev.kind = kind::STATE;
-    ev.sk = sk;
-    ev.oldstate = oldstate;
-    ev.newstate = newstate;
-    ev.sport = field(ctx, 24);
-    ev.dport = field(ctx, 26);
-    ev.family = field(ctx, 28);
-    if ev.family == AF_INET {
-        ev.saddr[..4].copy_from_slice(&field::<u32>(ctx, 32).to_ne_bytes());
-        ev.daddr[..4].copy_from_slice(&field::<u32>(ctx, 36).to_ne_bytes());
-    } else {
-        ev.saddr[..8].copy_from_slice(&field::<u64>(ctx, 40).to_ne_bytes());
-        ev.saddr[8..].copy_from_slice(&field::<u64>(ctx, 48).to_ne_bytes());
-        ev.daddr[..8].copy_from_slice(&field::<u64>(ctx, 56).to_ne_bytes());
-        ev.daddr[8..].copy_from_slice(&field::<u64>(ctx, 64).to_ne_bytes());
+fn on_state(ctx: &BtfTracePointContext) {
+    let sk: *mut c_void = ctx.arg(0);
+    let old = ctx.arg::<i64>(1) as u8;
+    let new = ctx.arg::<i64>(2) as u8;
+    let creation =
+        matches!((old, new), (tcp_state::CLOSE, tcp_state::SYN_SENT) | (tcp_state::LISTEN, tcp_state::SYN_RECV))
+            || new == tcp_state::LISTEN;
+    let st = if creation { core::ptr::null_mut() } else { state_of(sk) };
+    // The common case on every connection: nothing but the state changed.
+    if !st.is_null() {
+        let full = new == tcp_state::CLOSE || old == tcp_state::SYN_SENT || old == tcp_state::LISTEN;
+        if !full {
+            let Some(mut entry) = EVENTS.reserve::<Transition>(0) else {
+                count(counter::EVENTS_LOST);
+                return;
+            };
+            entry.write(Transition {
+                ts_ns: unsafe { bpf_ktime_get_ns() },
+                sk: sk as u64,
+                kind: kind::TRANSITION,
+                oldstate: old,
+                newstate: new,
+                _pad: [0; 5],
+            });
+            submit(entry);
+            return;
+        }
     }
     let off = OFFSETS.load();
-
-    let owner = match (oldstate, newstate) {
+    if st.is_null() && !kernel::sock_is_tcp(&off, sk as u64) {
+        return;
+    }
+    let Some(mut entry) = reserve_event(kind::STATE, sk as u64) else { return };
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    ev.oldstate = old;
+    ev.newstate = new;
+    kernel::sock_tuple(&off, sk as u64, ev);
+    set_netns(&off, sk, ev);
+    match (old, new) {
         // connect(): process context, the caller owns the socket.
         (tcp_state::CLOSE, tcp_state::SYN_SENT) => {
             let owner = kernel::current_owner(&off);
-            remember_owner(sk, &owner);
-            set_netns(&off, &mut ev);
-            Some(owner)
+            if track(sk, &owner, true) {
+                with_owner(ev, &owner);
+            }
         }
         // listen(): process context.
         (_, tcp_state::LISTEN) => {
             let owner = kernel::current_owner(&off);
-            remember_owner(sk, &owner);
-            set_netns(&off, &mut ev);
-            let key = ListenerKey { netns: ev.netns, family: ev.family, port: ev.sport, addr: ev.saddr };
-            let value = ListenerValue { sk, owner };
-            if LISTENERS.insert(key, value, 0).is_err() {
+            if track(sk, &owner, true) {
+                with_owner(ev, &owner);
+            }
+            let value = ListenerValue { sk: sk as u64, owner };
+            if LISTENERS.insert(listener_key(ev), value, 0).is_ok() {
+                count(counter::LISTENER_INSERTED);
+            } else {
                 count(counter::LISTENER_INSERT_FAILED);
                 warn!(ctx, "LISTENERS insert failed for port {}", ev.sport);
             }
-            Some(owner)
         }
         // A child of a listener, created in softirq: owned by the listener's owner until a
-        // process accepts it.
+        // process sends or receives on it (see on_io).
         (tcp_state::LISTEN, tcp_state::SYN_RECV) => {
-            set_netns(&off, &mut ev);
-            let mut key = ListenerKey { netns: ev.netns, family: ev.family, port: ev.sport, addr: ev.saddr };
+            let mut key = listener_key(ev);
             let mut listener = unsafe { LISTENERS.get(key).copied() };
             if listener.is_none() {
                 key.addr = [0; 16];
@@ -155,166 +193,43 @@ fn on_state(ctx: &TracePointContext) {
             }
             match listener {
                 Some(l) => {
-                    remember_owner(sk, &l.owner);
-                    Some(l.owner)
+                    if track(sk, &l.owner, false) {
+                        with_owner(ev, &l.owner);
+                    }
                 }
-                None => {
-                    debug!(ctx, "no listener for child socket on port {}", ev.sport);
-                    None
+                None => debug!(ctx, "no listener for child socket on port {}", ev.sport),
+            }
+        }
+        _ => {
+            if !st.is_null() {
+                let state = unsafe { *st };
+                with_owner(ev, &state.owner);
+                if new == tcp_state::CLOSE {
+                    // Hand the counters over: the storage goes with the socket.
+                    ev.io = state.io;
+                }
+            }
+            if new == tcp_state::CLOSE {
+                ev.error = kernel::sock_err(&off, sk as u64);
+            }
+            if old == tcp_state::LISTEN && new == tcp_state::CLOSE {
+                let key = listener_key(ev);
+                if let Some(l) = unsafe { LISTENERS.get(key) } {
+                    // 0: a listener older than the daemon, recorded by user space.
+                    if (l.sk == sk as u64 || l.sk == 0) && LISTENERS.remove(key).is_ok() {
+                        count(counter::LISTENER_DELETED);
+                    }
                 }
             }
         }
-        (tcp_state::LISTEN, tcp_state::CLOSE) => {
-            set_netns(&off, &mut ev);
-            let key = ListenerKey { netns: ev.netns, family: ev.family, port: ev.sport, addr: ev.saddr };
-            if let Some(l) = unsafe { LISTENERS.get(key) } {
-                // 0: a listener older than the daemon, recorded by user space.
-                if l.sk == sk || l.sk == 0 {
-                    let _ = LISTENERS.remove(key);
-                }
-            }
-            lookup_owner(sk)
-        }
-        _ => lookup_owner(sk),
-    };
-    match owner {
-        Some(o) => {
-            ev.owner = o;
-            ev.flags |= flags::OWNER_KNOWN;
-        }
-        None => {
-            // User space then looks the socket up by namespace and 4-tuple.
-            if ev.flags & flags::NETNS_KNOWN == 0 {
-                set_netns(&off, &mut ev);
-            }
-        }
     }
-    if newstate == tcp_state::CLOSE {
-        ev.error = kernel::sock_err(&off, sk);
-    }
-    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
-    emit(&ev);
-}
-
-#[inline(always)]
-fn set_netns(off: &KernelOffsets, ev: &mut Event) {
-    if let Some(netns) = kernel::sock_netns(off, ev.sk) {
-        ev.netns = netns;
-        ev.flags |= flags::NETNS_KNOWN;
-    }
+    submit(entry);
 }
 
 // ---------------------------------------------------------------------------------------------
-// sock/inet_sk_error_report as a BTF tracepoint: the classic record has no socket address.
+// sock/sock_send_length, sock/sock_recv_length (sk, ret, flags): every sendmsg/recvmsg. The hot
+// path: one socket-storage lookup, counted in place, no event.
 // ---------------------------------------------------------------------------------------------
-
-#[btf_tracepoint(function = "inet_sk_error_report")]
-pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> u32 {
-    on_error_report(&ctx);
-    0
-}
-
-#[inline(always)]
-fn on_error_report(ctx: &BtfTracePointContext) {
-    let off = OFFSETS.load();
-    if off.valid == 0 {
-        return;
-    }
-    // Read the argument as a plain number (not a typed BTF pointer) so that it can be offset.
-    let Ok(sk) = (unsafe { bpf_probe_read_kernel(ctx.as_ptr() as *const u64) }) else { return };
-    if !kernel::sock_is_tcp(&off, sk) {
-        return;
-    }
-    let Some(owner) = lookup_owner(sk) else { return };
-    let mut ev = Event::zeroed();
-    ev.kind = kind::ERROR_REPORT;
-    ev.sk = sk;
-    ev.owner = owner;
-    ev.flags = flags::OWNER_KNOWN;
-    ev.error = kernel::sock_err(&off, sk);
-    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
-    emit(&ev);
-}
-
-// ---------------------------------------------------------------------------------------------
-// tcp/tcp_send_reset: skbaddr@8 skaddr@16 state@24 reason@28 saddr[28]@32 daddr[28]@60
-//   (saddr/daddr are sockaddr_in/sockaddr_in6)
-// ---------------------------------------------------------------------------------------------
-
-#[tracepoint]
-pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
-    on_send_reset(&ctx);
-    0
-}
-
-#[inline(always)]
-fn on_send_reset(ctx: &TracePointContext) {
-    let sk: u64 = field(ctx, 16);
-    if sk == 0 {
-        return;
-    }
-    // Resets sent by timewait or request sockets have no owner record: not charged.
-    let Some(owner) = lookup_owner(sk) else { return };
-    let mut ev = Event::zeroed();
-    ev.kind = kind::RESET_SENT;
-    ev.sk = sk;
-    ev.owner = owner;
-    ev.flags = flags::OWNER_KNOWN;
-    ev.oldstate = field::<i32>(ctx, 24) as u8;
-    ev.family = field_unaligned::<u16>(ctx, 32).unwrap_or(0);
-    ev.sport = u16::from_be(field_unaligned::<u16>(ctx, 34).unwrap_or(0));
-    ev.dport = u16::from_be(field_unaligned::<u16>(ctx, 62).unwrap_or(0));
-    if ev.family == AF_INET {
-        ev.saddr[..4].copy_from_slice(&field_unaligned::<[u8; 4]>(ctx, 36).unwrap_or([0; 4]));
-        ev.daddr[..4].copy_from_slice(&field_unaligned::<[u8; 4]>(ctx, 64).unwrap_or([0; 4]));
-    } else {
-        ev.saddr = field_unaligned::<[u8; 16]>(ctx, 40).unwrap_or([0; 16]);
-        ev.daddr = field_unaligned::<[u8; 16]>(ctx, 68).unwrap_or([0; 16]);
-    }
-    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
-    emit(&ev);
-}
-
-// ---------------------------------------------------------------------------------------------
-// tcp/tcp_receive_reset: skaddr@8 sport@16 dport@18 family@20 saddr[4]@22 daddr[4]@26
-//   saddr_v6[16]@30 daddr_v6[16]@46
-// ---------------------------------------------------------------------------------------------
-
-#[tracepoint]
-pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
-    on_receive_reset(&ctx);
-    0
-}
-
-#[inline(always)]
-fn on_receive_reset(ctx: &TracePointContext) {
-    let sk: u64 = field(ctx, 8);
-    let Some(owner) = lookup_owner(sk) else { return };
-    let mut ev = Event::zeroed();
-    ev.kind = kind::RESET_RECEIVED;
-    ev.sk = sk;
-    ev.owner = owner;
-    ev.flags = flags::OWNER_KNOWN;
-    ev.sport = field(ctx, 16);
-    ev.dport = field(ctx, 18);
-    ev.family = field(ctx, 20);
-    if ev.family == AF_INET {
-        ev.saddr[..4].copy_from_slice(&field_unaligned::<[u8; 4]>(ctx, 22).unwrap_or([0; 4]));
-        ev.daddr[..4].copy_from_slice(&field_unaligned::<[u8; 4]>(ctx, 26).unwrap_or([0; 4]));
-    } else {
-        ev.saddr = field_unaligned::<[u8; 16]>(ctx, 30).unwrap_or([0; 16]);
-        ev.daddr = field_unaligned::<[u8; 16]>(ctx, 46).unwrap_or([0; 16]);
-    }
-    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
-    emit(&ev);
-}
-
-// ---------------------------------------------------------------------------------------------
-// sock/sock_send_length, sock/sock_recv_length as BTF tracepoints (sk, ret, flags): every
-// sendmsg/recvmsg. The hot path: one map lookup, counted in place, no event.
-// ---------------------------------------------------------------------------------------------
-
-const MSG_PEEK: i64 = 2;
 
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn sock_send_length(ctx: BtfTracePointContext) -> u32 {
@@ -338,14 +253,13 @@ fn on_io(ctx: &BtfTracePointContext, dir: u32) {
         return;
     }
     let sk: *mut c_void = ctx.arg(0);
-    // Only sockets that got storage when observer saw them created are counted.
-    let io = unsafe { bpf_sk_storage_get(maps::sock_io_map(), sk, core::ptr::null_mut(), 0) } as *mut SockIo;
-    if io.is_null() {
+    let st = state_of(sk);
+    if st.is_null() {
         return;
     }
     // Two threads may send on one socket at once: the counters are added atomically.
     let claim = unsafe {
-        let io = &mut *io;
+        let io = &mut (*st).io;
         let bytes = if dir == io_dir::SEND { &mut io.bytes_sent } else { &mut io.bytes_received };
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(bytes, ret as u64);
         if io.last_dir != dir {
@@ -358,96 +272,81 @@ fn on_io(ctx: &BtfTracePointContext, dir: u32) {
         unclaimed
     };
     if claim {
-        claim_socket(sk as u64);
+        claim_socket(sk, st);
     }
 }
 
 /// The first send or receive on a connection accepted from a listener, in the context of the
-/// process doing it (the one that accepted the connection): it owns the socket from now on.
+/// process doing it (the one that accepted it): it owns the socket from now on.
 ///
 /// (Hooking accept() itself would take a syscall tracepoint, and enabling any syscall tracepoint
 /// puts every syscall of every task on the slow tracing path.)
 #[inline(always)]
-fn claim_socket(sk: u64) {
+fn claim_socket(sk: *mut c_void, st: *mut SockState) {
     let off = OFFSETS.load();
     let owner = kernel::current_owner(&off);
-    remember_owner(sk, &owner);
-    let mut ev = Event::zeroed();
-    ev.kind = kind::CLAIM;
-    ev.sk = sk;
-    ev.owner = owner;
-    ev.flags = flags::OWNER_KNOWN;
-    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
-    emit(&ev);
+    unsafe { (*st).owner = owner };
+    let Some(mut entry) = reserve_event(kind::CLAIM, sk as u64) else { return };
+    with_owner(unsafe { &mut *entry.as_mut_ptr() }, &owner);
+    submit(entry);
 }
 
-/// Iterator over the socket storage map (`iter/bpf_sk_storage_map`): writes one [`IoRecord`]
-/// per socket, for the daemon's periodic read of open connections.
-///
-/// The context is `struct bpf_iter__bpf_sk_storage_map { meta; map; sk; value; }`.
+// ---------------------------------------------------------------------------------------------
+// Resets and errors of tracked sockets: (sk, ...)
+// ---------------------------------------------------------------------------------------------
+
+#[inline(always)]
+fn socket_event(ctx: &BtfTracePointContext, event_kind: u8) {
+    let sk: *mut c_void = ctx.arg(0);
+    // Null for resets sent with no socket (a SYN to a closed port); timewait and request sockets
+    // have no storage either.
+    if state_of(sk).is_null() {
+        return;
+    }
+    let error = if event_kind == kind::ERROR_REPORT { kernel::sock_err(&OFFSETS.load(), sk as u64) } else { 0 };
+    let Some(mut entry) = reserve_event(event_kind, sk as u64) else { return };
+    unsafe { (*entry.as_mut_ptr()).error = error };
+    submit(entry);
+}
+
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn tcp_send_reset(ctx: BtfTracePointContext) -> u32 {
+    socket_event(&ctx, kind::RESET_SENT);
+    0
+}
+
+#[btf_tracepoint(function = "tcp_receive_reset")]
+pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> u32 {
+    socket_event(&ctx, kind::RESET_RECEIVED);
+    0
+}
+
+#[btf_tracepoint(function = "inet_sk_error_report")]
+pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> u32 {
+    socket_event(&ctx, kind::ERROR_REPORT);
+    0
+}
+
+// ---------------------------------------------------------------------------------------------
+// Iterator over the socket storage (`iter/bpf_sk_storage_map`): one [`IoRecord`] per socket, for
+// the daemon's periodic read of open connections.
+// The context is `struct bpf_iter__bpf_sk_storage_map { meta; map; sk; value; }`.
+// ---------------------------------------------------------------------------------------------
+
 #[unsafe(link_section = "iter/bpf_sk_storage_map")]
 #[unsafe(no_mangle)]
 pub fn dump_sock_io(ctx: *mut c_void) -> i32 {
     let ctx = ctx as *const u64;
     unsafe {
         let sk = *ctx.add(2);
-        let value = *ctx.add(3) as *const SockIo;
+        let value = *ctx.add(3) as *const SockState;
         if sk == 0 || value.is_null() {
             return 0;
         }
         let meta = *ctx as *const u64;
         let seq = *meta as *mut c_void;
-        let rec = IoRecord { sk, io: *value };
+        let rec = IoRecord { sk, io: (*value).io };
         bpf_seq_write(seq.cast(), core::ptr::from_ref(&rec).cast_mut().cast(), size_of::<IoRecord>() as u32);
-    }
-    0
-}
-
-/// BPF_SK_STORAGE_GET_F_CREATE
-const SK_STORAGE_CREATE: u64 = 1;
-
-/// `sock/inet_sock_set_state` seen with the socket as a typed pointer (sk, oldstate, newstate),
-/// for its I/O storage: created with each new connection, handed over to user space (IO_FINAL)
-/// when it closes. The socket-storage helpers need the typed pointer the classic tracepoint
-/// does not give.
-#[btf_tracepoint(function = "inet_sock_set_state")]
-pub fn inet_sock_set_state_io(ctx: BtfTracePointContext) -> u32 {
-    let old = ctx.arg::<i64>(1) as u8;
-    let new = ctx.arg::<i64>(2) as u8;
-    let sk: *mut c_void = ctx.arg(0);
-    let connected = old == tcp_state::CLOSE && new == tcp_state::SYN_SENT;
-    let accepted = old == tcp_state::LISTEN && new == tcp_state::SYN_RECV;
-    if connected || accepted {
-        // A connecting socket is owned already; an accepted one is claimed at its first use.
-        let mut init = SockIo::zeroed();
-        init.claimed = u32::from(connected);
-        unsafe {
-            bpf_sk_storage_get(maps::sock_io_map(), sk, core::ptr::from_mut(&mut init).cast(), SK_STORAGE_CREATE)
-        };
-    } else if new == tcp_state::CLOSE {
-        let io = unsafe { bpf_sk_storage_get(maps::sock_io_map(), sk, core::ptr::null_mut(), 0) } as *const SockIo;
-        if io.is_null() {
-            return 0;
-        }
-        let mut ev = Event::zeroed();
-        ev.kind = kind::IO_FINAL;
-        ev.sk = sk as u64;
-        ev.io = unsafe { *io };
-        ev.ts_ns = unsafe { bpf_ktime_get_ns() };
-        emit(&ev);
-    }
-    0
-}
-
-// ---------------------------------------------------------------------------------------------
-// tcp/tcp_destroy_sock: skaddr@8. The socket is gone: forget its owner.
-// ---------------------------------------------------------------------------------------------
-
-#[tracepoint]
-pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
-    let sk: u64 = field(&ctx, 8);
-    if SOCKETS.remove(sk).is_ok() {
-        count(counter::SOCKET_DELETED);
     }
     0
 }
@@ -467,7 +366,7 @@ fn on_exit(ctx: &TracePointContext) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let group_dead_offset = EXIT_GROUP_DEAD_OFFSET.load();
     let last = if group_dead_offset != 0 {
-        field_unaligned::<u8>(ctx, group_dead_offset as usize).unwrap_or(0) != 0
+        unsafe { ctx.read_at::<u8>(group_dead_offset as usize) }.unwrap_or(0) != 0
     } else {
         // Without group_dead, report the leader's exit; user space checks /proc.
         (pid_tgid >> 32) as u32 == pid_tgid as u32
@@ -475,13 +374,10 @@ fn on_exit(ctx: &TracePointContext) {
     if !last {
         return;
     }
-    let off = OFFSETS.load();
-    let mut ev = Event::zeroed();
-    ev.kind = kind::PROCESS_EXIT;
-    ev.owner = kernel::current_owner(&off);
-    ev.flags = flags::OWNER_KNOWN;
-    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
-    emit(&ev);
+    let owner = kernel::current_owner(&OFFSETS.load());
+    let Some(mut entry) = reserve_event(kind::PROCESS_EXIT, 0) else { return };
+    with_owner(unsafe { &mut *entry.as_mut_ptr() }, &owner);
+    submit(entry);
 }
 
 #[cfg(not(test))]

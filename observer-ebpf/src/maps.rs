@@ -1,5 +1,5 @@
-//! The maps shared with user space. Every map is bounded; per-socket and per-thread maps are
-//! LRU so that a missed cleanup can never fill them for good.
+//! The maps shared with user space. Per-socket state lives in the socket's own storage (freed
+//! with the socket); the other maps are bounded.
 
 use aya_ebpf::{
     Global,
@@ -7,25 +7,21 @@ use aya_ebpf::{
     macros::{btf_map, map},
     maps::{LruHashMap, PerCpuArray, RingBuf},
 };
-use observer_common::{KernelOffsets, ListenerKey, ListenerValue, Owner, SockIo, counter};
+use observer_common::{KernelOffsets, ListenerKey, ListenerValue, SockState, counter};
 
 /// The one ring buffer to user space. Its size can be changed by the daemon at load time.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
-/// Socket (`struct sock *`) -> the process that owns it. Cleaned in `tcp_destroy_sock`.
-#[map]
-pub static SOCKETS: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(65536, 0);
-
-/// Per-socket I/O counters in socket-local storage: found from the socket itself on the
-/// send/receive hot path (no hashing), freed by the kernel with the socket.
+/// Per socket: its owner and I/O counters, in socket-local storage (`BPF_MAP_TYPE_SK_STORAGE`):
+/// found from the socket without hashing, freed by the kernel with the socket.
 #[btf_map]
-pub static SOCK_IO: SkStorage<SockIo> = SkStorage::new();
+pub static SOCKS: SkStorage<SockState> = SkStorage::new();
 
-/// The map pointer helpers expect.
+/// The map pointer the socket-storage helpers expect.
 #[inline(always)]
-pub fn sock_io_map() -> *mut core::ffi::c_void {
-    core::ptr::from_ref(&SOCK_IO).cast_mut().cast()
+pub fn socks() -> *mut core::ffi::c_void {
+    core::ptr::from_ref(&SOCKS).cast_mut().cast()
 }
 
 /// Listening endpoints -> owner, to attribute the children created in softirq.

@@ -64,7 +64,6 @@ type Tuple = (u32, SocketAddr, SocketAddr);
 #[derive(Clone, Debug)]
 struct Seed {
     owner: ProcessKey,
-    comm: String,
     direction: Direction,
     peer: Endpoint,
     listener: bool,
@@ -208,8 +207,6 @@ struct SocketRec {
     accept_counted: bool,
     /// I/O counters already added to the peer's figures.
     io: IoCounts,
-    /// The kernel handed the final counters over (IO_FINAL came before the CLOSE).
-    final_io: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -218,12 +215,6 @@ struct Tombstone {
     direction: Direction,
     peer: Endpoint,
     closed_ns: u64,
-    /// I/O counters already added.
-    io: IoCounts,
-    /// The final counters are in (no IO_FINAL expected any more).
-    final_io: bool,
-    /// The connection's requests go into the requests-per-connection histogram once final.
-    observe: bool,
 }
 
 /// An active finding: a CLOSE_WAIT leak of one process towards one peer.
@@ -273,8 +264,6 @@ pub struct Aggregator {
     seeds: HashMap<Tuple, Seed>,
     /// Unattributed sockets that closed recently (see [`RECENTLY_CLOSED_TTL_NS`]).
     recently_closed: HashMap<Tuple, u64>,
-    /// Owners learnt in user space for sockets the kernel has no owner record for.
-    kernel_owner_updates: Vec<(u64, ProcessKey, String)>,
     /// Active CLOSE_WAIT leaks, with when each started.
     findings: HashMap<PeerKey, u64>,
     alert_changes: Vec<AlertChange>,
@@ -310,12 +299,6 @@ impl Aggregator {
     /// Processes seen since the last call, for the daemon to read their command lines.
     pub fn take_new_processes(&mut self) -> Vec<ProcessKey> {
         std::mem::take(&mut self.new_processes)
-    }
-
-    /// Owners to write into the kernel's socket map: sockets from the start-up snapshot,
-    /// now that their kernel address is known.
-    pub fn take_kernel_owner_updates(&mut self) -> Vec<(u64, ProcessKey, String)> {
-        std::mem::take(&mut self.kernel_owner_updates)
     }
 
     pub fn set_process_info(&mut self, key: ProcessKey, comm: Option<String>, cmdline: Option<String>) {
@@ -495,18 +478,7 @@ impl Aggregator {
                 process.listeners.push((Some(s.netns), peer));
             }
             process.peers_mut(direction).entry(peer).or_default().add_live(s.state, Some(now_ns));
-            self.seeds.insert(
-                tuple,
-                Seed {
-                    owner: key,
-                    comm: s.owner.comm.clone(),
-                    direction,
-                    peer,
-                    listener,
-                    state: s.state,
-                    seeded_ns: now_ns,
-                },
-            );
+            self.seeds.insert(tuple, Seed { owner: key, direction, peer, listener, state: s.state, seeded_ns: now_ns });
         }
     }
 
@@ -536,11 +508,7 @@ impl Aggregator {
             close_counted: matches!(seed.state, FinWait1 | FinWait2 | Closing | CloseWait | LastAck),
             accept_counted: true,
             io: IoCounts::default(),
-            final_io: false,
         };
-        if ev.owner.is_none() {
-            self.kernel_owner_updates.push((ev.sk, seed.owner, seed.comm));
-        }
         self.sockets.insert(ev.sk, rec);
         true
     }
@@ -578,7 +546,6 @@ impl Aggregator {
             EventKind::ErrorReport => self.on_error_report(ev),
             EventKind::ResetSent => self.on_reset(ev, false),
             EventKind::ResetReceived => self.on_reset(ev, true),
-            EventKind::IoFinal => self.on_io_final(ev),
             EventKind::ProcessExit => {
                 if let Some(o) = &ev.owner {
                     self.mark_exited(o.key, ev.ts_ns);
@@ -670,7 +637,7 @@ impl Aggregator {
             self.drop_socket(ev.sk);
         }
         let tracked = self.sockets.contains_key(&ev.sk)
-            || (!creation && self.adopt_seed(ev))
+            || (!creation && ev.has_tuple && self.adopt_seed(ev))
             || self.start_tracking(ev, old, new, creation);
         if !tracked {
             return;
@@ -732,6 +699,11 @@ impl Aggregator {
     /// attributed.
     fn start_tracking(&mut self, ev: &SocketEvent, old: TcpState, new: TcpState, creation: bool) -> bool {
         use TcpState::*;
+        if !ev.has_tuple {
+            // A compact transition of a socket whose first record was lost.
+            self.stats.unattributed_events += 1;
+            return false;
+        }
         let Some(owner) = &ev.owner else {
             self.stats.unattributed_events += 1;
             if new == Close {
@@ -780,7 +752,6 @@ impl Aggregator {
             // An adopted inbound socket was accepted before we looked.
             accept_counted: !creation,
             io: IoCounts::default(),
-            final_io: false,
         };
         let process = self.processes.get_mut(&key.pid).expect("ensured");
         if listener {
@@ -797,8 +768,10 @@ impl Aggregator {
         let cfg_peer = rec.peer;
         {
             let Some(stats) = self.peer_mut(rec.owner, rec.direction, cfg_peer) else { return };
-            if rec.final_io && rec.established_ns.is_some() && !rec.listener {
-                stats.requests_per_connection.observe(rec.io.requests(rec.direction));
+            // The kernel handed the socket's final I/O counters over with its close.
+            stats.add_io(rec.direction, &ev.io.since(&rec.io));
+            if rec.established_ns.is_some() && !rec.listener {
+                stats.requests_per_connection.observe(ev.io.requests(rec.direction));
             }
             match old {
                 SynSent => stats.connect_failures.add(FailureReason::of_connect(ev.error, ev.local.port())),
@@ -830,42 +803,8 @@ impl Aggregator {
         self.drop_socket(ev.sk);
         self.tombstones.insert(
             ev.sk,
-            Tombstone {
-                owner: rec.owner,
-                direction: rec.direction,
-                peer: rec.peer,
-                closed_ns: ev.ts_ns,
-                io: rec.io,
-                final_io: rec.final_io,
-                observe: rec.established_ns.is_some() && !rec.listener,
-            },
+            Tombstone { owner: rec.owner, direction: rec.direction, peer: rec.peer, closed_ns: ev.ts_ns },
         );
-    }
-
-    /// The final I/O counters of a closing socket, before or after its CLOSE event (two kernel
-    /// programs report them; their order is not guaranteed).
-    fn on_io_final(&mut self, ev: &SocketEvent) {
-        if let Some(rec) = self.sockets.get_mut(&ev.sk) {
-            let delta = ev.io.since(&rec.io);
-            rec.io = ev.io;
-            rec.final_io = true;
-            let (owner, direction, peer) = (rec.owner, rec.direction, rec.peer);
-            if let Some(stats) = self.peer_mut(owner, direction, peer) {
-                stats.add_io(direction, &delta);
-            }
-            return;
-        }
-        let Some(t) = self.tombstones.get_mut(&ev.sk).filter(|t| !t.final_io) else { return };
-        let delta = ev.io.since(&t.io);
-        t.io = ev.io;
-        t.final_io = true;
-        let t = *t;
-        if let Some(stats) = self.peer_mut(t.owner, t.direction, t.peer) {
-            stats.add_io(t.direction, &delta);
-            if t.observe {
-                stats.requests_per_connection.observe(ev.io.requests(t.direction));
-            }
-        }
     }
 
     /// A process started using a connection accepted from a listener: it owns it, and it is

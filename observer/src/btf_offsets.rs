@@ -80,6 +80,13 @@ pub fn compute(btf: &Btf) -> Result<KernelOffsets> {
         sock_err: o("sock", &["sk_err"])?,
         sock_protocol: o("sock", &["sk_protocol"])?,
         sock_type: o("sock", &["sk_type"])?,
+        sock_family: o("sock", &["__sk_common", "skc_family"])?,
+        sock_daddr: o("sock", &["__sk_common", "skc_daddr"])?,
+        inet_saddr: o("inet_sock", &["inet_saddr"])?,
+        sock_dport: o("sock", &["__sk_common", "skc_dport"])?,
+        inet_sport: o("inet_sock", &["inet_sport"])?,
+        sock_v6_daddr: o("sock", &["__sk_common", "skc_v6_daddr"])?,
+        sock_v6_saddr: o("sock", &["__sk_common", "skc_v6_rcv_saddr"])?,
         task_group_leader: o("task_struct", &["group_leader"])?,
         task_start_boottime: o("task_struct", &["start_boottime"])?,
         task_comm: o("task_struct", &["comm"])?,
@@ -105,6 +112,9 @@ mod tests {
         // hash and ports.
         assert!(off.sock_net > 16 && off.sock_net < 136, "{}", off.sock_net);
         assert!(off.sock_type == off.sock_protocol + 2, "sk_protocol then sk_type, both u16");
+        // struct inet_sock starts with struct sock: its own fields come after.
+        assert!(off.inet_sport > off.sock_net && off.inet_saddr > off.sock_net);
+        assert_eq!(off.sock_family, 16, "sock_common: 8 bytes of addresses, 4 of hash, 4 of ports, then the family");
         // The same offset as a path through sock_common directly.
         assert_eq!(
             member_offset(&Btf::from_file(VMLINUX_BTF).unwrap(), "sock_common", &["skc_net"]).unwrap(),

@@ -97,6 +97,7 @@ impl CloseWaitTracker {
         }
     }
 
+    #[cfg(test)]
     pub fn count(&self) -> u64 {
         self.count
     }

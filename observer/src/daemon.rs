@@ -22,7 +22,6 @@ use crate::{procfs, snapshot, sock_diag};
 pub struct DaemonOptions {
     pub listen: SocketAddr,
     pub exited_retention: Duration,
-    pub max_sockets: u32,
     pub ring_buffer_bytes: u32,
     pub kernel_log_level: u8,
     pub reconcile_interval: Duration,
@@ -46,11 +45,8 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
     // Bind first: a busy port fails before anything is loaded into the kernel.
     let listener = TcpListener::bind(opts.listen).await.with_context(|| format!("cannot listen on {}", opts.listen))?;
 
-    let mut probes = Probes::load(&Options {
-        max_sockets: opts.max_sockets,
-        ring_buffer_bytes: opts.ring_buffer_bytes,
-        kernel_log_level: opts.kernel_log_level,
-    })?;
+    let mut probes =
+        Probes::load(&Options { ring_buffer_bytes: opts.ring_buffer_bytes, kernel_log_level: opts.kernel_log_level })?;
     let ring = probes.take_events()?;
     let logger = probes.take_logger();
     let features = probes.features.clone();
@@ -97,7 +93,7 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
             }
         });
     }
-    tasks.spawn(housekeeping(agg.clone(), probes.clone()));
+    tasks.spawn(housekeeping(agg.clone()));
     tasks.spawn(reconcile_time_wait(agg.clone(), opts.reconcile_interval));
     tasks.spawn(refresh_kernel_status(probes.clone(), kernel.clone()));
     tasks.spawn(flush_io(probes.clone(), agg.clone(), opts.io_flush_interval));
@@ -171,7 +167,7 @@ fn drain(ring: &mut RingBuf<MapData>, agg: &Mutex<Aggregator>) {
 
 /// Every second: prune and expire; read /proc for new processes; every 5 s, look for processes
 /// that died without an exit event (lost events, no sched tracepoint).
-async fn housekeeping(agg: Arc<Mutex<Aggregator>>, probes: Arc<Mutex<Probes>>) {
+async fn housekeeping(agg: Arc<Mutex<Aggregator>>) {
     let mut interval = tokio::time::interval(Duration::from_secs(1));
     let mut round = 0u64;
     loop {
@@ -186,10 +182,6 @@ async fn housekeeping(agg: Arc<Mutex<Aggregator>>, probes: Arc<Mutex<Probes>>) {
                 Vec::new()
             };
             log_alert_changes(&a.take_alert_changes());
-            let owners = a.take_kernel_owner_updates();
-            if !owners.is_empty() {
-                probes.lock().expect("probes lock").set_owners(&owners);
-            }
             (a.take_new_processes(), known)
         };
         let info: Vec<_> = new
@@ -297,7 +289,7 @@ async fn refresh_kernel_status(probes: Arc<Mutex<Probes>>, kernel: Arc<Mutex<Ker
     loop {
         interval.tick().await;
         let probes = probes.clone();
-        // Walking the owner map costs a syscall per entry: every 10 s only.
+        // Walking the listener map costs a syscall per entry: every 10 s only.
         let walk = round.is_multiple_of(10);
         round += 1;
         let status = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
@@ -306,9 +298,9 @@ async fn refresh_kernel_status(probes: Arc<Mutex<Probes>>, kernel: Arc<Mutex<Ker
             if !walk {
                 return Ok((before, None));
             }
-            let entries = p.socket_map_entries()?;
+            let entries = p.listener_map_entries()?;
             let after = p.counters()?;
-            Ok((after, Some((before.socket_inserted, entries, after.socket_deleted))))
+            Ok((after, Some((before.listener_inserted, entries, after.listener_deleted))))
         })
         .await;
         let (counters, walked) = match status {
@@ -325,14 +317,11 @@ async fn refresh_kernel_status(probes: Arc<Mutex<Probes>>, kernel: Arc<Mutex<Ker
         }
         k.counters = counters;
         if let Some((inserted_before, entries, deleted_after)) = walked {
-            k.socket_map_entries = entries;
+            k.listener_map_entries = entries;
             let bound = crate::metrics::eviction_lower_bound(inserted_before, entries, deleted_after);
-            if bound > k.socket_map_evictions {
-                log::warn!(
-                    "the socket-owner map is full: {} records evicted (raise --max-sockets)",
-                    bound - k.socket_map_evictions
-                );
-                k.socket_map_evictions = bound;
+            if bound > k.listener_map_evictions {
+                log::warn!("the listener map is full: {} records evicted", bound - k.listener_map_evictions);
+                k.listener_map_evictions = bound;
             }
         }
     }

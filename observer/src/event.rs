@@ -1,6 +1,6 @@
 //! Decoding of the kernel's ring-buffer records into typed events.
 
-use observer_common::{Event, flags, kind};
+use observer_common::{Event, Transition, flags, kind};
 
 use crate::model::{Endpoint, IoCounts, ProcessKey, TICK_NS, TcpState};
 
@@ -23,8 +23,6 @@ pub enum EventKind {
     ResetSent,
     ResetReceived,
     ProcessExit,
-    /// The final I/O counters of a closing socket.
-    IoFinal,
 }
 
 impl EventKind {
@@ -36,7 +34,6 @@ impl EventKind {
             EventKind::ResetSent => "reset_sent",
             EventKind::ResetReceived => "reset_received",
             EventKind::ProcessExit => "process_exit",
-            EventKind::IoFinal => "io_final",
         }
     }
 }
@@ -56,8 +53,11 @@ pub struct SocketEvent {
     /// See [`observer_common::Event::error`].
     pub error: i32,
     pub netns: Option<u32>,
-    /// IO_FINAL: the socket's final I/O counters.
+    /// STATE to CLOSE: the socket's final I/O counters.
     pub io: IoCounts,
+    /// Whether `family`, `local`, `remote` and `netns` were reported (a compact transition of a
+    /// tracked socket has only its states).
+    pub has_tuple: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -83,8 +83,13 @@ pub fn comm_str(comm: &[u8]) -> String {
     String::from_utf8_lossy(&comm[..end]).into_owned()
 }
 
-/// Decode one ring-buffer record.
+/// Decode one ring-buffer record: an [`Event`], or a compact [`Transition`].
 pub fn decode(bytes: &[u8]) -> Result<SocketEvent, DecodeError> {
+    if bytes.len() == size_of::<Transition>() {
+        // SAFETY: Transition is plain old data of this size.
+        let t: Transition = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Transition>()) };
+        return from_transition(&t);
+    }
     if bytes.len() < size_of::<Event>() {
         return Err(DecodeError::Short(bytes.len()));
     }
@@ -92,6 +97,27 @@ pub fn decode(bytes: &[u8]) -> Result<SocketEvent, DecodeError> {
     // with any alignment.
     let raw: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) };
     from_raw(&raw)
+}
+
+pub fn from_transition(t: &Transition) -> Result<SocketEvent, DecodeError> {
+    if t.kind != kind::TRANSITION {
+        return Err(DecodeError::UnknownKind(t.kind));
+    }
+    let state = |v: u8| TcpState::from_kernel(v).ok_or(DecodeError::UnknownState(v));
+    let none = Endpoint::from_kernel(0, &[0; 16], 0);
+    Ok(SocketEvent {
+        ts_ns: t.ts_ns,
+        sk: t.sk,
+        owner: None,
+        kind: EventKind::State { old: state(t.oldstate)?, new: state(t.newstate)? },
+        family: 0,
+        local: none,
+        remote: none,
+        error: 0,
+        netns: None,
+        io: IoCounts::default(),
+        has_tuple: false,
+    })
 }
 
 pub fn from_raw(raw: &Event) -> Result<SocketEvent, DecodeError> {
@@ -103,7 +129,6 @@ pub fn from_raw(raw: &Event) -> Result<SocketEvent, DecodeError> {
         kind::RESET_SENT => EventKind::ResetSent,
         kind::RESET_RECEIVED => EventKind::ResetReceived,
         kind::PROCESS_EXIT => EventKind::ProcessExit,
-        kind::IO_FINAL => EventKind::IoFinal,
         k => return Err(DecodeError::UnknownKind(k)),
     };
     let owner = (raw.flags & flags::OWNER_KNOWN != 0 && raw.owner.tgid != 0).then(|| Owner {
@@ -121,6 +146,7 @@ pub fn from_raw(raw: &Event) -> Result<SocketEvent, DecodeError> {
         error: raw.error,
         netns: (raw.flags & flags::NETNS_KNOWN != 0).then_some(raw.netns),
         io: IoCounts::from_kernel(&raw.io),
+        has_tuple: raw.kind == kind::STATE,
     })
 }
 
@@ -172,6 +198,16 @@ mod tests {
         e.flags = 0;
         assert_eq!(decode(&bytes(&e)).unwrap().owner, None);
         assert_eq!(decode(&bytes(&e)).unwrap().netns, None);
+    }
+
+    #[test]
+    fn decodes_a_compact_transition() {
+        let t = Transition { ts_ns: 7, sk: 0xabc, kind: kind::TRANSITION, oldstate: 1, newstate: 4, _pad: [0; 5] };
+        let p = (&t as *const Transition).cast::<u8>();
+        let b = unsafe { std::slice::from_raw_parts(p, size_of::<Transition>()) };
+        let ev = decode(b).unwrap();
+        assert_eq!(ev.kind, EventKind::State { old: TcpState::Established, new: TcpState::FinWait1 });
+        assert_eq!((ev.sk, ev.ts_ns, ev.has_tuple, ev.owner), (0xabc, 7, false, None));
     }
 
     #[test]

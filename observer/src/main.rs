@@ -87,9 +87,6 @@ enum Command {
         /// How long an exited process stays in the API and metrics before it is pruned, in seconds.
         #[arg(long, default_value_t = 30, value_name = "SECONDS")]
         exited_retention: u64,
-        /// Capacity of the kernel's socket-owner map (sockets tracked at once).
-        #[arg(long, default_value_t = 65536)]
-        max_sockets: u32,
         /// Size of the kernel-to-daemon ring buffer in MiB (a power of two).
         #[arg(long, default_value_t = 4, value_parser = parse_ring_mib)]
         ring_buffer_mib: u32,
@@ -160,7 +157,6 @@ fn main() {
             listen,
             log_level,
             exited_retention,
-            max_sockets,
             ring_buffer_mib,
             reconcile_interval,
             io_flush_interval,
@@ -207,7 +203,6 @@ fn main() {
                     rt.block_on(daemon::run(daemon::DaemonOptions {
                         listen,
                         exited_retention: Duration::from_secs(exited_retention),
-                        max_sockets,
                         ring_buffer_bytes: ring_buffer_mib << 20,
                         kernel_log_level,
                         reconcile_interval: Duration::from_secs(reconcile_interval),

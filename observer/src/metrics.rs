@@ -28,10 +28,10 @@ use crate::views::process_totals;
 #[derive(Clone, Debug, Default)]
 pub struct KernelStatus {
     pub counters: KernelCounters,
-    /// Entries in the socket-owner map at the last count.
-    pub socket_map_entries: u64,
-    /// Owner records the LRU map dropped to make room (see [`eviction_lower_bound`]).
-    pub socket_map_evictions: u64,
+    /// Entries in the listener map at the last count.
+    pub listener_map_entries: u64,
+    /// Listener records the LRU map dropped to make room (see [`eviction_lower_bound`]).
+    pub listener_map_evictions: u64,
     pub features: Features,
 }
 
@@ -480,16 +480,21 @@ impl Collector for ObserverCollector {
             None,
             Counter,
         )?;
-        counter(&mut m, &vec![("map", "sockets".into())], kernel.socket_map_evictions)?;
+        counter(&mut m, &vec![("map", "listeners".into())], kernel.listener_map_evictions)?;
         let mut m = enc.encode_descriptor(
             "observer_map_insert_failures",
             "Records the kernel could not insert into a map",
             None,
             Counter,
         )?;
-        for (map, n) in [("sockets", c.socket_insert_failed), ("listeners", c.listener_insert_failed)] {
-            counter(&mut m, &vec![("map", map.to_string())], n)?;
-        }
+        counter(&mut m, &vec![("map", "listeners".to_string())], c.listener_insert_failed)?;
+        single(
+            &mut enc,
+            "observer_socket_storage_failures",
+            "Sockets the kernel could not give storage to (not tracked)",
+            Counter,
+            c.storage_failed,
+        )?;
         single(
             &mut enc,
             "observer_unattributed_events",
@@ -534,10 +539,10 @@ impl Collector for ObserverCollector {
         )?;
         single(
             &mut enc,
-            "observer_socket_map_entries",
-            "Entries in the kernel's socket-owner map",
+            "observer_listener_map_entries",
+            "Entries in the kernel's listener map",
             Gauge,
-            kernel.socket_map_entries,
+            kernel.listener_map_entries,
         )?;
         let mut m = enc.encode_descriptor(
             "observer_feature_enabled",
@@ -586,6 +591,7 @@ mod tests {
                 error: 0,
                 netns: Some(1),
                 io: IoCounts::default(),
+                has_tuple: true,
             });
         }
     }

@@ -9,7 +9,7 @@ use aya::maps::Map;
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::{BtfTracePoint, Iter, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
-use observer_common::{AF_INET, AF_INET6, IoRecord, KernelOffsets, ListenerKey, ListenerValue, Owner, counter, names};
+use observer_common::{AF_INET, AF_INET6, IoRecord, ListenerKey, ListenerValue, Owner, counter, names};
 
 use crate::aggregate::SeedSocket;
 use crate::model::{IoCounts, ProcessKey, TcpState};
@@ -21,8 +21,6 @@ use crate::tracefs::{self, Expected};
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
 
 pub struct Options {
-    /// Capacity of the socket-owner map.
-    pub max_sockets: u32,
     /// Ring buffer size in bytes (a power of two, multiple of the page size).
     pub ring_buffer_bytes: u32,
     /// aya-log level for kernel-side diagnostics (0 = off, 1 = error ... 5 = trace).
@@ -32,25 +30,23 @@ pub struct Options {
 /// Which optional features are working.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Features {
-    /// Struct offsets from BTF: network namespaces, sk_err, process start times.
-    pub kernel_offsets: bool,
+    /// Errors the kernel reports on sockets (`inet_sk_error_report`).
     pub error_reports: bool,
+    /// Resets sent and received (`tcp_send_reset`, `tcp_receive_reset`).
     pub resets: bool,
-    pub socket_cleanup: bool,
+    /// Process exits as they happen (`sched/sched_process_exit`, through tracefs).
     pub process_exits: bool,
     /// Requests and bytes per connection, and accepted connections charged to the process that
-    /// uses them (`sock/sock_send_length`, `sock/sock_recv_length`).
+    /// uses them (`sock_send_length`, `sock_recv_length`, the socket-storage iterator).
     pub requests: bool,
 }
 
 impl Features {
     /// (name, working) for each feature, in a fixed order.
-    pub fn list(&self) -> [(&'static str, bool); 6] {
+    pub fn list(&self) -> [(&'static str, bool); 4] {
         [
-            ("kernel_offsets", self.kernel_offsets),
             ("error_reports", self.error_reports),
             ("resets", self.resets),
-            ("socket_cleanup", self.socket_cleanup),
             ("process_exits", self.process_exits),
             ("requests", self.requests),
         ]
@@ -61,9 +57,9 @@ impl Features {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct KernelCounters {
     pub events_lost: u64,
-    pub socket_insert_failed: u64,
-    pub socket_inserted: u64,
-    pub socket_deleted: u64,
+    pub storage_failed: u64,
+    pub listener_inserted: u64,
+    pub listener_deleted: u64,
     pub listener_insert_failed: u64,
 }
 
@@ -115,88 +111,75 @@ impl Probes {
             );
         }
         check_privileges()?;
-        let tracefs = tracefs::ensure_mounted()?;
-        // The one hook we cannot work without.
-        tracefs::check(&tracefs, &tracefs::INET_SOCK_SET_STATE)?;
+        // The socket programs are BTF tracepoints and read the socket at offsets from BTF.
+        let offsets = btf_offsets::from_file(Path::new(btf_offsets::VMLINUX_BTF))
+            .context("observer needs the kernel's BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF=y)")?;
+        let btf = Btf::from_sys_fs()
+            .context("observer needs the kernel's BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF=y)")?;
         raise_memlock();
 
         let mut features = Features::default();
-        let offsets = match btf_offsets::from_file(Path::new(btf_offsets::VMLINUX_BTF)) {
-            Ok(o) => {
-                features.kernel_offsets = true;
-                o
-            }
+        // Only the process-exit tracepoint goes through tracefs.
+        let tracefs = match tracefs::ensure_mounted() {
+            Ok(t) => Some(t),
             Err(e) => {
-                log::warn!(
-                    "kernel BTF unusable ({e:#}): no network namespaces, connect error details or process start times"
-                );
-                KernelOffsets::zeroed()
+                log::warn!("{e:#}: exits are found by polling /proc");
+                None
             }
         };
-        let exit_fields = tracefs::check(&tracefs, &tracefs::SCHED_PROCESS_EXIT).ok();
+        let exit_fields = tracefs.as_ref().and_then(|t| tracefs::check(t, &tracefs::SCHED_PROCESS_EXIT).ok());
         let group_dead_offset: u32 = exit_fields
             .as_ref()
             .and_then(|f| f.iter().find(|f| f.name == "group_dead" && f.size == 1))
             .map_or(0, |f| f.offset as u32);
 
-        let btf = Btf::from_sys_fs().ok();
         let mut ebpf = EbpfLoader::new()
-            .btf(btf.as_ref())
+            .btf(Some(&btf))
             .override_global(names::OFFSETS, &offsets, true)
             .override_global(names::EXIT_GROUP_DEAD_OFFSET, &group_dead_offset, true)
             .override_global("AYA_LOG_LEVEL", &opts.kernel_log_level, false)
-            .map_max_entries(names::SOCKETS, opts.max_sockets)
             .map_max_entries(names::EVENTS, opts.ring_buffer_bytes)
             .load(EBPF_OBJECT)
             .map_err(|e| anyhow!("loading the eBPF programs failed: {e}"))?;
 
-        attach_tracepoint(&mut ebpf, "inet_sock_set_state", &tracefs::INET_SOCK_SET_STATE, &tracefs)
-            .context("attaching to sock/inet_sock_set_state")?;
+        // The one hook observer cannot work without.
+        attach_btf_tracepoint(&mut ebpf, &btf, "inet_sock_set_state", "inet_sock_set_state")
+            .context("the kernel has no usable sock/inet_sock_set_state tracepoint")?;
 
-        let mut optional = |prog: &str, tp: &Expected, what: &str| -> bool {
-            match tracefs::check(&tracefs, tp).and_then(|_| attach_tracepoint(&mut ebpf, prog, tp, &tracefs)) {
+        let mut optional = |prog: &str, what: &str| -> bool {
+            match attach_btf_tracepoint(&mut ebpf, &btf, prog, prog) {
                 Ok(()) => true,
                 Err(e) => {
-                    log::warn!("{}/{} unavailable ({e:#}): {what}", tp.category, tp.name);
+                    log::warn!("tracepoint {prog} unavailable ({e:#}): {what}");
                     false
                 }
             }
         };
-        let sent = optional("tcp_send_reset", &tracefs::TCP_SEND_RESET, "resets sent are not counted");
-        let received = optional("tcp_receive_reset", &tracefs::TCP_RECEIVE_RESET, "resets received are not counted");
+        features.error_reports = optional("inet_sk_error_report", "socket errors are not counted");
+        let sent = optional("tcp_send_reset", "resets sent are not counted");
+        let received = optional("tcp_receive_reset", "resets received are not counted");
         features.resets = sent && received;
-        features.socket_cleanup = optional(
-            "tcp_destroy_sock",
-            &tracefs::TCP_DESTROY_SOCK,
-            "socket owner records are only reclaimed by LRU eviction",
-        );
-        features.process_exits =
-            optional("sched_process_exit", &tracefs::SCHED_PROCESS_EXIT, "exits are found by polling /proc");
-        let mut btf_optional = |prog: &str, target: &str, what: &str| -> bool {
-            match attach_btf_tracepoint(&mut ebpf, btf.as_ref(), prog, target) {
-                Ok(()) => true,
-                Err(e) => {
-                    log::warn!("BTF tracepoint {prog} unavailable ({e:#}): {what}");
-                    false
-                }
-            }
-        };
-        if features.kernel_offsets {
-            features.error_reports =
-                btf_optional("inet_sk_error_report", "inet_sk_error_report", "socket errors are not counted");
-        }
-        let lost = "requests and bytes per connection are not counted";
-        features.requests = btf_optional("inet_sock_set_state_io", "inet_sock_set_state", lost)
-            && btf_optional("sock_send_length", "sock_send_length", lost)
-            && btf_optional("sock_recv_length", "sock_recv_length", lost);
+        let lost = "requests and bytes are not counted, accepted connections stay charged to the listener's owner";
+        features.requests = optional("sock_send_length", lost) && optional("sock_recv_length", lost);
         let mut io_iter = None;
         if features.requests {
-            match attach_io_iterator(&mut ebpf, btf.as_ref()) {
+            match attach_io_iterator(&mut ebpf, &btf) {
                 Ok(fd) => io_iter = Some(fd),
                 Err(e) => log::warn!(
                     "socket storage iterator unavailable ({e:#}): requests on open connections are only counted when they close"
                 ),
             }
+        }
+        if let Some(t) = &tracefs {
+            features.process_exits = match tracefs::check(t, &tracefs::SCHED_PROCESS_EXIT)
+                .and_then(|_| attach_tracepoint(&mut ebpf, "sched_process_exit", &tracefs::SCHED_PROCESS_EXIT))
+            {
+                Ok(()) => true,
+                Err(e) => {
+                    log::warn!("sched/sched_process_exit unavailable ({e:#}): exits are found by polling /proc");
+                    false
+                }
+            };
         }
         Ok(Probes { ebpf, features, io_iter })
     }
@@ -224,9 +207,9 @@ impl Probes {
         let get = |i: u32| -> Result<u64> { Ok(arr.get(&i, 0)?.iter().sum()) };
         Ok(KernelCounters {
             events_lost: get(counter::EVENTS_LOST)?,
-            socket_insert_failed: get(counter::SOCKET_INSERT_FAILED)?,
-            socket_inserted: get(counter::SOCKET_INSERTED)?,
-            socket_deleted: get(counter::SOCKET_DELETED)?,
+            storage_failed: get(counter::STORAGE_FAILED)?,
+            listener_inserted: get(counter::LISTENER_INSERTED)?,
+            listener_deleted: get(counter::LISTENER_DELETED)?,
             listener_insert_failed: get(counter::LISTENER_INSERT_FAILED)?,
         })
     }
@@ -256,16 +239,6 @@ impl Probes {
         n
     }
 
-    /// Record owners learnt in user space in the kernel's socket map.
-    pub fn set_owners(&mut self, owners: &[(u64, ProcessKey, String)]) {
-        let Some(map) = self.ebpf.map_mut(names::SOCKETS) else { return };
-        let Ok(mut m) = BpfHashMap::<&mut MapData, u64, Owner>::try_from(map) else { return };
-        for (sk, key, comm) in owners {
-            // BPF_NOEXIST: never overwrite an owner the kernel recorded itself.
-            let _ = m.insert(sk, kernel_owner(key, comm), 1);
-        }
-    }
-
     /// The I/O counters of every socket that has them, read in one pass of the socket-storage
     /// iterator.
     pub fn io_counters(&self) -> Result<Vec<(u64, IoCounts)>> {
@@ -283,10 +256,10 @@ impl Probes {
             .collect())
     }
 
-    /// Entries in the kernel's socket-owner map now (walks the map: not for hot paths).
-    pub fn socket_map_entries(&self) -> Result<u64> {
-        let map = self.ebpf.map(names::SOCKETS).ok_or_else(|| anyhow!("SOCKETS map missing"))?;
-        let m: BpfHashMap<&MapData, u64, Owner> = BpfHashMap::try_from(map)?;
+    /// Entries in the kernel's listener map now (walks the map).
+    pub fn listener_map_entries(&self) -> Result<u64> {
+        let map = self.ebpf.map(names::LISTENERS).ok_or_else(|| anyhow!("LISTENERS map missing"))?;
+        let m: BpfHashMap<&MapData, ListenerKey, ListenerValue> = BpfHashMap::try_from(map)?;
         Ok(m.keys().filter(|k| k.is_ok()).count() as u64)
     }
 }
@@ -317,11 +290,10 @@ fn bpf(cmd: libc::c_long, attr: &mut [u8; BPF_ATTR_SIZE]) -> std::io::Result<Own
 /// Load the socket-storage iterator and link it to the `SOCK_IO` map. aya's `Iter::attach`
 /// cannot pass a map to the link, so the link is created with the bpf() syscall directly:
 /// `link_create { prog_fd, target_fd, attach_type, flags, iter_info, iter_info_len }`.
-fn attach_io_iterator(ebpf: &mut Ebpf, btf: Option<&Btf>) -> Result<OwnedFd> {
-    let btf = btf.ok_or_else(|| anyhow!("no kernel BTF"))?;
-    let map_fd = match ebpf.map("SOCK_IO") {
+fn attach_io_iterator(ebpf: &mut Ebpf, btf: &Btf) -> Result<OwnedFd> {
+    let map_fd = match ebpf.map(names::SOCKS) {
         Some(Map::SkStorage(m)) => m.fd().as_fd().as_raw_fd(),
-        _ => bail!("SOCK_IO socket storage map missing"),
+        _ => bail!("SOCKS socket storage map missing"),
     };
     let p: &mut Iter =
         ebpf.program_mut("dump_sock_io").ok_or_else(|| anyhow!("program dump_sock_io missing"))?.try_into()?;
@@ -345,8 +317,7 @@ fn bpf_iter_create(link: &OwnedFd) -> Result<OwnedFd> {
 }
 
 /// Attach program `prog` to the BTF tracepoint `target`.
-fn attach_btf_tracepoint(ebpf: &mut Ebpf, btf: Option<&Btf>, prog: &str, target: &str) -> Result<()> {
-    let btf = btf.ok_or_else(|| anyhow!("no kernel BTF"))?;
+fn attach_btf_tracepoint(ebpf: &mut Ebpf, btf: &Btf, prog: &str, target: &str) -> Result<()> {
     let p: &mut BtfTracePoint =
         ebpf.program_mut(prog).ok_or_else(|| anyhow!("program {prog} missing from the object"))?.try_into()?;
     p.load(target, btf)?;
@@ -354,7 +325,7 @@ fn attach_btf_tracepoint(ebpf: &mut Ebpf, btf: Option<&Btf>, prog: &str, target:
     Ok(())
 }
 
-fn attach_tracepoint(ebpf: &mut Ebpf, prog: &str, tp: &Expected, _tracefs: &Path) -> Result<()> {
+fn attach_tracepoint(ebpf: &mut Ebpf, prog: &str, tp: &Expected) -> Result<()> {
     let p: &mut TracePoint =
         ebpf.program_mut(prog).ok_or_else(|| anyhow!("program {prog} missing from the object"))?.try_into()?;
     p.load()?;

@@ -90,48 +90,6 @@ pub fn check(root: &Path, e: &Expected) -> Result<Vec<Field>> {
     Ok(fields)
 }
 
-pub const INET_SOCK_SET_STATE: Expected = Expected {
-    category: "sock",
-    name: "inet_sock_set_state",
-    fields: &[
-        ("skaddr", 8, 8),
-        ("oldstate", 16, 4),
-        ("newstate", 20, 4),
-        ("sport", 24, 2),
-        ("dport", 26, 2),
-        ("family", 28, 2),
-        ("protocol", 30, 2),
-        ("saddr", 32, 4),
-        ("daddr", 36, 4),
-        ("saddr_v6", 40, 16),
-        ("daddr_v6", 56, 16),
-    ],
-};
-
-pub const TCP_SEND_RESET: Expected = Expected {
-    category: "tcp",
-    name: "tcp_send_reset",
-    fields: &[("skaddr", 16, 8), ("state", 24, 4), ("saddr", 32, 28), ("daddr", 60, 28)],
-};
-
-pub const TCP_RECEIVE_RESET: Expected = Expected {
-    category: "tcp",
-    name: "tcp_receive_reset",
-    fields: &[
-        ("skaddr", 8, 8),
-        ("sport", 16, 2),
-        ("dport", 18, 2),
-        ("family", 20, 2),
-        ("saddr", 22, 4),
-        ("daddr", 26, 4),
-        ("saddr_v6", 30, 16),
-        ("daddr_v6", 46, 16),
-    ],
-};
-
-pub const TCP_DESTROY_SOCK: Expected =
-    Expected { category: "tcp", name: "tcp_destroy_sock", fields: &[("skaddr", 8, 8)] };
-
 pub const SCHED_PROCESS_EXIT: Expected =
     Expected { category: "sched", name: "sched_process_exit", fields: &[("pid", 24, 4)] };
 

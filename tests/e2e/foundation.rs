@@ -233,7 +233,8 @@ fn metrics_carry_the_same_figures() {
     assert!(tw.ends_with(" 7"), "{tw}");
     assert_eq!(line("observer_connection_lifetime_seconds_count{"), 7.0);
     assert!(text.contains("\nobserver_events_lost_total 0\n"), "lost events");
-    assert!(text.contains("observer_map_evictions_total{map=\"sockets\"} 0"));
+    assert!(text.contains("observer_map_evictions_total{map=\"listeners\"} 0"));
+    assert!(text.contains("\nobserver_socket_storage_failures_total 0\n"));
     drop(c);
 }
 

@@ -87,11 +87,25 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(extra: &[&str]) -> Daemon {
+        Daemon::start_wrapped(&[], extra)
+    }
+
+    /// Start the daemon through a wrapper command (`wrapper... observer daemon ...`), e.g. to run
+    /// it in a namespace or with fewer privileges.
+    pub fn start_wrapped(wrapper: &[&str], extra: &[&str]) -> Daemon {
         let port = free_port();
         let log = std::env::temp_dir().join(format!("observer-e2e-{}-{port}.log", std::process::id()));
         let logf = std::fs::File::create(&log).expect("log file");
         let listen = format!("127.0.0.1:{port}");
-        let mut cmd = Command::new(observer_bin());
+        let bin = observer_bin();
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
         cmd.args(["daemon", "--listen", &listen, "--log-level", "info"]).args(extra).stdout(Stdio::null()).stderr(logf);
         die_with_parent(&mut cmd, libc::SIGTERM);
         let child = cmd.spawn().expect("spawn observer daemon");

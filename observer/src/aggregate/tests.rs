@@ -51,7 +51,9 @@ impl Sock {
             remote: self.remote,
             error,
             netns: Some(7),
-            io: self.io,
+            // The kernel hands the final counters over with the close.
+            io: if matches!(kind, EventKind::State { new: Close, .. }) { self.io } else { IoCounts::default() },
+            has_tuple: true,
         }
     }
 
@@ -401,7 +403,6 @@ fn seeded_sockets_count_at_once_and_are_adopted_by_their_first_event() {
     s.state(&mut a, CloseWait, LastAck);
     assert_eq!(out(&a, 12, "10.0.0.9:443").sockets.get(LastAck), 1);
     assert_eq!(out(&a, 12, "10.0.0.9:443").sockets.get(CloseWait), 0);
-    assert_eq!(a.take_kernel_owner_updates(), vec![(0x77, key(12), "proc12".to_string())]);
     s.close_with(&mut a, LastAck, 0);
     assert_eq!(out(&a, 12, "10.0.0.9:443").sockets.total(), 0);
     assert_eq!(out(&a, 12, "10.0.0.9:443").closed_by_peer, 0, "its close was counted before we looked");
@@ -454,9 +455,6 @@ fn requests_on_a_long_lived_connection_are_flushed_then_handed_over_at_close() {
     s.state(&mut a, Established, FinWait1);
     s.state(&mut a, FinWait1, FinWait2);
     s.close_with(&mut a, FinWait2, 0);
-    assert_eq!(out(&a, 100, "127.0.0.1:8080").requests, 50, "final counters not in yet");
-    s.other(&mut a, EventKind::IoFinal, 0);
-    s.other(&mut a, EventKind::IoFinal, 0);
     let st = out(&a, 100, "127.0.0.1:8080");
     assert_eq!(st.requests, 100);
     assert_eq!(st.bytes_sent, 10_000);
@@ -475,14 +473,7 @@ fn one_request_per_connection_without_reuse() {
         s.state(&mut a, SynSent, Established);
         s.state(&mut a, Established, FinWait1);
         s.state(&mut a, FinWait1, FinWait2);
-        // Either order of IO_FINAL and CLOSE.
-        if i % 2 == 0 {
-            s.other(&mut a, EventKind::IoFinal, 0);
-            s.close_with(&mut a, FinWait2, 0);
-        } else {
-            s.close_with(&mut a, FinWait2, 0);
-            s.other(&mut a, EventKind::IoFinal, 0);
-        }
+        s.close_with(&mut a, FinWait2, 0);
     }
     let st = out(&a, 100, "127.0.0.1:8080");
     assert_eq!((st.connections, st.requests), (100, 100));
@@ -502,7 +493,6 @@ fn server_requests_start_with_a_receive() {
     c.state(&mut a, Established, CloseWait);
     c.state(&mut a, CloseWait, LastAck);
     c.close_with(&mut a, LastAck, 0);
-    c.other(&mut a, EventKind::IoFinal, 0);
     let st = inb(&a, 10, "0.0.0.0:6379");
     assert_eq!(st.requests, 4);
     assert_eq!(st.connections, 1);
@@ -590,4 +580,17 @@ fn pruning_a_leaking_process_clears_its_finding() {
     let changes = a.take_alert_changes();
     assert_eq!(changes.len(), 1);
     assert!(!changes[0].started);
+}
+
+#[test]
+fn a_compact_transition_of_an_unknown_socket_is_not_guessed_at() {
+    let mut a = Aggregator::default();
+    let mut s = Sock::new(1, 100, "127.0.0.1:40000", "127.0.0.1:8080");
+    let mut ev = s.ev(EventKind::State { old: Established, new: FinWait1 }, 0);
+    ev.has_tuple = false;
+    ev.owner = None;
+    a.apply(&ev);
+    assert_eq!(a.stats.unattributed_events, 1);
+    assert_eq!(a.processes().count(), 0);
+    assert_eq!(a.tracked_sockets(), 0);
 }
