@@ -8,7 +8,9 @@
 //! owner, its direction and its peer: the remote endpoint for outbound sockets, the local
 //! listening endpoint for inbound ones (never the client's ephemeral port).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+use hashbrown::{HashMap, HashSet};
 use std::net::SocketAddr;
 
 use crate::closewait::{CloseWaitConfig, CloseWaitTracker, Status as CloseWaitStatus, Verdict};
@@ -241,8 +243,8 @@ type PeerKey = (ProcessKey, Direction, Endpoint);
 /// Counters about the aggregation itself.
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
-    /// Events applied, by kind name.
-    pub events: BTreeMap<&'static str, u64>,
+    /// Events applied, by kind ([`EventKind::index`]).
+    pub events: [u64; EventKind::NAMES.len()],
     /// Events about sockets whose owner the kernel did not know (created before the daemon
     /// started, or evicted from the kernel's socket map).
     pub unattributed_events: u64,
@@ -359,7 +361,7 @@ impl Aggregator {
             }
         }
         let now_leaking: HashSet<PeerKey> = leaking.iter().map(|(k, _, _)| *k).collect();
-        let cleared: Vec<PeerKey> = self.findings.keys().filter(|k| !now_leaking.contains(k)).copied().collect();
+        let cleared: Vec<PeerKey> = self.findings.keys().filter(|k| !now_leaking.contains(*k)).copied().collect();
         for key in cleared {
             let since_ns = self.findings.remove(&key).unwrap_or(now_ns);
             let comm = self.processes.get(&key.0.pid).map(|p| p.comm.clone()).unwrap_or_default();
@@ -375,7 +377,7 @@ impl Aggregator {
             });
         }
         for (key, comm, status) in leaking {
-            if let std::collections::hash_map::Entry::Vacant(e) = self.findings.entry(key) {
+            if let hashbrown::hash_map::Entry::Vacant(e) = self.findings.entry(key) {
                 e.insert(now_ns);
                 self.alert_changes.push(AlertChange {
                     started: true,
@@ -539,7 +541,7 @@ impl Aggregator {
     // ----------------------------------------------------------------------------------------
 
     pub fn apply(&mut self, ev: &SocketEvent) {
-        *self.stats.events.entry(ev.kind.name()).or_default() += 1;
+        self.stats.events[ev.kind.index()] += 1;
         match ev.kind {
             EventKind::State { old, new } => self.on_state(ev, old, new),
             EventKind::Claim => self.on_claim(ev),
@@ -577,7 +579,7 @@ impl Aggregator {
             let old = p.key;
             self.prune(old, now_ns);
         }
-        self.processes.insert(owner.key.pid, Process::new(owner.key, owner.comm.clone()));
+        self.processes.insert(owner.key.pid, Process::new(owner.key, owner.comm.to_string()));
         self.new_processes.push(owner.key);
         Some(owner.key)
     }

@@ -8,7 +8,47 @@ use crate::model::{Endpoint, IoCounts, ProcessKey, TICK_NS, TcpState};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Owner {
     pub key: ProcessKey,
-    pub comm: String,
+    pub comm: Comm,
+}
+
+/// A task's `comm` as the kernel stores it (NUL-padded): decoded only when a process is first
+/// seen, not for every event.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Comm(pub [u8; 16]);
+
+impl Comm {
+    pub fn as_bytes(&self) -> &[u8] {
+        let end = self.0.iter().position(|&b| b == 0).unwrap_or(self.0.len());
+        &self.0[..end]
+    }
+}
+
+impl std::fmt::Display for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&String::from_utf8_lossy(self.as_bytes()))
+    }
+}
+
+impl std::fmt::Debug for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.to_string())
+    }
+}
+
+/// At most 15 bytes, as the kernel keeps them.
+impl From<&str> for Comm {
+    fn from(s: &str) -> Comm {
+        let mut c = [0u8; 16];
+        let n = s.len().min(15);
+        c[..n].copy_from_slice(&s.as_bytes()[..n]);
+        Comm(c)
+    }
+}
+
+impl From<String> for Comm {
+    fn from(s: String) -> Comm {
+        Comm::from(s.as_str())
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,14 +66,18 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub fn name(self) -> &'static str {
+    /// The kinds' names, in [`EventKind::index`] order.
+    pub const NAMES: [&'static str; 6] =
+        ["state", "claim", "error_report", "reset_sent", "reset_received", "process_exit"];
+
+    pub fn index(self) -> usize {
         match self {
-            EventKind::State { .. } => "state",
-            EventKind::Claim => "claim",
-            EventKind::ErrorReport => "error_report",
-            EventKind::ResetSent => "reset_sent",
-            EventKind::ResetReceived => "reset_received",
-            EventKind::ProcessExit => "process_exit",
+            EventKind::State { .. } => 0,
+            EventKind::Claim => 1,
+            EventKind::ErrorReport => 2,
+            EventKind::ResetSent => 3,
+            EventKind::ResetReceived => 4,
+            EventKind::ProcessExit => 5,
         }
     }
 }
@@ -75,12 +119,6 @@ impl std::fmt::Display for DecodeError {
             DecodeError::UnknownState(s) => write!(f, "unknown TCP state {s}"),
         }
     }
-}
-
-/// `comm` bytes up to the first NUL.
-pub fn comm_str(comm: &[u8]) -> String {
-    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-    String::from_utf8_lossy(&comm[..end]).into_owned()
 }
 
 /// Decode one ring-buffer record: an [`Event`], or a compact [`Transition`].
@@ -133,7 +171,7 @@ pub fn from_raw(raw: &Event) -> Result<SocketEvent, DecodeError> {
     };
     let owner = (raw.flags & flags::OWNER_KNOWN != 0 && raw.owner.tgid != 0).then(|| Owner {
         key: ProcessKey { pid: raw.owner.tgid, start_ns: raw.owner.start_ns / TICK_NS * TICK_NS },
-        comm: comm_str(&raw.owner.comm),
+        comm: Comm(raw.owner.comm),
     });
     Ok(SocketEvent {
         ts_ns: raw.ts_ns,
@@ -188,7 +226,7 @@ mod tests {
         assert_eq!(ev.remote.to_string(), "10.1.2.3:80");
         let owner = ev.owner.unwrap();
         assert_eq!(owner.key, ProcessKey { pid: 1234, start_ns: 1_230_000_000 }, "truncated to a /proc tick");
-        assert_eq!(owner.comm, "python3");
+        assert_eq!(owner.comm.to_string(), "python3");
         assert_eq!(ev.netns, Some(4026531840));
     }
 

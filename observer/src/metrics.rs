@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use crate::aggregate::{Aggregator, PeerStats, Process};
 use crate::closewait::{CloseWaitConfig, Status as CloseWaitStatus, Verdict};
 use crate::daemon::monotonic_ns;
+use crate::event::EventKind;
 use crate::exphist::ExpHistogram;
 use crate::lifetime::Lifetimes;
 use crate::model::{Direction, Endpoint, FAILURE_REASONS, FailureCounts, ProcessKey, StateCounts, errno_name};
@@ -455,8 +456,10 @@ impl Collector for ObserverCollector {
 
         // About observer itself.
         let mut m = enc.encode_descriptor("observer_events", "Kernel events applied, by kind", None, Counter)?;
-        for (kind, n) in &agg.stats.events {
-            counter(&mut m, &vec![("kind", kind.to_string())], *n)?;
+        for (kind, n) in EventKind::NAMES.iter().zip(&agg.stats.events) {
+            if *n > 0 {
+                counter(&mut m, &vec![("kind", kind.to_string())], *n)?;
+            }
         }
         let c = &kernel.counters;
         let none: Labels = Vec::new();

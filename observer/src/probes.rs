@@ -12,6 +12,7 @@ use aya::{Btf, Ebpf, EbpfLoader};
 use observer_common::{AF_INET, AF_INET6, IoRecord, ListenerKey, ListenerValue, Owner, counter, names};
 
 use crate::aggregate::SeedSocket;
+use crate::event::Comm;
 use crate::model::{IoCounts, ProcessKey, TcpState};
 
 use crate::btf_offsets;
@@ -264,11 +265,8 @@ impl Probes {
     }
 }
 
-fn kernel_owner(key: &ProcessKey, comm: &str) -> Owner {
-    let mut c = [0u8; 16];
-    let n = comm.len().min(15);
-    c[..n].copy_from_slice(&comm.as_bytes()[..n]);
-    Owner { tgid: key.pid, _pad: 0, start_ns: key.start_ns, comm: c }
+fn kernel_owner(key: &ProcessKey, comm: &Comm) -> Owner {
+    Owner { tgid: key.pid, _pad: 0, start_ns: key.start_ns, comm: comm.0 }
 }
 
 const BPF_LINK_CREATE: libc::c_long = 28;

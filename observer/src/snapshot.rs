@@ -85,7 +85,7 @@ pub fn take() -> Result<Vec<SeedSocket>> {
                 local: Endpoint(s.local),
                 remote: Endpoint(s.remote),
                 state: s.state,
-                owner: Owner { key: p.key, comm: p.comm.clone() },
+                owner: Owner { key: p.key, comm: p.comm.as_str().into() },
             });
         }
     }

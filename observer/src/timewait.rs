@@ -8,7 +8,7 @@
 //! entries the kernel dropped early (port reuse, RST, bucket overflow) go, and the kernel's
 //! sub-state (TIME_WAIT, or FIN_WAIT2 while the peer has not closed yet) is adopted.
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 use std::net::SocketAddr;
 
 use crate::model::{Direction, Endpoint, ProcessKey, StateCounts, TcpState};

@@ -228,7 +228,7 @@ fn peer_sockets(agg: &Aggregator, p: &Process, direction: Direction, peer: Endpo
     s
 }
 
-fn sorted(m: &std::collections::HashMap<Endpoint, PeerStats>) -> Vec<(&Endpoint, &PeerStats)> {
+fn sorted(m: &hashbrown::HashMap<Endpoint, PeerStats>) -> Vec<(&Endpoint, &PeerStats)> {
     let mut v: Vec<_> = m.iter().collect();
     v.sort_by_key(|(e, _)| **e);
     v

@@ -16,7 +16,7 @@ fn ep(s: &str) -> Endpoint {
 }
 
 fn owner(pid: u32) -> Owner {
-    Owner { key: ProcessKey { pid, start_ns: 1000 + u64::from(pid) }, comm: format!("proc{pid}") }
+    Owner { key: ProcessKey { pid, start_ns: 1000 + u64::from(pid) }, comm: format!("proc{pid}").into() }
 }
 
 fn key(pid: u32) -> ProcessKey {
