@@ -1,9 +1,12 @@
-//! `cargo xtask bench`: overhead of observer on the services it watches, measured side by side
-//! in one run (setups alternate round by round), written to bench/results.md.
+//! `cargo xtask bench`: what observer costs the services it watches, measured side by side in
+//! one run: every setup (no tracer, observer, a naive bpftrace script, `ss -tanp` polling) runs
+//! in every round, in a rotated order, against the same nginx. Results go to bench/results.md
+//! and bench/results.png.
 //!
 //! All traffic is on loopback; every load run is bounded in time (wrk -d) and killed if it
-//! overruns.
+//! overruns; every server and tracer is stopped when the bench ends.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -12,31 +15,171 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, anyhow, bail};
 
 /// Seconds of load per round.
-const ROUND_SECONDS: u64 = 3;
-/// Rounds per setup. Throughput on a 2-core VM varies by several percent from one round to
-/// the next whatever runs, so the estimate is the median of per-pair ratios (each observer
-/// round against the baseline round next to it), over many pairs.
-const ROUNDS: usize = 16;
+const ROUND_SECONDS: u64 = 4;
+/// CPUs the load generator is pinned to (nginx and the tracers are not pinned).
+const CLIENT_CPU: &str = "1";
+/// wrk connections and threads.
+const CONNECTIONS: u32 = 20;
+const THREADS: u32 = 1;
+/// Connections held open for the scale case.
+const SCALE_CONNECTIONS: u32 = 10_000;
+/// API calls timed in the scale case.
+const API_CALLS: usize = 1000;
+
+/// The font the plot's text is drawn with (Debian's fonts-dejavu-core).
+pub const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+
+/// The setups of `bench reuse`, and of the full workloads.
+pub const REUSE_SETUPS: &[Setup] = &[Setup::None, Setup::Observer];
+pub const ALL_SETUPS: &[Setup] = &[Setup::None, Setup::Observer, Setup::Bpftrace, Setup::SsPoll];
+
+/// The sections of bench/results.md, in order: (case, heading).
+const SECTIONS: &[(&str, &str)] = &[
+    ("targets", "Targets"),
+    ("reuse", "Keep-alive reuse: observer against no tracer (`cargo xtask bench reuse`)"),
+    ("keepalive", "Keep-alive (`cargo xtask bench keepalive`)"),
+    ("close", "Connection per request (`cargo xtask bench close`)"),
+    ("scale", "Scale: 10,000 connections (`cargo xtask bench scale`)"),
+];
 
 /// The programs observer loads.
 const PROGRAMS: &[&str] = &[
     "inet_sock_set_state",
-    "inet_sock_set_state_io",
-    "tcp_send_reset",
-    "tcp_receive_reset",
-    "tcp_destroy_sock",
-    "sched_process_exit",
-    "inet_sk_error_report",
     "sock_send_length",
     "sock_recv_length",
+    "tcp_send_reset",
+    "tcp_receive_reset",
+    "inet_sk_error_report",
+    "sched_process_exit",
     "dump_sock_io",
 ];
-/// CPUs the server and the load generator are pinned to (the daemon is not pinned).
-const SERVER_CPU: &str = "0";
-const CLIENT_CPU: &str = "1";
-/// wrk connections and threads.
-const CONNECTIONS: u32 = 50;
-const THREADS: u32 = 1;
+
+/// The naive peer: print every TCP state change, as people do with bpftrace.
+const BPFTRACE_SCRIPT: &str = "tracepoint:sock:inet_sock_set_state { printf(\"%d %s %s:%d -> %d %d>%d\\n\", pid, comm, ntop(args->saddr), args->sport, args->dport, args->oldstate, args->newstate); }";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Setup {
+    None,
+    Observer,
+    Bpftrace,
+    SsPoll,
+}
+
+impl Setup {
+    pub fn name(self) -> &'static str {
+        match self {
+            Setup::None => "no tracer",
+            Setup::Observer => "observer daemon",
+            Setup::Bpftrace => "bpftrace printing each transition",
+            Setup::SsPoll => "`ss -tanp` every second",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// HTTP keep-alive: many sends and receives, few state changes.
+    KeepAlive,
+    /// `Connection: close`: a connection per request, many state changes.
+    ConnectionClose,
+}
+
+impl Workload {
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::KeepAlive => "keep-alive",
+            Workload::ConnectionClose => "connection per request",
+        }
+    }
+
+    fn wrk_args(self) -> &'static [&'static str] {
+        match self {
+            Workload::KeepAlive => &[],
+            Workload::ConnectionClose => &["-H", "Connection: close"],
+        }
+    }
+
+    /// The throughput ratio observer must keep.
+    fn target(self) -> f64 {
+        match self {
+            Workload::KeepAlive => 0.97,
+            Workload::ConnectionClose => 0.95,
+        }
+    }
+}
+
+/// Everything measured for one workload.
+pub struct WorkloadResult {
+    pub workload: Workload,
+    pub rounds: usize,
+    /// Requests per second per setup, one per round.
+    pub rps: HashMap<Setup, Vec<f64>>,
+    /// Observer's cost, from a round with kernel.bpf_stats_enabled.
+    pub cost: Cost,
+    /// Events the daemon lost over its rounds.
+    pub events_lost: u64,
+}
+
+impl WorkloadResult {
+    /// Median over rounds of the setup's throughput divided by the no-tracer throughput of the
+    /// same round.
+    pub fn ratio(&self, setup: Setup) -> Option<f64> {
+        let base = self.rps.get(&Setup::None)?;
+        let runs = self.rps.get(&setup)?;
+        let pairs: Vec<f64> = runs.iter().zip(base).map(|(r, b)| r / b).collect();
+        (!pairs.is_empty()).then(|| median(&pairs))
+    }
+
+    fn spread(&self) -> f64 {
+        let base = &self.rps[&Setup::None];
+        let (lo, hi) = base.iter().fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(*x), b.max(*x)));
+        100.0 * (hi - lo) / median(base)
+    }
+}
+
+/// What observer cost during one round.
+pub struct Cost {
+    pub rps: f64,
+    pub elapsed: f64,
+    /// CPU seconds the daemon used, and its peak RSS.
+    pub daemon_cpu: f64,
+    pub daemon_peak_rss_kib: u64,
+    /// (program, runs, ns) during the round.
+    pub programs: Vec<(String, u64, u64)>,
+}
+
+impl Cost {
+    fn requests(&self) -> f64 {
+        self.rps * self.elapsed
+    }
+
+    fn bpf_ns_per_request(&self) -> f64 {
+        self.programs.iter().map(|(_, _, ns)| *ns as f64).sum::<f64>() / self.requests()
+    }
+
+    fn daemon_ns_per_request(&self) -> f64 {
+        self.daemon_cpu * 1e9 / self.requests()
+    }
+
+    /// The highest per-run cost of any program that ran.
+    fn max_ns_per_run(&self) -> (String, f64) {
+        self.programs
+            .iter()
+            .filter(|(_, runs, _)| *runs > 0)
+            .map(|(n, runs, ns)| (n.clone(), *ns as f64 / *runs as f64))
+            .fold((String::new(), 0.0), |a, b| if b.1 > a.1 { b } else { a })
+    }
+}
+
+/// The scale case: many established connections held by one process.
+pub struct Scale {
+    pub connections: u64,
+    pub idle_rss_kib: u64,
+    pub loaded_rss_kib: u64,
+    pub api_p50_ms: f64,
+    pub api_p99_ms: f64,
+    pub api_max_ms: f64,
+}
 
 pub struct Bench {
     root: PathBuf,
@@ -44,13 +187,12 @@ pub struct Bench {
     work: PathBuf,
 }
 
-/// A child process killed when dropped.
+/// A child process stopped (SIGTERM, then SIGKILL) when dropped.
 struct Guard(Child, &'static str);
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        // SIGTERM first so that the daemon detaches cleanly.
-        unsafe_kill(self.0.id(), 15);
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.0.try_wait() {
@@ -64,21 +206,17 @@ impl Drop for Guard {
     }
 }
 
-fn unsafe_kill(pid: u32, sig: i32) {
-    let _ = Command::new("kill").args([format!("-{sig}"), pid.to_string()]).status();
-}
-
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn wait_port(port: u16, what: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !ready() {
         if Instant::now() > deadline {
-            bail!("{what} did not listen on port {port}");
+            bail!("{what} did not become ready in {timeout:?}");
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(100));
     }
     Ok(())
 }
@@ -87,12 +225,37 @@ fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let n = s.len();
+    if n == 0 {
+        return 0.0;
+    }
     if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
 }
 
 /// Requests per second from wrk's output ("Requests/sec:  12345.67").
 pub fn parse_wrk_rps(out: &str) -> Option<f64> {
     out.lines().find_map(|l| l.trim().strip_prefix("Requests/sec:")).and_then(|v| v.trim().parse().ok())
+}
+
+fn http_get(port: u16, path: &str) -> Result<String> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let (head, body) = out.split_once("\r\n\r\n").ok_or_else(|| anyhow!("bad HTTP answer"))?;
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        bail!("GET {path}: {}", head.lines().next().unwrap_or(""));
+    }
+    Ok(body.to_string())
 }
 
 impl Bench {
@@ -102,66 +265,33 @@ impl Bench {
         Ok(Bench { root: root.to_path_buf(), observer, work })
     }
 
-    fn start_nginx(&self, port: u16) -> Result<Guard> {
-        let dir = self.work.join("nginx");
+    fn start_nginx(&self, port: u16, connections: u32) -> Result<Guard> {
+        let dir = self.work.join(format!("nginx-{port}"));
         std::fs::create_dir_all(dir.join("tmp"))?;
         let conf = format!(
-            "daemon off;\nworker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log warn;\n\
-             events {{ worker_connections 4096; }}\n\
+            "daemon off;\nworker_processes 1;\nworker_rlimit_nofile {nofile};\npid {dir}/nginx.pid;\n\
+             error_log {dir}/error.log warn;\nevents {{ worker_connections {connections}; }}\n\
              http {{\n  access_log off;\n  client_body_temp_path {dir}/tmp;\n  proxy_temp_path {dir}/tmp;\n\
              fastcgi_temp_path {dir}/tmp;\n  uwsgi_temp_path {dir}/tmp;\n  scgi_temp_path {dir}/tmp;\n\
              keepalive_requests 10000000;\n  keepalive_timeout 300s;\n\
              server {{\n    listen 127.0.0.1:{port} backlog=4096;\n    location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n",
-            dir = dir.display()
+            dir = dir.display(),
+            nofile = connections * 2 + 100,
         );
         let path = dir.join("nginx.conf");
         std::fs::write(&path, conf)?;
-        let child = Command::new("taskset")
-            .args(["-c", SERVER_CPU, "nginx", "-c", &path.display().to_string(), "-p", &dir.display().to_string()])
+        let child = Command::new("nginx")
+            .args(["-c", &path.display().to_string(), "-p", &dir.display().to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .context("starting nginx")?;
         let g = Guard(child, "nginx");
-        wait_port(port, "nginx")?;
+        wait_until("nginx", Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok())?;
         Ok(g)
     }
 
-    /// One observer round with `kernel.bpf_stats_enabled`: what each program costs per hit,
-    /// and the daemon's own CPU time. (Stats add a little to every program run, so this round's
-    /// throughput is not used.)
-    fn cost_round(&self, url: &str, extra: &[&str]) -> Result<Cost> {
-        set_bpf_stats(true)?;
-        let result = (|| {
-            let (daemon, _api) = self.start_observer()?;
-            let pid = daemon.0.id();
-            let before = prog_stats()?;
-            let cpu0 = process_cpu_seconds(pid)?;
-            let t0 = Instant::now();
-            let rps = self.wrk(url, extra)?;
-            let elapsed = t0.elapsed().as_secs_f64();
-            let cpu1 = process_cpu_seconds(pid)?;
-            let after = prog_stats()?;
-            let rss_kib = process_rss_kib(pid)?;
-            drop(daemon);
-            let programs = PROGRAMS
-                .iter()
-                .map(|name| {
-                    // bpftool prints the full name from BTF, or the kernel's 15-character one.
-                    let short: String = name.chars().take(15).collect();
-                    let get = |m: &std::collections::HashMap<String, (u64, u64)>| {
-                        m.get(*name).or_else(|| m.get(&short)).copied().unwrap_or((0, 0))
-                    };
-                    let ((c0, t0), (c1, t1)) = (get(&before), get(&after));
-                    (name.to_string(), c1.saturating_sub(c0), t1.saturating_sub(t0))
-                })
-                .collect();
-            Ok(Cost { rps, elapsed, requests: rps * elapsed, daemon_cpu: cpu1 - cpu0, rss_kib, programs })
-        })();
-        set_bpf_stats(false)?;
-        result
-    }
-
+    /// The daemon, once its API answers and its start-up work has settled.
     fn start_observer(&self) -> Result<(Guard, u16)> {
         let port = free_port()?;
         let child = Command::new(&self.observer)
@@ -171,38 +301,59 @@ impl Bench {
             .spawn()
             .context("starting observer")?;
         let g = Guard(child, "observer");
-        // The port is bound before the programs load: wait until the API answers, then let the
-        // start-up work (BTF, snapshot) settle before measuring.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !healthy(port) {
-            if Instant::now() > deadline {
-                bail!("observer did not become healthy");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_until("observer", Duration::from_secs(30), || http_get(port, "/healthz").is_ok())?;
         std::thread::sleep(Duration::from_secs(1));
         Ok((g, port))
     }
 
+    /// A tracer for `setup` (None for no tracer), ready when this returns.
+    fn start_tracer(&self, setup: Setup) -> Result<Option<(Guard, u16)>> {
+        Ok(match setup {
+            Setup::None => None,
+            Setup::Observer => Some(self.start_observer()?),
+            Setup::Bpftrace => {
+                let log = self.work.join("bpftrace.out");
+                let child = Command::new("bpftrace")
+                    .args(["-e", BPFTRACE_SCRIPT])
+                    .stdout(std::fs::File::create(&log)?)
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .context("starting bpftrace")?;
+                let g = Guard(child, "bpftrace");
+                wait_until("bpftrace", Duration::from_secs(30), || {
+                    std::fs::read_to_string(&log).is_ok_and(|s| s.contains("Attaching"))
+                })?;
+                Some((g, 0))
+            }
+            Setup::SsPoll => {
+                let child = Command::new("sh")
+                    .args(["-c", "while :; do ss -tanp > /dev/null; sleep 1; done"])
+                    .spawn()
+                    .context("starting the ss loop")?;
+                Some((Guard(child, "ss loop"), 0))
+            }
+        })
+    }
+
     /// One bounded wrk run; returns requests per second.
-    fn wrk(&self, url: &str, extra: &[&str]) -> Result<f64> {
+    fn wrk(&self, url: &str, workload: Workload, seconds: u64) -> Result<f64> {
         let mut child = Command::new("taskset")
             .args(["-c", CLIENT_CPU, "wrk"])
-            .args(["-t", &THREADS.to_string(), "-c", &CONNECTIONS.to_string(), "-d", &format!("{ROUND_SECONDS}s")])
-            .args(extra)
+            .args(["-t", &THREADS.to_string(), "-c", &CONNECTIONS.to_string(), "-d", &format!("{seconds}s")])
+            .args(workload.wrk_args())
             .arg(url)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .context("starting wrk")?;
-        let deadline = Instant::now() + Duration::from_secs(ROUND_SECONDS + 20);
+        let deadline = Instant::now() + Duration::from_secs(seconds + 20);
         loop {
             if child.try_wait()?.is_some() {
                 break;
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                bail!("wrk overran its {ROUND_SECONDS} s run");
+                bail!("wrk overran its {seconds} s run");
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -211,142 +362,364 @@ impl Bench {
         parse_wrk_rps(&text).ok_or_else(|| anyhow!("no Requests/sec in wrk's output:\n{text}"))
     }
 
-    /// Keep-alive throughput with and without observer, alternating.
-    pub fn reuse(&self) -> Result<String> {
+    /// Every setup in every round, rotating which goes first; then a cost round for observer.
+    pub fn workload(&self, workload: Workload, setups: &[Setup], rounds: usize) -> Result<WorkloadResult> {
         let port = free_port()?;
-        let _nginx = self.start_nginx(port)?;
+        let _nginx = self.start_nginx(port, 4096)?;
         let url = format!("http://127.0.0.1:{port}/");
-        // Warm-up.
-        self.wrk(&url, &["-d", "2s"])?;
-        let (mut base, mut with, mut pairs) = (Vec::new(), Vec::new(), Vec::new());
-        let mut lost = 0u64;
-        for round in 0..ROUNDS {
-            // Alternate which setup goes first.
-            for observed in if round % 2 == 0 { [false, true] } else { [true, false] } {
-                if observed {
-                    let (daemon, api) = self.start_observer()?;
-                    let rps = self.wrk(&url, &[])?;
-                    lost += events_lost(api).unwrap_or(0);
-                    drop(daemon);
-                    eprintln!("xtask: round {} observer  {rps:>10.0} req/s", round + 1);
-                    with.push(rps);
-                } else {
-                    let rps = self.wrk(&url, &[])?;
-                    eprintln!("xtask: round {} baseline  {rps:>10.0} req/s", round + 1);
-                    base.push(rps);
+        self.wrk(&url, workload, 2)?; // warm-up
+        let mut rps: HashMap<Setup, Vec<f64>> = HashMap::new();
+        let mut events_lost = 0;
+        for round in 0..rounds {
+            for i in 0..setups.len() {
+                let setup = setups[(round + i) % setups.len()];
+                let tracer = self.start_tracer(setup)?;
+                let r = self.wrk(&url, workload, ROUND_SECONDS)?;
+                if let (Setup::Observer, Some((_, api))) = (setup, &tracer) {
+                    events_lost += status_field(*api, "events_lost").unwrap_or(0);
                 }
+                drop(tracer);
+                eprintln!("xtask: {} round {}: {:<34} {r:>9.0} req/s", workload.name(), round + 1, setup.name());
+                rps.entry(setup).or_default().push(r);
             }
-            pairs.push(with[round] / base[round]);
         }
-        let ratio = median(&pairs);
-        let cost = self.cost_round(&url, &[])?;
-        let verdict = if ratio >= 0.97 { "met" } else { "MISSED" };
-        let mut md = String::new();
-        let _ = writeln!(
-            md,
-            "Keep-alive HTTP: `wrk -t{THREADS} -c{CONNECTIONS} -d{ROUND_SECONDS}s` (on CPU {CLIENT_CPU}) against a local nginx \
-             (1 worker on CPU {SERVER_CPU}, `return 200`), {ROUNDS} rounds per setup, alternating; the daemon starts before \
-             each of its rounds and is stopped after.\n"
-        );
-        let _ = writeln!(md, "| setup | median req/s | rounds (req/s) |");
-        let _ = writeln!(md, "| --- | ---: | --- |");
-        let fmt = |v: &[f64]| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ");
-        let _ = writeln!(md, "| no tracer | {:.0} | {} |", median(&base), fmt(&base));
-        let _ = writeln!(md, "| observer daemon | {:.0} | {} |", median(&with), fmt(&with));
-        let spread = |v: &[f64]| {
-            let (lo, hi) = v.iter().fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(*x), b.max(*x)));
-            100.0 * (hi - lo) / median(v)
-        };
-        let pair_list = pairs.iter().map(|x| format!("{x:.3}")).collect::<Vec<_>>().join(", ");
-        let _ = writeln!(
-            md,
-            "\nThroughput with observer / without, median of the {ROUNDS} paired rounds: **{ratio:.3}** \
-             (target at least 0.97: {verdict}). Pair ratios: {pair_list}. Round-to-round spread of the \
-             baseline alone: {:.0}% of its median. Events lost during the observer rounds: {lost}.",
-            spread(&base)
-        );
-        let _ = write!(md, "\n{}", cost.table(median(&base)));
-        eprintln!("xtask: reuse: ratio {ratio:.3} ({verdict})");
-        Ok(md)
+        let cost = self.cost_round(&url, workload)?;
+        Ok(WorkloadResult { workload, rounds, rps, cost, events_lost })
     }
 
-    /// Replace (or add) one case's section of bench/results.md.
-    pub fn write(&self, case: &str, section: &str, header: &str) -> Result<PathBuf> {
+    /// One observer round with `kernel.bpf_stats_enabled`: what each program costs per run, and
+    /// the daemon's own CPU time and peak memory. (Stats add to every program run, so the cost
+    /// figures are upper bounds and this round's throughput is not used for the ratios.)
+    fn cost_round(&self, url: &str, workload: Workload) -> Result<Cost> {
+        set_bpf_stats(true)?;
+        let result = (|| {
+            let (daemon, _api) = self.start_observer()?;
+            let pid = daemon.0.id();
+            let before = prog_stats()?;
+            let cpu0 = process_cpu_seconds(pid)?;
+            let t0 = Instant::now();
+            let rps = self.wrk(url, workload, ROUND_SECONDS)?;
+            let elapsed = t0.elapsed().as_secs_f64();
+            let cpu1 = process_cpu_seconds(pid)?;
+            let after = prog_stats()?;
+            let daemon_peak_rss_kib = process_status_kib(pid, "VmHWM")?;
+            drop(daemon);
+            let programs = PROGRAMS
+                .iter()
+                .map(|name| {
+                    let (c0, t0) = before.get(*name).copied().unwrap_or((0, 0));
+                    let (c1, t1) = after.get(*name).copied().unwrap_or((0, 0));
+                    (name.to_string(), c1.saturating_sub(c0), t1.saturating_sub(t0))
+                })
+                .collect();
+            Ok(Cost { rps, elapsed, daemon_cpu: cpu1 - cpu0, daemon_peak_rss_kib, programs })
+        })();
+        set_bpf_stats(false)?;
+        result
+    }
+
+    /// 10,000 established connections held by one process: the daemon's memory, and how long
+    /// the API takes to describe that process.
+    pub fn scale(&self) -> Result<Scale> {
+        let port = free_port()?;
+        let _nginx = self.start_nginx(port, SCALE_CONNECTIONS + 1000)?;
+        let (daemon, api) = self.start_observer()?;
+        let pid = daemon.0.id();
+        std::thread::sleep(Duration::from_secs(2));
+        let idle_rss_kib = process_status_kib(pid, "VmRSS")?;
+        let holder_src = format!(
+            "import resource, socket, sys, os\n\
+             resource.setrlimit(resource.RLIMIT_NOFILE, ({n} + 1000, {n} + 1000))\n\
+             socks = []\n\
+             for i in range({n}):\n\
+             \x20   s = socket.create_connection(('127.0.0.1', {port}))\n\
+             \x20   socks.append(s)\n\
+             print(os.getpid(), flush=True)\n\
+             sys.stdin.read()\n",
+            n = SCALE_CONNECTIONS
+        );
+        let mut holder = Command::new("python3")
+            .args(["-c", &holder_src])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting the connection holder")?;
+        let holder_pid = holder.id();
+        let holder_stdin = holder.stdin.take();
+        let guard = Guard(holder, "connection holder");
+        let path = format!("/api/v1/processes/{holder_pid}");
+        let expected = format!("\"ESTABLISHED\":{SCALE_CONNECTIONS}");
+        wait_until("10,000 connections", Duration::from_secs(120), || {
+            http_get(api, &path).is_ok_and(|b| b.contains(&expected))
+        })?;
+        std::thread::sleep(Duration::from_secs(2));
+        let mut times = Vec::with_capacity(API_CALLS);
+        for _ in 0..API_CALLS {
+            let t = Instant::now();
+            http_get(api, &path)?;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let loaded_rss_kib = process_status_kib(pid, "VmRSS")?;
+        drop(holder_stdin);
+        drop(guard);
+        drop(daemon);
+        Ok(Scale {
+            connections: SCALE_CONNECTIONS as u64,
+            idle_rss_kib,
+            loaded_rss_kib,
+            api_p50_ms: percentile(&times, 50.0),
+            api_p99_ms: percentile(&times, 99.0),
+            api_max_ms: *times.last().unwrap_or(&0.0),
+        })
+    }
+
+    /// Replace (or add) one section of bench/results.md, keeping the others from earlier runs.
+    pub fn write_section(&self, name: &str, body: &str) -> Result<PathBuf> {
         let dir = self.root.join("bench");
         std::fs::create_dir_all(&dir)?;
         let path = dir.join("results.md");
-        let old = std::fs::read_to_string(&path).unwrap_or_else(|_| "# observer benchmarks\n".to_string());
-        let begin = format!("<!-- case:{case} -->");
-        let end = format!("<!-- /case:{case} -->");
-        let block = format!("{begin}\n## {case}\n\n{header}\n\n{section}{end}");
-        let new = match (old.find(&begin), old.find(&end)) {
-            (Some(b), Some(e)) => format!("{}{block}{}", &old[..b], &old[e + end.len()..]),
-            _ => format!("{}\n{block}\n", old.trim_end()),
-        };
-        std::fs::write(&path, new)?;
+        let old = std::fs::read_to_string(&path).unwrap_or_default();
+        let stamp = format!("_Measured {} on {}._\n\n", now_utc(), machine());
+        std::fs::write(&path, merge_sections(&old, name, &format!("{stamp}{body}")))?;
         Ok(path)
     }
 }
 
-fn healthy(api: u16) -> bool {
-    Command::new("curl")
-        .args(["-sf", "-o", "/dev/null", &format!("http://127.0.0.1:{api}/healthz")])
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// What observer cost during one round.
-pub struct Cost {
-    rps: f64,
-    elapsed: f64,
-    requests: f64,
-    /// CPU seconds the daemon used.
-    daemon_cpu: f64,
-    rss_kib: u64,
-    /// (program, runs, ns) during the round.
-    programs: Vec<(String, u64, u64)>,
-}
-
-impl Cost {
-    /// Markdown: per-program cost, and the share of the machine observer used.
-    fn table(&self, baseline_rps: f64) -> String {
-        let mut md = String::new();
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-        let _ = writeln!(
-            md,
-            "Cost, from a separate observer round with `kernel.bpf_stats_enabled=1` ({:.0} req/s; stats add \
-             to every run, so these are upper bounds):\n",
-            self.rps
-        );
-        let _ = writeln!(md, "| program | runs | runs per request | ns per run | ns per request |");
-        let _ = writeln!(md, "| --- | ---: | ---: | ---: | ---: |");
-        let mut bpf_ns = 0u64;
-        for (name, runs, ns) in &self.programs {
-            bpf_ns += ns;
-            let per_run = if *runs > 0 { *ns as f64 / *runs as f64 } else { 0.0 };
-            let _ = writeln!(
-                md,
-                "| {name} | {runs} | {:.2} | {per_run:.0} | {:.0} |",
-                *runs as f64 / self.requests,
-                *ns as f64 / self.requests
-            );
+/// bench/results.md with the section `name` replaced by `body`, sections in [`SECTIONS`] order.
+pub fn merge_sections(old: &str, name: &str, body: &str) -> String {
+    let mut md = String::from(
+        "# observer benchmarks\n\nWritten by `cargo xtask bench` (see the README's \"Overhead\" section). Each \
+         section is replaced when its case runs again.\n",
+    );
+    for (case, heading) in SECTIONS {
+        let begin = format!("<!-- case:{case} -->");
+        let end = format!("<!-- /case:{case} -->");
+        let text = if *case == name {
+            Some(body.to_string())
+        } else {
+            old.find(&begin).zip(old.find(&end)).filter(|(b, e)| b < e).map(|(b, e)| {
+                let inner = &old[b + begin.len()..e];
+                // Drop the heading line written with it.
+                inner.trim_start().split_once('\n').map_or("", |(_, rest)| rest).trim_start().to_string()
+            })
+        };
+        if let Some(text) = text {
+            let _ = write!(md, "\n{begin}\n## {heading}\n\n{}\n{end}\n", text.trim_end());
         }
-        let bpf_per_req = bpf_ns as f64 / self.requests;
-        let daemon_per_req = self.daemon_cpu * 1e9 / self.requests;
-        // At the baseline rate every CPU is busy: each request costs cpus / rps seconds of CPU.
-        let cpu_per_req = cpus * 1e9 / baseline_rps;
+    }
+    md
+}
+
+fn now_utc() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map_or_else(|_| "at an unknown time".into(), |o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+/// "Linux 6.18.0, 2 CPUs"
+fn machine() -> String {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("Linux {}, {cpus} CPUs", kernel.trim())
+}
+
+/// Markdown for `bench reuse`.
+pub fn reuse_markdown(r: &WorkloadResult) -> String {
+    let ratio = r.ratio(Setup::Observer).unwrap_or(0.0);
+    let met = if ratio >= Workload::KeepAlive.target() { "met" } else { "**not met**" };
+    let mut md = format!(
+        "Throughput with observer running divided by throughput without it: **{ratio:.3}** (target at least \
+         {:.2}: {met}).\n\n",
+        Workload::KeepAlive.target()
+    );
+    md.push_str(&workload_markdown(r, REUSE_SETUPS));
+    md
+}
+
+/// Markdown for one workload.
+pub fn workload_markdown(r: &WorkloadResult, setups: &[Setup]) -> String {
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "`wrk -t{THREADS} -c{CONNECTIONS} -d{ROUND_SECONDS}s{}` (pinned to CPU {CLIENT_CPU}) against a local nginx \
+         (1 worker, `return 200`); {} rounds, every setup in every round in a rotated order; a tracer starts \
+         before its round and stops after it.\n",
+        if r.workload == Workload::ConnectionClose { " -H 'Connection: close'" } else { "" },
+        r.rounds
+    );
+    let _ = writeln!(md, "| setup | median req/s | ratio to no tracer (median of paired rounds) |");
+    let _ = writeln!(md, "| --- | ---: | ---: |");
+    for s in setups {
+        let ratio = r.ratio(*s).map_or("-".to_string(), |x| format!("{x:.3}"));
+        let _ = writeln!(md, "| {} | {:.0} | {ratio} |", s.name(), median(&r.rps[s]));
+    }
+    let _ = writeln!(
+        md,
+        "\nRound-to-round spread of the no-tracer throughput alone: {:.0}% of its median (this VM is noisy; the \
+         paired ratio cancels slow drift). Events the daemon lost: {}.\n",
+        r.spread(),
+        r.events_lost
+    );
+    md.push_str(&cost_markdown(&r.cost, median(&r.rps[&Setup::None])));
+    md
+}
+
+fn cost_markdown(c: &Cost, baseline_rps: f64) -> String {
+    let mut md = String::new();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let _ = writeln!(
+        md,
+        "Cost of observer, from a separate round with `kernel.bpf_stats_enabled=1` ({:.0} req/s; stats add \
+         to every run, so these are upper bounds):\n",
+        c.rps
+    );
+    let _ = writeln!(md, "| program | runs | runs per request | ns per run | ns per request |");
+    let _ = writeln!(md, "| --- | ---: | ---: | ---: | ---: |");
+    for (name, runs, ns) in &c.programs {
+        let per_run = if *runs > 0 { *ns as f64 / *runs as f64 } else { 0.0 };
         let _ = writeln!(
             md,
-            "\nPer request: {bpf_per_req:.0} ns in the kernel programs, {daemon_per_req:.0} ns in the daemon \
-             ({:.3} CPU-seconds over {:.1} s), out of {cpu_per_req:.0} ns of CPU per request without observer: \
-             an expected throughput ratio of {:.3}. Daemon RSS at the end of the round: {:.1} MiB.",
-            self.daemon_cpu,
-            self.elapsed,
-            1.0 - (bpf_per_req + daemon_per_req) / cpu_per_req,
-            self.rss_kib as f64 / 1024.0
+            "| {name} | {runs} | {:.2} | {per_run:.0} | {:.0} |",
+            *runs as f64 / c.requests(),
+            *ns as f64 / c.requests()
         );
-        md
     }
+    let cpu_per_req = cpus * 1e9 / baseline_rps;
+    let _ = writeln!(
+        md,
+        "\nPer request: {:.0} ns in the kernel programs and {:.0} ns in the daemon ({:.2} CPU-seconds over {:.1} s), \
+         out of {cpu_per_req:.0} ns of CPU per request without a tracer. Daemon peak RSS: {:.1} MiB.\n",
+        c.bpf_ns_per_request(),
+        c.daemon_ns_per_request(),
+        c.daemon_cpu,
+        c.elapsed,
+        c.daemon_peak_rss_kib as f64 / 1024.0
+    );
+    md
+}
+
+pub fn scale_markdown(s: &Scale) -> String {
+    format!(
+        "{} established connections held open by one process (a Python client against nginx):\n\n\
+         | measure | value |\n| --- | ---: |\n\
+         | daemon RSS at idle | {:.1} MiB |\n| daemon RSS with the connections | {:.1} MiB |\n\
+         | `GET /api/v1/processes/{{pid}}` p50 | {:.2} ms |\n| p99 | {:.2} ms |\n| max | {:.2} ms |\n\n\
+         ({API_CALLS} sequential calls.)\n",
+        s.connections,
+        s.idle_rss_kib as f64 / 1024.0,
+        s.loaded_rss_kib as f64 / 1024.0,
+        s.api_p50_ms,
+        s.api_p99_ms,
+        s.api_max_ms
+    )
+}
+
+/// The targets and whether each was met.
+pub fn targets_markdown(
+    keep: Option<&WorkloadResult>,
+    close: Option<&WorkloadResult>,
+    scale: Option<&Scale>,
+) -> String {
+    let mut rows: Vec<(String, String, bool)> = Vec::new();
+    for r in [keep, close].into_iter().flatten() {
+        let ratio = r.ratio(Setup::Observer).unwrap_or(0.0);
+        rows.push((
+            format!("{}: at least {:.2} of the no-tracer throughput", r.workload.name(), r.workload.target()),
+            format!("{ratio:.3}"),
+            ratio >= r.workload.target(),
+        ));
+        let (prog, worst) = r.cost.max_ns_per_run();
+        rows.push((
+            format!("{}: at most 300 ns per run for every program", r.workload.name()),
+            format!("{worst:.0} ns ({prog})"),
+            worst <= 300.0,
+        ));
+    }
+    if let Some(r) = close {
+        rows.push(("zero lost events at connection per request".into(), r.events_lost.to_string(), r.events_lost == 0));
+    }
+    if let Some(s) = scale {
+        let idle = s.idle_rss_kib as f64 / 1024.0;
+        let loaded = s.loaded_rss_kib as f64 / 1024.0;
+        rows.push(("daemon RSS at idle at most 50 MB".into(), format!("{idle:.1} MiB"), idle * 1.048576 <= 50.0));
+        rows.push((
+            format!("daemon RSS with {} connections at most 150 MB", s.connections),
+            format!("{loaded:.1} MiB"),
+            loaded * 1.048576 <= 150.0,
+        ));
+        rows.push(("API p99 under 10 ms".into(), format!("{:.2} ms", s.api_p99_ms), s.api_p99_ms < 10.0));
+    }
+    let mut md = String::from("| target | measured | met |\n| --- | ---: | :---: |\n");
+    for (t, m, ok) in rows {
+        let _ = writeln!(md, "| {t} | {m} | {} |", if ok { "yes" } else { "**no**" });
+    }
+    md
+}
+
+/// A bar chart of the throughput ratios, per workload and setup.
+pub fn plot(path: &Path, results: &[&WorkloadResult], setups: &[Setup]) -> Result<()> {
+    use plotters::prelude::*;
+    let font = std::fs::read(FONT).with_context(|| format!("the plot needs {FONT} (fonts-dejavu-core)"))?;
+    plotters::style::register_font("sans-serif", FontStyle::Normal, Box::leak(font.into_boxed_slice()))
+        .map_err(|_| anyhow!("registering the font"))?;
+    let root = BitMapBackend::new(path, (900, 520)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+    let n = (results.len() * (setups.len() + 1)) as f64;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("Throughput with a tracer / without (median of paired rounds)", ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(60)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0f64..n, 0f64..1.1f64)
+        .map_err(|e| anyhow!("{e}"))?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .y_desc("ratio")
+        .x_labels(2)
+        .x_label_formatter(&|_| String::new())
+        .draw()
+        .map_err(|e| anyhow!("{e}"))?;
+    let colors = [RGBColor(80, 80, 80), RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(255, 127, 14)];
+    for (wi, r) in results.iter().enumerate() {
+        let x0 = (wi * (setups.len() + 1)) as f64 + 0.5;
+        for (si, s) in setups.iter().enumerate() {
+            let Some(v) = r.ratio(*s) else { continue };
+            let x = x0 + si as f64;
+            chart
+                .draw_series(std::iter::once(Rectangle::new([(x, 0.0), (x + 0.9, v)], colors[si % 4].filled())))
+                .map_err(|e| anyhow!("{e}"))?;
+            chart
+                .draw_series(std::iter::once(Text::new(format!("{v:.2}"), (x + 0.2, v + 0.04), ("sans-serif", 13))))
+                .map_err(|e| anyhow!("{e}"))?;
+        }
+    }
+    for (si, s) in setups.iter().enumerate() {
+        let c = colors[si % 4];
+        chart
+            .draw_series(std::iter::once(Rectangle::new([(0.0, 0.0), (0.0, 0.0)], c.filled())))
+            .map_err(|e| anyhow!("{e}"))?
+            .label(s.name().replace('`', ""))
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], c.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 13))
+        .draw()
+        .map_err(|e| anyhow!("{e}"))?;
+    // Workload names under their groups.
+    for (wi, r) in results.iter().enumerate() {
+        let (x, y) = chart.backend_coord(&((wi * (setups.len() + 1)) as f64 + 0.5, 0.0));
+        root.draw(&Text::new(r.workload.name().to_string(), (x, y + 12), ("sans-serif", 16)))
+            .map_err(|e| anyhow!("{e}"))?;
+    }
+    root.present().map_err(|e| anyhow!("{e}"))?;
+    Ok(())
 }
 
 fn set_bpf_stats(on: bool) -> Result<()> {
@@ -355,22 +728,15 @@ fn set_bpf_stats(on: bool) -> Result<()> {
 }
 
 /// (runs, run time ns) per program name, from bpftool.
-fn prog_stats() -> Result<std::collections::HashMap<String, (u64, u64)>> {
+fn prog_stats() -> Result<HashMap<String, (u64, u64)>> {
     let out = Command::new("bpftool").args(["-j", "prog", "show"]).output().context("bpftool")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut stats = std::collections::HashMap::new();
-    // Minimal parsing of bpftool's JSON array of objects: "name", "run_time_ns", "run_cnt".
-    for obj in text.split("},{") {
-        let field = |key: &str| -> Option<&str> {
-            let i = obj.find(&format!("\"{key}\":"))? + key.len() + 3;
-            Some(obj[i..].split([',', '}']).next()?.trim().trim_matches('"'))
-        };
-        let Some(name) = field("name") else { continue };
-        let cnt = field("run_cnt").and_then(|v| v.parse().ok()).unwrap_or(0);
-        let ns = field("run_time_ns").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let progs: serde_json::Value = serde_json::from_slice(&out.stdout).context("bpftool's JSON")?;
+    let mut stats = HashMap::new();
+    for p in progs.as_array().into_iter().flatten() {
+        let Some(name) = p["name"].as_str() else { continue };
         let e = stats.entry(name.to_string()).or_insert((0, 0));
-        e.0 += cnt;
-        e.1 += ns;
+        e.0 += p["run_cnt"].as_u64().unwrap_or(0);
+        e.1 += p["run_time_ns"].as_u64().unwrap_or(0);
     }
     Ok(stats)
 }
@@ -383,21 +749,20 @@ fn process_cpu_seconds(pid: u32) -> Result<f64> {
     Ok(ticks as f64 / 100.0)
 }
 
-fn process_rss_kib(pid: u32) -> Result<u64> {
+fn process_status_kib(pid: u32, key: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| anyhow!("no VmRSS"))
+        .ok_or_else(|| anyhow!("no {key}"))
 }
 
-/// The daemon's lost-event counter.
-fn events_lost(api: u16) -> Option<u64> {
-    let out = Command::new("curl").args(["-sf", &format!("http://127.0.0.1:{api}/api/v1/status")]).output().ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let i = text.find("\"events_lost\":")?;
-    text[i + 14..].split([',', '}']).next()?.trim().parse().ok()
+/// A numeric field of the daemon's /api/v1/status.
+fn status_field(api: u16, key: &str) -> Option<u64> {
+    let body = http_get(api, "/api/v1/status").ok()?;
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    v[key].as_u64()
 }
 
 #[cfg(test)]
@@ -413,8 +778,33 @@ mod tests {
     }
 
     #[test]
-    fn median_of_odd_and_even() {
+    fn median_and_percentiles() {
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), 51.0);
+        assert_eq!(percentile(&v, 99.0), 99.0);
+    }
+
+    #[test]
+    fn sections_keep_their_order_and_other_runs() {
+        let md = merge_sections("", "scale", "scale body\n");
+        let md = merge_sections(&md, "reuse", "reuse body\n");
+        let md = merge_sections(&md, "scale", "new scale\n");
+        assert!(md.contains("reuse body") && md.contains("new scale") && !md.contains("scale body"));
+        assert!(md.find("reuse body").unwrap() < md.find("new scale").unwrap());
+        assert_eq!(md.matches("## Scale").count(), 1);
+    }
+
+    #[test]
+    fn ratios_pair_rounds() {
+        let mut rps = HashMap::new();
+        rps.insert(Setup::None, vec![100.0, 200.0, 100.0]);
+        rps.insert(Setup::Observer, vec![90.0, 190.0, 99.0]);
+        let cost = Cost { rps: 0.0, elapsed: 1.0, daemon_cpu: 0.0, daemon_peak_rss_kib: 0, programs: vec![] };
+        let r = WorkloadResult { workload: Workload::KeepAlive, rounds: 3, rps, cost, events_lost: 0 };
+        // Pairs: 0.9, 0.95, 0.99: the median is 0.95, unlike the ratio of medians (190/100... no: 99/100).
+        assert_eq!(r.ratio(Setup::Observer), Some(0.95));
+        assert_eq!(r.ratio(Setup::Bpftrace), None);
     }
 }

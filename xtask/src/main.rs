@@ -37,11 +37,16 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Build, then measure observer's overhead side by side with no tracer (needs root) and
-    /// write bench/results.md. Cases: reuse (keep-alive throughput). Default: all.
+    /// Build, then measure observer's overhead side by side with no tracer, a bpftrace script and
+    /// `ss -tanp` polling (needs root; about 12 minutes for all cases). Writes bench/results.md
+    /// and bench/results.png. Cases: reuse (keep-alive, observer vs no tracer), keepalive, close
+    /// (connection per request), scale (10,000 connections). Default: all.
     Bench {
-        #[arg(value_parser = ["reuse"])]
+        #[arg(value_parser = ["reuse", "keepalive", "close", "scale"])]
         cases: Vec<String>,
+        /// Rounds per workload (every setup runs once per round).
+        #[arg(long, default_value_t = 6)]
+        rounds: usize,
     },
 }
 
@@ -65,9 +70,17 @@ const TEST_COMMANDS: &[(&str, &str)] = &[
     ("promtool", "prometheus"),
 ];
 
-/// Commands the benchmarks run.
-const BENCH_COMMANDS: &[(&str, &str)] =
-    &[("nginx", "nginx"), ("wrk", "wrk"), ("curl", "curl"), ("bpftool", "bpftool"), ("taskset", "util-linux")];
+/// Commands (or files) the benchmarks use.
+const BENCH_COMMANDS: &[(&str, &str)] = &[
+    ("nginx", "nginx"),
+    ("wrk", "wrk"),
+    ("bpftrace", "bpftrace"),
+    ("bpftool", "bpftool"),
+    ("taskset", "util-linux"),
+    ("ss", "iproute2"),
+    ("python3", "python3"),
+    (bench::FONT, "fonts-dejavu-core"),
+];
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
@@ -143,9 +156,10 @@ fn setup_runtime() -> Result<()> {
     Ok(())
 }
 
-/// Debian packages providing the commands that are missing.
+/// Debian packages providing the commands (or, for absolute paths, files) that are missing.
 fn install_commands(commands: &[(&str, &str)]) -> Result<()> {
-    let mut missing: Vec<&str> = commands.iter().filter(|(c, _)| !have(c)).map(|(_, p)| *p).collect();
+    let present = |c: &str| if c.starts_with('/') { Path::new(c).exists() } else { have(c) };
+    let mut missing: Vec<&str> = commands.iter().filter(|(c, _)| !present(c)).map(|(_, p)| *p).collect();
     missing.sort();
     missing.dedup();
     if !missing.is_empty() {
@@ -218,20 +232,58 @@ fn main() -> Result<()> {
                 .args(&args)
                 .env("OBSERVER_BIN", &bin))?;
         }
-        Task::Bench { cases } => {
+        Task::Bench { cases, rounds } => {
             if !is_root() {
                 bail!("the benchmarks load eBPF programs: run as root");
+            }
+            if rounds == 0 {
+                bail!("--rounds must be at least 1");
             }
             setup_runtime()?;
             install_commands(BENCH_COMMANDS)?;
             let bin = build()?;
             let b = bench::Bench::new(&root(), bin)?;
-            let all = cases.is_empty();
-            if all || cases.iter().any(|c| c == "reuse") {
+            let wants = |c: &str| cases.is_empty() || cases.iter().any(|x| x == c);
+            let mut written = None;
+            if wants("reuse") {
                 step("bench reuse: keep-alive throughput with and without observer");
-                let md = b.reuse()?;
-                let path = b.write("reuse", &md, "`cargo xtask bench reuse`")?;
+                // Twice the rounds: the ratio is what issue 3's target is about.
+                let r = b.workload(bench::Workload::KeepAlive, bench::REUSE_SETUPS, rounds * 2)?;
+                written = Some(b.write_section("reuse", &bench::reuse_markdown(&r))?);
+            }
+            let mut results = Vec::new();
+            for (case, workload) in
+                [("keepalive", bench::Workload::KeepAlive), ("close", bench::Workload::ConnectionClose)]
+            {
+                if wants(case) {
+                    step(&format!("bench {case}: {} under every setup", workload.name()));
+                    let r = b.workload(workload, bench::ALL_SETUPS, rounds)?;
+                    written = Some(b.write_section(case, &bench::workload_markdown(&r, bench::ALL_SETUPS))?);
+                    results.push(r);
+                }
+            }
+            let scale = if wants("scale") {
+                step("bench scale: 10,000 established connections");
+                let s = b.scale()?;
+                written = Some(b.write_section("scale", &bench::scale_markdown(&s))?);
+                Some(s)
+            } else {
+                None
+            };
+            let keep = results.iter().find(|r| r.workload == bench::Workload::KeepAlive);
+            let close = results.iter().find(|r| r.workload == bench::Workload::ConnectionClose);
+            if !results.is_empty() || scale.is_some() {
+                written = Some(b.write_section("targets", &bench::targets_markdown(keep, close, scale.as_ref()))?);
+            }
+            if !results.is_empty() {
+                let png = root().join("bench/results.png");
+                let refs: Vec<&bench::WorkloadResult> = results.iter().collect();
+                bench::plot(&png, &refs, bench::ALL_SETUPS)?;
+                step(&format!("wrote {}", png.display()));
+            }
+            if let Some(path) = written {
                 step(&format!("wrote {}", path.display()));
+                print!("{}", std::fs::read_to_string(path)?);
             }
         }
     }
