@@ -87,6 +87,57 @@ pub struct SockState {
     /// The process that owns the socket.
     pub owner: Owner,
     pub io: SockIo,
+    /// TLS handshake capture (see [`tls_capture`]): 0 once the connection is known not to
+    /// start with a TLS handshake, or its capture budget is spent.
+    pub tls: u32,
+    pub _pad: u32,
+}
+
+/// Capture of a connection's first bytes, to recognise and parse its TLS handshake in user
+/// space. [`SockState::tls`] holds the budget: the low byte counts the sends still to copy, the
+/// next byte the receives, and [`tls_capture::CLASSIFIED`] is set once the first byte was seen to
+/// be a TLS handshake record. Every later send and receive on other connections costs one load.
+pub mod tls_capture {
+    /// Sends copied per connection (ClientHello, the client's second flight).
+    pub const SENDS: u32 = 4;
+    /// Receives copied per connection (TLS libraries often read a record header, then its body).
+    pub const RECVS: u32 = 16;
+    /// The initial budget of a new connection.
+    pub const INITIAL: u32 = SENDS | (RECVS << 8);
+    /// The connection's first byte was a TLS handshake record.
+    pub const CLASSIFIED: u32 = 1 << 16;
+    /// TLS record type of a handshake message.
+    pub const HANDSHAKE_RECORD: u8 = 22;
+    /// Bytes copied at most from one send or receive.
+    pub const MAX_BYTES: usize = 4096;
+    /// First word of a [`super::TlsChunkHeader`]: tells these records apart from the others in
+    /// the ring buffer (no timestamp has this value).
+    pub const MAGIC: u64 = 0xffff_ffff_7715_0001;
+}
+
+/// Header of a ring-buffer record carrying the first bytes of one send or receive of a
+/// connection in TLS capture; `captured` bytes of data follow it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TlsChunkHeader {
+    /// [`tls_capture::MAGIC`].
+    pub magic: u64,
+    pub ts_ns: u64,
+    pub sk: u64,
+    /// Bytes the call sent or received (the data beyond `captured` was not copied).
+    pub len: u32,
+    pub captured: u16,
+    /// [`io_dir`].
+    pub dir: u8,
+    pub _pad: u8,
+}
+
+/// The per-CPU scratch a [`TlsChunkHeader`] and its data are assembled in.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TlsChunk {
+    pub header: TlsChunkHeader,
+    pub data: [u8; tls_capture::MAX_BYTES],
 }
 
 /// One record of the socket-storage iterator (`dump_sock_io`): a socket and its counters.
@@ -313,6 +364,8 @@ pub mod names {
     pub const OFFSETS: &str = "OFFSETS";
     /// Global: byte offset of `group_dead` in the `sched_process_exit` record, 0 if absent.
     pub const EXIT_GROUP_DEAD_OFFSET: &str = "EXIT_GROUP_DEAD_OFFSET";
+    /// Global: the initial [`super::SockState::tls`] of new connections (0: TLS capture off).
+    pub const TLS_CAPTURE: &str = "TLS_CAPTURE";
 }
 
 #[cfg(feature = "user")]

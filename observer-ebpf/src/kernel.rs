@@ -1,6 +1,9 @@
 //! Reads of kernel memory at the offsets the daemon computed from BTF.
 
-use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_probe_read_kernel};
+use aya_ebpf::helpers::{
+    bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_probe_read_user,
+    generated::bpf_task_pt_regs,
+};
 use observer_common::{AF_INET, Event, IPPROTO_TCP, KernelOffsets, Owner};
 
 /// A field of a kernel object the program holds a typed (BTF) pointer to (the socket a BTF
@@ -75,4 +78,45 @@ pub fn sock_tuple(off: &KernelOffsets, sk: u64, ev: &mut Event) {
         ev.saddr[..8].copy_from_slice(&s[0].to_ne_bytes());
         ev.saddr[8..].copy_from_slice(&s[1].to_ne_bytes());
     }
+}
+
+/// x86-64 `struct pt_regs` offsets and system call numbers (the daemon turns TLS capture off on
+/// other architectures).
+mod x86_64 {
+    pub const DX: usize = 96;
+    pub const SI: usize = 104;
+    pub const ORIG_AX: usize = 120;
+    pub const READ: u64 = 0;
+    pub const WRITE: u64 = 1;
+    pub const READV: u64 = 19;
+    pub const WRITEV: u64 = 20;
+    pub const SENDTO: u64 = 44;
+    pub const RECVFROM: u64 = 45;
+    pub const SENDMSG: u64 = 46;
+    pub const RECVMSG: u64 = 47;
+    /// `struct user_msghdr`: `msg_iov`.
+    pub const MSGHDR_IOV: u64 = 16;
+}
+
+/// The user buffer (address, length) of the read or write system call the current task is in:
+/// its second argument for read/write/recvfrom/sendto, the first `iovec` for the vector calls.
+/// None for anything else.
+#[inline(always)]
+pub fn syscall_buffer() -> Option<(u64, u64)> {
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    if regs == 0 {
+        return None;
+    }
+    let field = |off: usize| unsafe { core::ptr::read_volatile((regs as *const u8).add(off) as *const u64) };
+    let si = field(x86_64::SI);
+    let iov = match field(x86_64::ORIG_AX) {
+        x86_64::READ | x86_64::WRITE | x86_64::RECVFROM | x86_64::SENDTO => return Some((si, field(x86_64::DX))),
+        x86_64::READV | x86_64::WRITEV => si,
+        x86_64::RECVMSG | x86_64::SENDMSG => {
+            unsafe { bpf_probe_read_user((si + x86_64::MSGHDR_IOV) as *const u64) }.ok()?
+        }
+        _ => return None,
+    };
+    let [base, len] = unsafe { bpf_probe_read_user(iov as *const [u64; 2]) }.ok()?;
+    Some((base, len))
 }

@@ -27,10 +27,10 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use aya_log_ebpf::{debug, warn};
-use maps::{EVENTS, EXIT_GROUP_DEAD_OFFSET, LISTENERS, OFFSETS, count};
+use maps::{EVENTS, EXIT_GROUP_DEAD_OFFSET, LISTENERS, OFFSETS, TLS_CAPTURE, TLS_SCRATCH, count};
 use observer_common::{
-    Event, IoRecord, KernelOffsets, ListenerKey, ListenerValue, Owner, SockIo, SockState, Transition, counter, flags,
-    io_dir, kind, tcp_state,
+    Event, IoRecord, KernelOffsets, ListenerKey, ListenerValue, Owner, SockIo, SockState, TlsChunkHeader, Transition,
+    counter, flags, io_dir, kind, tcp_state, tls_capture,
 };
 
 /// `bpf_ringbuf_submit` flag. Records never wake the daemon up: it drains the ring buffer on its
@@ -78,8 +78,8 @@ fn state_of(sk: *mut c_void) -> *mut SockState {
 /// Give a new socket its storage, owned by `owner`. (A socket that connects again after a failed
 /// connect gets its storage reset.)
 #[inline(always)]
-fn track(sk: *mut c_void, owner: &Owner, claimed: bool) -> bool {
-    let mut init = SockState { owner: *owner, io: SockIo::zeroed() };
+fn track(sk: *mut c_void, owner: &Owner, claimed: bool, tls: u32) -> bool {
+    let mut init = SockState { owner: *owner, io: SockIo::zeroed(), tls, _pad: 0 };
     init.io.claimed = u32::from(claimed);
     let st = unsafe { bpf_sk_storage_get(maps::socks(), sk, core::ptr::from_mut(&mut init).cast(), SK_STORAGE_CREATE) }
         as *mut SockState;
@@ -164,14 +164,14 @@ fn on_state(ctx: &BtfTracePointContext) {
         // connect(): process context, the caller owns the socket.
         (tcp_state::CLOSE, tcp_state::SYN_SENT) => {
             let owner = kernel::current_owner(&off);
-            if track(sk, &owner, true) {
+            if track(sk, &owner, true, TLS_CAPTURE.load()) {
                 with_owner(ev, &owner);
             }
         }
         // listen(): process context.
         (_, tcp_state::LISTEN) => {
             let owner = kernel::current_owner(&off);
-            if track(sk, &owner, true) {
+            if track(sk, &owner, true, 0) {
                 with_owner(ev, &owner);
             }
             let value = ListenerValue { sk: sk as u64, owner };
@@ -193,7 +193,7 @@ fn on_state(ctx: &BtfTracePointContext) {
             }
             match listener {
                 Some(l) => {
-                    if track(sk, &l.owner, false) {
+                    if track(sk, &l.owner, false, TLS_CAPTURE.load()) {
                         with_owner(ev, &l.owner);
                     }
                 }
@@ -273,6 +273,71 @@ fn on_io(ctx: &BtfTracePointContext, dir: u32) {
     };
     if claim {
         claim_socket(sk, st);
+    }
+    let tls = unsafe { (*st).tls };
+    if tls != 0 {
+        capture_tls(sk, st, dir, ret as u32, tls);
+    }
+}
+
+/// The first sends and receives of a new connection, while its TLS capture budget lasts: if its
+/// very first byte starts a TLS handshake record, copy the first bytes of each call to user space
+/// (which parses the ClientHello and ServerHello); otherwise stop looking at the connection.
+///
+/// The data is read from the application's own buffer, found in the registers of the system
+/// call being served (the socket tracepoints do not carry it): hooking the system calls instead
+/// would put every system call of every task on the slow tracing path.
+#[inline(always)]
+fn capture_tls(sk: *mut c_void, st: *mut SockState, dir: u32, ret: u32, tls: u32) {
+    let shift = if dir == io_dir::SEND { 0 } else { 8 };
+    if (tls >> shift) & 0xff == 0 {
+        return;
+    }
+    let Some((buf, buf_len)) = kernel::syscall_buffer() else {
+        // Not a read or write through a system call we know (io_uring, sendfile, an in-kernel
+        // user): the first bytes cannot be read, so the connection is not classified.
+        if tls & tls_capture::CLASSIFIED == 0 {
+            unsafe { (*st).tls = 0 };
+        }
+        return;
+    };
+    if tls & tls_capture::CLASSIFIED == 0 {
+        let first = unsafe { aya_ebpf::helpers::bpf_probe_read_user(buf as *const u8) }.unwrap_or(0);
+        if first != tls_capture::HANDSHAKE_RECORD {
+            unsafe { (*st).tls = 0 };
+            return;
+        }
+    }
+    let left = (tls | tls_capture::CLASSIFIED) - (1 << shift);
+    unsafe { (*st).tls = if left & 0xffff == 0 { 0 } else { left } };
+
+    let mut n = if (ret as u64) < buf_len { ret } else { buf_len as u32 };
+    if n > tls_capture::MAX_BYTES as u32 {
+        n = tls_capture::MAX_BYTES as u32;
+    }
+    let Some(chunk) = TLS_SCRATCH.get_ptr_mut(0) else { return };
+    unsafe {
+        (*chunk).header = TlsChunkHeader {
+            magic: tls_capture::MAGIC,
+            ts_ns: bpf_ktime_get_ns(),
+            sk: sk as u64,
+            len: ret,
+            captured: n as u16,
+            dir: dir as u8,
+            _pad: 0,
+        };
+        let data = (*chunk).data.as_mut_ptr();
+        if aya_ebpf::helpers::generated::bpf_probe_read_user(data.cast(), n, buf as *const c_void) != 0 {
+            return;
+        }
+        let len = size_of::<TlsChunkHeader>() + (n as usize & (tls_capture::MAX_BYTES * 2 - 1));
+        if len > size_of::<observer_common::TlsChunk>() {
+            return;
+        }
+        let bytes = core::slice::from_raw_parts(chunk as *const u8, len);
+        if EVENTS.output::<[u8]>(bytes, BPF_RB_NO_WAKEUP).is_err() {
+            count(counter::EVENTS_LOST);
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use aya_ebpf::{
     macros::{btf_map, map},
     maps::{LruHashMap, PerCpuArray, RingBuf},
 };
-use observer_common::{KernelOffsets, ListenerKey, ListenerValue, SockState, counter};
+use observer_common::{KernelOffsets, ListenerKey, ListenerValue, SockState, TlsChunk, counter};
 
 /// The one ring buffer to user space. Its size can be changed by the daemon at load time.
 #[map]
@@ -28,6 +28,10 @@ pub fn socks() -> *mut core::ffi::c_void {
 #[map]
 pub static LISTENERS: LruHashMap<ListenerKey, ListenerValue> = LruHashMap::with_max_entries(8192, 0);
 
+/// Where a [`TlsChunk`] is assembled before it is copied, at its actual size, to the ring buffer.
+#[map]
+pub static TLS_SCRATCH: PerCpuArray<TlsChunk> = PerCpuArray::with_max_entries(1, 0);
+
 /// Counters (see `observer_common::counter`).
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
@@ -35,6 +39,11 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::C
 /// Kernel struct offsets from BTF, set by the daemon at load time.
 #[unsafe(no_mangle)]
 pub static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets::zeroed());
+
+/// The TLS capture budget of new connections (`observer_common::tls_capture::INITIAL`), or 0
+/// when TLS capture is off. Set by the daemon at load time.
+#[unsafe(no_mangle)]
+pub static TLS_CAPTURE: Global<u32> = Global::new(0);
 
 /// Offset of `group_dead` in the `sched_process_exit` record (0: the field does not exist).
 #[unsafe(no_mangle)]

@@ -20,6 +20,7 @@ use crate::lifetime::Lifetimes;
 use crate::model::{Direction, Endpoint, FailureCounts, FailureReason, IoCounts, ProcessKey, StateCounts, TcpState};
 use crate::rate::RateWindow;
 use crate::timewait::{KernelTimeWait, TimeWaitTable, TwKey, TwOwner};
+use crate::tls::{self, TlsStats};
 
 const SECOND: u64 = 1_000_000_000;
 
@@ -46,6 +47,9 @@ const PRUNED_TTL_NS: u64 = 600 * SECOND;
 /// How long the 4-tuple of an unattributed socket that closed is remembered, so that a
 /// start-up snapshot taken just before does not resurrect it.
 const RECENTLY_CLOSED_TTL_NS: u64 = 30 * SECOND;
+/// Connections whose handshake is followed at once (each until it closes): a bound on memory
+/// if sockets are never seen closing.
+const MAX_TLS_CONNS: usize = 65536;
 
 /// A socket found in the kernel's table at start-up, with the process that holds it.
 #[derive(Clone, Debug)]
@@ -100,6 +104,8 @@ pub struct PeerStats {
     pub new_connections: Option<Box<RateWindow>>,
     /// Live sockets in CLOSE_WAIT with their entry times, and the trend of their count.
     pub close_wait: CloseWaitTracker,
+    /// TLS handshakes (None until the first).
+    pub tls: Option<Box<TlsStats>>,
 }
 
 impl PeerStats {
@@ -118,8 +124,8 @@ impl PeerStats {
         }
     }
 
-    fn add_io(&mut self, direction: Direction, delta: &IoCounts) {
-        self.requests += delta.requests(direction);
+    fn add_io(&mut self, requests: u64, delta: &IoCounts) {
+        self.requests += requests;
         self.bytes_sent += delta.bytes_sent;
         self.bytes_received += delta.bytes_received;
     }
@@ -209,6 +215,28 @@ struct SocketRec {
     accept_counted: bool,
     /// I/O counters already added to the peer's figures.
     io: IoCounts,
+    /// Requests already added to the peer's figures.
+    requests_counted: u64,
+    /// Exchanges that were the TLS handshake, not requests.
+    handshake_runs: u32,
+}
+
+impl SocketRec {
+    /// The kernel's counters are now `io`: what to add to the peer's figures (requests, and the
+    /// counters' growth), the handshake's exchanges left out.
+    fn io_update(&mut self, io: &IoCounts) -> (u64, IoCounts) {
+        let delta = io.since(&self.io);
+        let total = self.requests_total(io);
+        let requests = total.saturating_sub(self.requests_counted);
+        self.requests_counted = self.requests_counted.max(total);
+        self.io = *io;
+        (requests, delta)
+    }
+
+    /// Requests carried by the connection so far.
+    fn requests_total(&self, io: &IoCounts) -> u64 {
+        io.requests(self.direction).saturating_sub(u64::from(self.handshake_runs))
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -251,6 +279,10 @@ pub struct Stats {
     /// Events of processes already pruned (orphaned sockets closing late).
     pub events_after_prune: u64,
     pub decode_errors: u64,
+    /// Chunks of connections' first bytes applied (TLS recognition).
+    pub tls_chunks: u64,
+    /// Connections whose handshake was not followed: too many at once.
+    pub tls_dropped: u64,
 }
 
 #[derive(Default)]
@@ -266,6 +298,8 @@ pub struct Aggregator {
     seeds: HashMap<Tuple, Seed>,
     /// Unattributed sockets that closed recently (see [`RECENTLY_CLOSED_TTL_NS`]).
     recently_closed: HashMap<Tuple, u64>,
+    /// Handshakes under way or done, by socket, until the socket closes.
+    tls: HashMap<u64, tls::Conn>,
     /// Active CLOSE_WAIT leaks, with when each started.
     findings: HashMap<PeerKey, u64>,
     alert_changes: Vec<AlertChange>,
@@ -427,6 +461,7 @@ impl Aggregator {
         let Some(p) = self.processes.remove(&key.pid) else { return };
         for sk in &p.sockets {
             self.sockets.remove(sk);
+            self.tls.remove(sk);
         }
         self.tombstones.retain(|_, t| t.owner != key);
         self.seeds.retain(|_, seed| seed.owner != key);
@@ -510,6 +545,8 @@ impl Aggregator {
             close_counted: matches!(seed.state, FinWait1 | FinWait2 | Closing | CloseWait | LastAck),
             accept_counted: true,
             io: IoCounts::default(),
+            requests_counted: 0,
+            handshake_runs: 0,
         };
         self.sockets.insert(ev.sk, rec);
         true
@@ -520,14 +557,13 @@ impl Aggregator {
     pub fn flush_io(&mut self, counters: &[(u64, IoCounts)]) {
         for (sk, io) in counters {
             let Some(rec) = self.sockets.get_mut(sk) else { continue };
-            let delta = io.since(&rec.io);
-            if delta == IoCounts::default() {
+            if *io == rec.io {
                 continue;
             }
-            rec.io = *io;
+            let (requests, delta) = rec.io_update(io);
             let (owner, direction, peer) = (rec.owner, rec.direction, rec.peer);
             if let Some(stats) = self.peer_mut(owner, direction, peer) {
-                stats.add_io(direction, &delta);
+                stats.add_io(requests, &delta);
             }
         }
     }
@@ -615,6 +651,7 @@ impl Aggregator {
 
     /// Take a socket out of the live counts (it closed, or its record is stale).
     fn drop_socket(&mut self, sk: u64) -> Option<SocketRec> {
+        self.tls.remove(&sk);
         let rec = self.sockets.remove(&sk)?;
         if let Some(p) = self.processes.get_mut(&rec.owner.pid).filter(|p| p.key == rec.owner) {
             p.sockets.remove(&sk);
@@ -754,6 +791,8 @@ impl Aggregator {
             // An adopted inbound socket was accepted before we looked.
             accept_counted: !creation,
             io: IoCounts::default(),
+            requests_counted: 0,
+            handshake_runs: 0,
         };
         let process = self.processes.get_mut(&key.pid).expect("ensured");
         if listener {
@@ -765,15 +804,20 @@ impl Aggregator {
         true
     }
 
-    fn on_close(&mut self, ev: &SocketEvent, old: TcpState, rec: SocketRec) {
+    fn on_close(&mut self, ev: &SocketEvent, old: TcpState, mut rec: SocketRec) {
         use TcpState::*;
         let cfg_peer = rec.peer;
+        let handshake = self.tls.remove(&ev.sk).and_then(|mut c| c.close(ev.ts_ns));
         {
             let Some(stats) = self.peer_mut(rec.owner, rec.direction, cfg_peer) else { return };
+            if let Some(o) = handshake {
+                stats.tls.get_or_insert_default().add(&o);
+            }
             // The kernel handed the socket's final I/O counters over with its close.
-            stats.add_io(rec.direction, &ev.io.since(&rec.io));
+            let (requests, delta) = rec.io_update(&ev.io);
+            stats.add_io(requests, &delta);
             if rec.established_ns.is_some() && !rec.listener {
-                stats.requests_per_connection.observe(ev.io.requests(rec.direction));
+                stats.requests_per_connection.observe(rec.requests_total(&ev.io));
             }
             match old {
                 SynSent => stats.connect_failures.add(FailureReason::of_connect(ev.error, ev.local.port())),
@@ -807,6 +851,32 @@ impl Aggregator {
             ev.sk,
             Tombstone { owner: rec.owner, direction: rec.direction, peer: rec.peer, closed_ns: ev.ts_ns },
         );
+    }
+
+    /// The first bytes of a send or receive of a connection that may start with a TLS
+    /// handshake.
+    pub fn apply_tls(&mut self, chunk: &tls::Chunk) {
+        self.stats.tls_chunks += 1;
+        let Some(rec) = self.sockets.get_mut(&chunk.sk) else { return };
+        let full = self.tls.len() >= MAX_TLS_CONNS;
+        let conn = match self.tls.entry(chunk.sk) {
+            hashbrown::hash_map::Entry::Occupied(e) => e.into_mut(),
+            hashbrown::hash_map::Entry::Vacant(e) => {
+                if full {
+                    self.stats.tls_dropped += 1;
+                    return;
+                }
+                e.insert(tls::Conn::default())
+            }
+        };
+        let outcome = conn.feed(chunk);
+        rec.handshake_runs = conn.handshake_runs();
+        let (owner, direction, peer) = (rec.owner, rec.direction, rec.peer);
+        if let Some(o) = outcome
+            && let Some(stats) = self.peer_mut(owner, direction, peer)
+        {
+            stats.tls.get_or_insert_default().add(&o);
+        }
     }
 
     /// A process started using a connection accepted from a listener: it owns it, and it is

@@ -26,6 +26,8 @@ pub struct DaemonOptions {
     pub kernel_log_level: u8,
     pub reconcile_interval: Duration,
     pub io_flush_interval: Duration,
+    /// Recognise TLS handshakes.
+    pub tls: bool,
     pub close_wait: CloseWaitConfig,
     pub metrics_peers_per_process: usize,
 }
@@ -45,8 +47,11 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
     // Bind first: a busy port fails before anything is loaded into the kernel.
     let listener = TcpListener::bind(opts.listen).await.with_context(|| format!("cannot listen on {}", opts.listen))?;
 
-    let mut probes =
-        Probes::load(&Options { ring_buffer_bytes: opts.ring_buffer_bytes, kernel_log_level: opts.kernel_log_level })?;
+    let mut probes = Probes::load(&Options {
+        ring_buffer_bytes: opts.ring_buffer_bytes,
+        kernel_log_level: opts.kernel_log_level,
+        tls: opts.tls,
+    })?;
     let ring = probes.take_events()?;
     let logger = probes.take_logger();
     let features = probes.features.clone();
@@ -149,6 +154,17 @@ fn drain(ring: &mut RingBuf<MapData>, agg: &Mutex<Aggregator>) {
             let mut agg = agg.lock().expect("aggregator lock");
             while n < BATCH {
                 let Some(item) = ring.next() else { break };
+                if let Some(chunk) = event::tls_chunk(&item) {
+                    match chunk {
+                        Ok(c) => agg.apply_tls(&c),
+                        Err(e) => {
+                            agg.stats.decode_errors += 1;
+                            log::debug!("undecodable record: {e}");
+                        }
+                    }
+                    n += 1;
+                    continue;
+                }
                 match event::decode(&item) {
                     Ok(ev) => agg.apply(&ev),
                     Err(e) => {

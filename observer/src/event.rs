@@ -1,6 +1,6 @@
 //! Decoding of the kernel's ring-buffer records into typed events.
 
-use observer_common::{Event, Transition, flags, kind};
+use observer_common::{Event, TlsChunkHeader, Transition, flags, io_dir, kind, tls_capture};
 
 use crate::model::{Endpoint, IoCounts, ProcessKey, TICK_NS, TcpState};
 
@@ -122,6 +122,36 @@ impl std::fmt::Display for DecodeError {
 }
 
 /// Decode one ring-buffer record: an [`Event`], or a compact [`Transition`].
+/// A record with the first bytes of a send or receive (see `observer_common::tls_capture`), or
+/// None if the record is something else.
+pub fn tls_chunk(bytes: &[u8]) -> Option<Result<crate::tls::Chunk, DecodeError>> {
+    let header_len = size_of::<TlsChunkHeader>();
+    if bytes.len() < 8 || u64::from_ne_bytes(bytes[..8].try_into().expect("8 bytes")) != tls_capture::MAGIC {
+        return None;
+    }
+    if bytes.len() < header_len {
+        return Some(Err(DecodeError::Short(bytes.len())));
+    }
+    // SAFETY: TlsChunkHeader is plain old data and the record is at least as large.
+    let h: TlsChunkHeader = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<TlsChunkHeader>()) };
+    let data = &bytes[header_len..];
+    if data.len() < h.captured as usize {
+        return Some(Err(DecodeError::Short(bytes.len())));
+    }
+    let dir = match u32::from(h.dir) {
+        io_dir::SEND => crate::tls::Dir::Send,
+        io_dir::RECV => crate::tls::Dir::Recv,
+        other => return Some(Err(DecodeError::UnknownKind(other as u8))),
+    };
+    Some(Ok(crate::tls::Chunk {
+        ts_ns: h.ts_ns,
+        sk: h.sk,
+        dir,
+        len: h.len,
+        data: data[..h.captured as usize].to_vec(),
+    }))
+}
+
 pub fn decode(bytes: &[u8]) -> Result<SocketEvent, DecodeError> {
     if bytes.len() == size_of::<Transition>() {
         // SAFETY: Transition is plain old data of this size.

@@ -19,6 +19,7 @@ mod rate;
 mod snapshot;
 mod sock_diag;
 mod timewait;
+mod tls;
 mod tracefs;
 mod views;
 
@@ -101,6 +102,10 @@ enum Command {
         /// the others are folded into peer="other" (the JSON API always has every peer).
         #[arg(long, default_value_t = 100, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
         metrics_peers_per_process: u64,
+        /// Do not look for TLS handshakes (the first bytes of each new connection are then never
+        /// read).
+        #[arg(long)]
+        no_tls: bool,
         /// Configuration file (TOML; see docs/api.md, "Configuration"). Flags override it.
         #[arg(long, value_name = "FILE", env = "OBSERVER_CONFIG")]
         config: Option<std::path::PathBuf>,
@@ -162,6 +167,7 @@ fn main() {
             io_flush_interval,
             config,
             metrics_peers_per_process,
+            no_tls,
             close_wait_floor,
             close_wait_max_age,
             close_wait_window,
@@ -209,6 +215,7 @@ fn main() {
                         io_flush_interval: Duration::from_secs(io_flush_interval),
                         close_wait,
                         metrics_peers_per_process: metrics_peers_per_process as usize,
+                        tls: !no_tls,
                     }))
                 })
         }

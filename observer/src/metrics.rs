@@ -23,6 +23,7 @@ use crate::lifetime::Lifetimes;
 use crate::model::{Direction, Endpoint, FAILURE_REASONS, FailureCounts, ProcessKey, StateCounts, errno_name};
 use crate::probes::{Features, KernelCounters};
 use crate::timewait::TwOwner;
+use crate::tls::TlsStats;
 use crate::views::process_totals;
 
 /// What the kernel side reports about itself, refreshed in the background.
@@ -112,6 +113,7 @@ struct Row {
     new_connections_per_second: f64,
     requests_per_connection: ExpHistogram,
     close_wait: CloseWaitStatus,
+    tls: TlsStats,
 }
 
 impl Row {
@@ -141,6 +143,7 @@ impl Row {
             new_connections_per_second: st.new_connections_per_second(now),
             requests_per_connection: st.requests_per_connection.clone(),
             close_wait: st.close_wait.status(now, cw),
+            tls: st.tls.as_deref().cloned().unwrap_or_default(),
         }
     }
 
@@ -162,6 +165,7 @@ impl Row {
         self.bytes_received += o.bytes_received;
         self.new_connections_per_second += o.new_connections_per_second;
         self.requests_per_connection.merge(&o.requests_per_connection);
+        self.tls.merge(&o.tls);
         let (a, b) = (self.close_wait, o.close_wait);
         self.close_wait = CloseWaitStatus {
             count: a.count + b.count,
@@ -426,6 +430,42 @@ impl Collector for ObserverCollector {
             m.encode_family(&r.labels)?.encode_histogram::<Labels>(l.sum_ns as f64 / 1e9, l.count, &buckets, None)?;
         }
 
+        type TlsCount = fn(&crate::tls::Counts) -> u64;
+        let tls_counters: [(&str, &str, TlsCount); 3] = [
+            (
+                "observer_tls_handshakes",
+                "TLS handshakes (ClientHello seen), by peer and SNI server name (\"\" when none)",
+                |c| c.handshakes,
+            ),
+            ("observer_tls_handshakes_resumed", "TLS handshakes that resumed a session", |c| c.resumed),
+            (
+                "observer_tls_handshakes_failed",
+                "TLS handshakes that failed: an alert, or the connection closed before the handshake completed",
+                |c| c.failed,
+            ),
+        ];
+        for (name, help, get) in tls_counters {
+            let mut m = enc.encode_descriptor(name, help, None, Counter)?;
+            for r in &rows {
+                for (sni, c) in &r.tls.server_names {
+                    counter(&mut m, &with(&r.labels, "server_name", sni.clone()), get(c))?;
+                }
+            }
+        }
+        let mut m = enc.encode_descriptor(
+            "observer_tls_handshake_seconds",
+            "Time from the ClientHello to the end of the TLS handshake, for handshakes that completed",
+            None,
+            Histogram,
+        )?;
+        for r in rows.iter().filter(|r| r.tls.counts.handshakes > 0) {
+            let d = &r.tls.durations;
+            let mut buckets: Vec<(f64, u64)> = d.buckets().map(|(ms, n)| (ms / 1e3, n)).collect();
+            let above = d.count - buckets.iter().map(|(_, n)| n).sum::<u64>();
+            buckets.push((f64::INFINITY, above));
+            m.encode_family(&r.labels)?.encode_histogram::<Labels>(d.sum_ns as f64 / 1e9, d.count, &buckets, None)?;
+        }
+
         let mut m = enc.encode_descriptor(
             "observer_close_wait_oldest_seconds",
             "Time the oldest socket has been in CLOSE_WAIT (0 when none is)",
@@ -511,6 +551,13 @@ impl Collector for ObserverCollector {
             "Ring-buffer records that could not be decoded",
             Counter,
             agg.stats.decode_errors,
+        )?;
+        single(
+            &mut enc,
+            "observer_tls_connections_dropped",
+            "Connections whose TLS handshake was not followed because too many were under way at once",
+            Counter,
+            agg.stats.tls_dropped,
         )?;
         single(
             &mut enc,

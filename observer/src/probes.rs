@@ -9,7 +9,7 @@ use aya::maps::Map;
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::{BtfTracePoint, Iter, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
-use observer_common::{AF_INET, AF_INET6, IoRecord, ListenerKey, ListenerValue, Owner, counter, names};
+use observer_common::{AF_INET, AF_INET6, IoRecord, ListenerKey, ListenerValue, Owner, counter, names, tls_capture};
 
 use crate::aggregate::SeedSocket;
 use crate::event::Comm;
@@ -26,6 +26,8 @@ pub struct Options {
     pub ring_buffer_bytes: u32,
     /// aya-log level for kernel-side diagnostics (0 = off, 1 = error ... 5 = trace).
     pub kernel_log_level: u8,
+    /// Capture the first bytes of new connections to recognise TLS handshakes.
+    pub tls: bool,
 }
 
 /// Which optional features are working.
@@ -40,16 +42,19 @@ pub struct Features {
     /// Requests and bytes per connection, and accepted connections charged to the process that
     /// uses them (`sock_send_length`, `sock_recv_length`, the socket-storage iterator).
     pub requests: bool,
+    /// TLS handshakes, read from the first bytes of each connection (needs `requests`; x86-64).
+    pub tls: bool,
 }
 
 impl Features {
     /// (name, working) for each feature, in a fixed order.
-    pub fn list(&self) -> [(&'static str, bool); 4] {
+    pub fn list(&self) -> [(&'static str, bool); 5] {
         [
             ("error_reports", self.error_reports),
             ("resets", self.resets),
             ("process_exits", self.process_exits),
             ("requests", self.requests),
+            ("tls", self.tls),
         ]
     }
 }
@@ -134,10 +139,16 @@ impl Probes {
             .and_then(|f| f.iter().find(|f| f.name == "group_dead" && f.size == 1))
             .map_or(0, |f| f.offset as u32);
 
+        // The kernel side finds the application's buffer in x86-64 system call registers.
+        let tls_capture: u32 = if opts.tls && cfg!(target_arch = "x86_64") { tls_capture::INITIAL } else { 0 };
+        if opts.tls && tls_capture == 0 {
+            log::warn!("TLS handshakes are only recognised on x86-64");
+        }
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
             .override_global(names::OFFSETS, &offsets, true)
             .override_global(names::EXIT_GROUP_DEAD_OFFSET, &group_dead_offset, true)
+            .override_global(names::TLS_CAPTURE, &tls_capture, true)
             .override_global("AYA_LOG_LEVEL", &opts.kernel_log_level, false)
             .map_max_entries(names::EVENTS, opts.ring_buffer_bytes)
             .load(EBPF_OBJECT)
@@ -162,6 +173,7 @@ impl Probes {
         features.resets = sent && received;
         let lost = "requests and bytes are not counted, accepted connections stay charged to the listener's owner";
         features.requests = optional("sock_send_length", lost) && optional("sock_recv_length", lost);
+        features.tls = features.requests && tls_capture != 0;
         let mut io_iter = None;
         if features.requests {
             match attach_io_iterator(&mut ebpf, &btf) {

@@ -12,6 +12,7 @@ use crate::exphist::ExpHistogram;
 use crate::lifetime::Lifetimes;
 use crate::model::{Direction, Endpoint, FailureCounts, FailureReason, StateCounts, errno_name};
 use crate::timewait::TwOwner;
+use crate::tls::{self, TlsStats};
 
 /// Live sockets by state: every reported state, in a fixed order.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -96,6 +97,71 @@ impl From<&ExpHistogram> for RequestsPerConnection {
     }
 }
 
+/// Handshake counts for one server name.
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct TlsCounts {
+    pub handshakes: u64,
+    pub resumed: u64,
+    pub failed: u64,
+}
+
+impl From<&tls::Counts> for TlsCounts {
+    fn from(c: &tls::Counts) -> Self {
+        TlsCounts { handshakes: c.handshakes, resumed: c.resumed, failed: c.failed }
+    }
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct MsBucket {
+    /// Upper bound in milliseconds (inclusive).
+    pub le: f64,
+    pub count: u64,
+}
+
+/// Durations of the handshakes that completed, from the ClientHello to the end of the
+/// handshake.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct HandshakeMs {
+    pub count: u64,
+    pub sum: f64,
+    pub mean: f64,
+    /// Non-empty buckets (non-cumulative); durations above the last bound only count in `count`.
+    pub buckets: Vec<MsBucket>,
+}
+
+/// TLS handshakes of a peer, recognised on the wire bytes (any TLS library).
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct Tls {
+    pub handshakes: u64,
+    pub resumed: u64,
+    pub failed: u64,
+    /// By SNI server name ("" for handshakes without one).
+    pub server_names: BTreeMap<String, TlsCounts>,
+    /// By negotiated version ("TLS1.3", "TLS1.2"...).
+    pub versions: BTreeMap<String, u64>,
+    pub handshake_ms: HandshakeMs,
+}
+
+impl From<&TlsStats> for Tls {
+    fn from(t: &TlsStats) -> Self {
+        let d = &t.durations;
+        let sum = d.sum_ns as f64 / 1e6;
+        Tls {
+            handshakes: t.counts.handshakes,
+            resumed: t.counts.resumed,
+            failed: t.counts.failed,
+            server_names: t.server_names.iter().map(|(n, c)| (n.clone(), c.into())).collect(),
+            versions: t.versions.iter().map(|(v, n)| (v.to_string(), *n)).collect(),
+            handshake_ms: HandshakeMs {
+                count: d.count,
+                sum,
+                mean: if d.count == 0 { 0.0 } else { sum / d.count as f64 },
+                buckets: d.buckets().filter(|(_, n)| *n > 0).map(|(le, count)| MsBucket { le, count }).collect(),
+            },
+        }
+    }
+}
+
 /// Connection reuse figures of a peer.
 #[derive(Serialize, Debug, Clone)]
 pub struct Reuse {
@@ -171,6 +237,8 @@ pub struct Outbound {
     #[serde(flatten)]
     pub reuse: Reuse,
     pub close_wait: CloseWait,
+    /// TLS handshakes; null if none was seen.
+    pub tls: Option<Tls>,
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -187,6 +255,8 @@ pub struct Inbound {
     #[serde(flatten)]
     pub reuse: Reuse,
     pub close_wait: CloseWait,
+    /// TLS handshakes; null if none was seen.
+    pub tls: Option<Tls>,
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -254,6 +324,7 @@ pub fn process_detail(agg: &Aggregator, p: &Process, now_ns: u64) -> ProcessDeta
             connection_lifetime_seconds: (&st.lifetimes).into(),
             reuse: reuse(st, now_ns),
             close_wait: st.close_wait.status(now_ns, agg.close_wait_config()).into(),
+            tls: st.tls.as_deref().map(Tls::from),
         });
     }
     let mut inbound = Vec::new();
@@ -272,6 +343,7 @@ pub fn process_detail(agg: &Aggregator, p: &Process, now_ns: u64) -> ProcessDeta
             connection_lifetime_seconds: (&st.lifetimes).into(),
             reuse: reuse(st, now_ns),
             close_wait: st.close_wait.status(now_ns, agg.close_wait_config()).into(),
+            tls: st.tls.as_deref().map(Tls::from),
         });
     }
     let close_wait =

@@ -31,6 +31,16 @@ def requests_session(url, n):
     return {}
 
 
+def untrusted(url):
+    """One GET that must fail the TLS handshake (the server's certificate is not trusted)."""
+    import requests
+    try:
+        requests.get(url, timeout=5)
+        return {"error": None}
+    except requests.exceptions.SSLError as e:
+        return {"error": "SSLError " + str(e)[:200]}
+
+
 def retry_refused(url, total):
     import requests
     from requests.adapters import HTTPAdapter
@@ -123,6 +133,7 @@ SCENARIOS = {
     "connect_timeout": connect_timeout,
     "hold": hold,
     "pool_overflow": pool_overflow,
+    "untrusted": untrusted,
 }
 
 

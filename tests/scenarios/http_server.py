@@ -12,6 +12,8 @@ Modes:
   prefork         keep-alive, served by a forked worker process that accepts on the parent's
                   listening socket (the nginx model); prints "WORKER <pid>" as well.
 
+With --tls CERT KEY, connections are TLS (Python's ssl, OpenSSL; session tickets on).
+
 Prints "LISTENING <pid> <port>" once it accepts connections.
 """
 import argparse
@@ -19,6 +21,7 @@ import ctypes
 import os
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -38,9 +41,11 @@ def read_request(conn, buf):
     return head, rest
 
 
-def handle(conn, mode):
+def handle(conn, mode, tls=None):
     buf = b""
     try:
+        if tls:
+            conn = tls.wrap_socket(conn, server_side=True)
         if mode.startswith("idle:"):
             conn.settimeout(float(mode.split(":", 1)[1]))
         while True:
@@ -69,7 +74,12 @@ def main():
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--mode", default="keepalive")
+    ap.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
     a = ap.parse_args()
+    tls = None
+    if a.tls:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(*a.tls)
     family = socket.AF_INET6 if ":" in a.host else socket.AF_INET
     srv = socket.socket(family, socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -87,7 +97,7 @@ def main():
         a.mode = "keepalive"
     while True:
         conn, _ = srv.accept()
-        threading.Thread(target=handle, args=(conn, a.mode), daemon=True).start()
+        threading.Thread(target=handle, args=(conn, a.mode, tls), daemon=True).start()
 
 
 if __name__ == "__main__":

@@ -594,3 +594,70 @@ fn a_compact_transition_of_an_unknown_socket_is_not_guessed_at() {
     assert_eq!(a.processes().count(), 0);
     assert_eq!(a.tracked_sockets(), 0);
 }
+
+/// The chunks of a handshake recorded by `tls/testdata/make.py`, as the client's socket `sk`
+/// sees them.
+fn tls_chunks(name: &str, sk: u64, t0: u64) -> Vec<crate::tls::Chunk> {
+    let all: serde_json::Value = serde_json::from_str(include_str!("../tls/testdata/handshakes.json")).unwrap();
+    all[name]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let hex = c[1].as_str().unwrap();
+            let data: Vec<u8> =
+                (0..hex.len()).step_by(2).map(|j| u8::from_str_radix(&hex[j..j + 2], 16).unwrap()).collect();
+            let dir = if c[0] == "send" { crate::tls::Dir::Send } else { crate::tls::Dir::Recv };
+            crate::tls::Chunk { ts_ns: t0 + i as u64 * MS, sk, dir, len: data.len() as u32, data }
+        })
+        .collect()
+}
+
+#[test]
+fn a_tls_handshake_is_counted_once_and_its_exchanges_are_not_requests() {
+    let mut a = Aggregator::default();
+    let mut s = Sock::new(1, 100, "127.0.0.1:40000", "127.0.0.1:8443");
+    s.state(&mut a, Close, SynSent);
+    s.state(&mut a, SynSent, Established);
+    // ClientHello; Finished; the request: 3 runs of sends, 2 of them handshake.
+    for c in tls_chunks("tls13_full", 1, s.t) {
+        a.apply_tls(&c);
+    }
+    a.flush_io(&[(1, io(3, 3))]);
+    let st = out(&a, 100, "127.0.0.1:8443");
+    assert_eq!(st.requests, 1);
+    let t = st.tls.as_deref().expect("a handshake");
+    assert_eq!(t.counts, crate::tls::Counts { handshakes: 1, resumed: 0, failed: 0 });
+    assert_eq!(t.server_names["api.example.test"].handshakes, 1);
+    assert_eq!(t.versions["TLS1.3"], 1);
+    assert_eq!(t.durations.count, 1);
+    s.io = io(4, 4);
+    s.close_with(&mut a, Established, 0);
+    let st = out(&a, 100, "127.0.0.1:8443");
+    assert_eq!(st.requests, 2, "one more request before the close");
+    assert_eq!(st.requests_per_connection.sum, 2);
+    assert_eq!(st.tls.as_deref().unwrap().counts.handshakes, 1, "the close adds no handshake");
+}
+
+#[test]
+fn a_connection_closed_during_its_handshake_is_a_failed_handshake() {
+    let mut a = Aggregator::default();
+    let mut s = Sock::new(1, 100, "127.0.0.1:40000", "127.0.0.1:8443");
+    s.state(&mut a, Close, SynSent);
+    s.state(&mut a, SynSent, Established);
+    for c in tls_chunks("tls13_full", 1, s.t).iter().take(2) {
+        a.apply_tls(c);
+    }
+    assert!(out(&a, 100, "127.0.0.1:8443").tls.is_none(), "under way: nothing decided yet");
+    s.close_with(&mut a, Established, 0);
+    let t = out(&a, 100, "127.0.0.1:8443").tls.as_deref().cloned().expect("decided at close");
+    assert_eq!(t.counts, crate::tls::Counts { handshakes: 1, resumed: 0, failed: 1 });
+    assert_eq!(t.durations.count, 0);
+    // Chunks of sockets observer does not track are ignored.
+    for c in tls_chunks("tls13_full", 99, 0) {
+        a.apply_tls(&c);
+    }
+    assert_eq!(a.stats.tls_chunks, 2 + 6);
+    assert_eq!(out(&a, 100, "127.0.0.1:8443").tls.as_deref().unwrap().counts.handshakes, 1);
+}
