@@ -45,7 +45,7 @@ pub struct Owner {
 }
 
 /// What the application sent and received on a socket, counted in the kernel (in the
-/// socket's own storage, [`SockState`]).
+/// socket's record, [`SockState`]).
 ///
 /// An exchange ("run") starts each time the direction of traffic changes: `send_runs` counts
 /// the sends that follow a receive (or the first send), `recv_runs` the receives that follow a
@@ -78,9 +78,8 @@ pub mod io_dir {
     pub const RECV: u32 = 2;
 }
 
-/// What the kernel keeps per socket, in the socket's own storage (`BPF_MAP_TYPE_SK_STORAGE`):
-/// found from the socket without hashing and freed by the kernel with it, so it needs no cleanup
-/// and cannot be evicted.
+/// What the kernel keeps per socket, in the `SOCKS` table keyed by the socket's address: from
+/// its creation (connect, listen, or a child of a listener) until it reaches CLOSE.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SockState {
@@ -140,7 +139,7 @@ pub struct TlsChunk {
     pub data: [u8; tls_capture::MAX_BYTES],
 }
 
-/// One record of the socket-storage iterator (`dump_sock_io`): a socket and its counters.
+/// One record of the socket-table iterator (`dump_sock_io`): a socket and its counters.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct IoRecord {
@@ -322,7 +321,7 @@ impl KernelOffsets {
 pub mod counter {
     /// Ring buffer reservations that failed: events lost.
     pub const EVENTS_LOST: u32 = 0;
-    /// Socket storage that could not be allocated: sockets not tracked.
+    /// Sockets not tracked: the socket table was full.
     pub const STORAGE_FAILED: u32 = 1;
     /// Listener records inserted into `LISTENERS` (with `LISTENER_DELETED` and the map's size,
     /// user space derives how many the LRU evicted).

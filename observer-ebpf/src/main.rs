@@ -1,12 +1,12 @@
 //! observer's kernel programs.
 //!
 //! Small and dumb on purpose: record who owns each TCP socket (in process context: connect,
-//! listen, and the first send or receive of an accepted connection) in the socket's own
-//! storage, count what it sends and receives there, and report its state changes. All
+//! listen, and the first send or receive of an accepted connection) in a table keyed by the
+//! socket, count what it sends and receives there, and report its state changes. All
 //! aggregation happens in user space.
 //!
-//! The socket programs are BTF tracepoints: they get the socket as a typed pointer, which the
-//! socket-storage helpers need, and cost less per hit than classic tracepoints.
+//! The socket programs are BTF tracepoints: they get the socket as a typed pointer and cost less
+//! per hit than classic tracepoints.
 #![no_std]
 #![no_main]
 // Atomic adds on storage values (the eBPF crate is always built with nightly, see aya-build).
@@ -20,14 +20,14 @@ use core::ffi::c_void;
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
-    helpers::generated::{bpf_seq_write, bpf_sk_storage_get},
+    helpers::generated::bpf_seq_write,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{btf_tracepoint, tracepoint},
     maps::ring_buf::RingBufEntry,
     programs::{BtfTracePointContext, TracePointContext},
 };
 use aya_log_ebpf::{debug, warn};
-use maps::{EVENTS, EXIT_GROUP_DEAD_OFFSET, LISTENERS, OFFSETS, TLS_CAPTURE, TLS_SCRATCH, count};
+use maps::{EVENTS, EXIT_GROUP_DEAD_OFFSET, LISTENERS, OFFSETS, SOCKS, TLS_CAPTURE, TLS_SCRATCH, count};
 use observer_common::{
     Event, IoRecord, KernelOffsets, ListenerKey, ListenerValue, Owner, SockIo, SockState, TlsChunkHeader, Transition,
     counter, flags, io_dir, kind, tcp_state, tls_capture,
@@ -38,8 +38,6 @@ use observer_common::{
 /// virtual machines): microseconds on the traced task's path.
 const BPF_RB_NO_WAKEUP: u64 = 1;
 
-/// `BPF_SK_STORAGE_GET_F_CREATE`
-const SK_STORAGE_CREATE: u64 = 1;
 const MSG_PEEK: i64 = 2;
 
 /// Reserve an [`Event`] in the ring buffer, zeroed, with its header: filled in place (no copy of
@@ -69,25 +67,22 @@ fn submit<T>(entry: RingBufEntry<T>) {
     entry.submit(BPF_RB_NO_WAKEUP);
 }
 
-/// The socket's storage, or null if observer does not track it.
+/// The socket's record, or null if observer does not track it.
 #[inline(always)]
 fn state_of(sk: *mut c_void) -> *mut SockState {
-    unsafe { bpf_sk_storage_get(maps::socks(), sk, core::ptr::null_mut(), 0) as *mut SockState }
+    SOCKS.get_ptr_mut(&(sk as u64)).unwrap_or(core::ptr::null_mut())
 }
 
-/// Give a new socket its storage, owned by `owner`. (A socket that connects again after a failed
-/// connect gets its storage reset.)
+/// Start tracking a new socket, owned by `owner`. (A record left by a socket whose CLOSE was
+/// never seen is replaced.)
 #[inline(always)]
 fn track(sk: *mut c_void, owner: &Owner, claimed: bool, tls: u32) -> bool {
     let mut init = SockState { owner: *owner, io: SockIo::zeroed(), tls, _pad: 0 };
     init.io.claimed = u32::from(claimed);
-    let st = unsafe { bpf_sk_storage_get(maps::socks(), sk, core::ptr::from_mut(&mut init).cast(), SK_STORAGE_CREATE) }
-        as *mut SockState;
-    if st.is_null() {
+    if SOCKS.insert(&(sk as u64), &init, 0).is_err() {
         count(counter::STORAGE_FAILED);
         return false;
     }
-    unsafe { *st = init };
     true
 }
 
@@ -154,6 +149,12 @@ fn on_state(ctx: &BtfTracePointContext) {
     if st.is_null() && !kernel::sock_is_tcp(&off, sk as u64) {
         return;
     }
+    // At CLOSE the record goes (even if the event cannot be queued): every TCP socket passes
+    // through CLOSE before it is destroyed.
+    let state = if st.is_null() { None } else { Some(unsafe { *st }) };
+    if new == tcp_state::CLOSE && state.is_some() {
+        let _ = SOCKS.remove(&(sk as u64));
+    }
     let Some(mut entry) = reserve_event(kind::STATE, sk as u64) else { return };
     let ev = unsafe { &mut *entry.as_mut_ptr() };
     ev.oldstate = old;
@@ -201,11 +202,10 @@ fn on_state(ctx: &BtfTracePointContext) {
             }
         }
         _ => {
-            if !st.is_null() {
-                let state = unsafe { *st };
+            if let Some(state) = state {
                 with_owner(ev, &state.owner);
                 if new == tcp_state::CLOSE {
-                    // Hand the counters over: the storage goes with the socket.
+                    // Hand the counters over: the record is gone.
                     ev.io = state.io;
                 }
             }
@@ -228,7 +228,7 @@ fn on_state(ctx: &BtfTracePointContext) {
 
 // ---------------------------------------------------------------------------------------------
 // sock/sock_send_length, sock/sock_recv_length (sk, ret, flags): every sendmsg/recvmsg. The hot
-// path: one socket-storage lookup, counted in place, no event.
+// path: one lookup, counted in place, no event.
 // ---------------------------------------------------------------------------------------------
 
 #[btf_tracepoint(function = "sock_send_length")]
@@ -363,9 +363,10 @@ fn claim_socket(sk: *mut c_void, st: *mut SockState) {
 #[inline(always)]
 fn socket_event(ctx: &BtfTracePointContext, event_kind: u8) {
     let sk: *mut c_void = ctx.arg(0);
-    // Null for resets sent with no socket (a SYN to a closed port); timewait and request sockets
-    // have no storage either.
-    if state_of(sk).is_null() {
+    // Null for resets sent with no socket (a SYN to a closed port). A socket without a record is
+    // reported too: close() sends its RST after the socket reached CLOSE (user space knows the
+    // socket from its tombstone, and drops what it never tracked).
+    if sk.is_null() {
         return;
     }
     let error = if event_kind == kind::ERROR_REPORT { kernel::sock_err(&OFFSETS.load(), sk as u64) } else { 0 };
@@ -393,21 +394,22 @@ pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> u32 {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Iterator over the socket storage (`iter/bpf_sk_storage_map`): one [`IoRecord`] per socket, for
-// the daemon's periodic read of open connections.
-// The context is `struct bpf_iter__bpf_sk_storage_map { meta; map; sk; value; }`.
+// Iterator over the socket table (`iter/bpf_map_elem`): one [`IoRecord`] per socket, for the
+// daemon's periodic read of open connections.
+// The context is `struct bpf_iter__bpf_map_elem { meta; map; key; value; }`.
 // ---------------------------------------------------------------------------------------------
 
-#[unsafe(link_section = "iter/bpf_sk_storage_map")]
+#[unsafe(link_section = "iter/bpf_map_elem")]
 #[unsafe(no_mangle)]
 pub fn dump_sock_io(ctx: *mut c_void) -> i32 {
     let ctx = ctx as *const u64;
     unsafe {
-        let sk = *ctx.add(2);
+        let key = *ctx.add(2) as *const u64;
         let value = *ctx.add(3) as *const SockState;
-        if sk == 0 || value.is_null() {
+        if key.is_null() || value.is_null() {
             return 0;
         }
+        let sk = *key;
         let meta = *ctx as *const u64;
         let seq = *meta as *mut c_void;
         let rec = IoRecord { sk, io: (*value).io };

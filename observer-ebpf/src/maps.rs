@@ -1,11 +1,9 @@
-//! The maps shared with user space. Per-socket state lives in the socket's own storage (freed
-//! with the socket); the other maps are bounded.
+//! The maps shared with user space. All are bounded.
 
 use aya_ebpf::{
     Global,
-    btf_maps::SkStorage,
-    macros::{btf_map, map},
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use observer_common::{KernelOffsets, ListenerKey, ListenerValue, SockState, TlsChunk, counter};
 
@@ -13,16 +11,14 @@ use observer_common::{KernelOffsets, ListenerKey, ListenerValue, SockState, TlsC
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
-/// Per socket: its owner and I/O counters, in socket-local storage (`BPF_MAP_TYPE_SK_STORAGE`):
-/// found from the socket without hashing, freed by the kernel with the socket.
-#[btf_map]
-pub static SOCKS: SkStorage<SockState> = SkStorage::new();
-
-/// The map pointer the socket-storage helpers expect.
-#[inline(always)]
-pub fn socks() -> *mut core::ffi::c_void {
-    core::ptr::from_ref(&SOCKS).cast_mut().cast()
-}
+/// Per socket (keyed by its address): its owner, I/O counters and TLS capture budget. A
+/// preallocated hash map: an insert takes a free element from a per-CPU list (socket-local
+/// storage would allocate and charge memory for every new socket, and free it through RCU), and
+/// the entry is deleted when the socket reaches CLOSE, which every TCP socket does before it is
+/// destroyed. Its size is set by the daemon (`--max-sockets`); a socket that finds it full is not
+/// tracked and is counted.
+#[map]
+pub static SOCKS: HashMap<u64, SockState> = HashMap::with_max_entries(131072, 0);
 
 /// Listening endpoints -> owner, to attribute the children created in softirq.
 #[map]

@@ -28,6 +28,7 @@ pub struct DaemonOptions {
     pub io_flush_interval: Duration,
     /// Recognise TLS handshakes.
     pub tls: bool,
+    pub max_sockets: u32,
     pub close_wait: CloseWaitConfig,
     pub metrics_peers_per_process: usize,
 }
@@ -51,6 +52,7 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
         ring_buffer_bytes: opts.ring_buffer_bytes,
         kernel_log_level: opts.kernel_log_level,
         tls: opts.tls,
+        max_sockets: opts.max_sockets,
     })?;
     let ring = probes.take_events()?;
     let logger = probes.take_logger();

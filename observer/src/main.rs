@@ -102,6 +102,11 @@ enum Command {
         /// the others are folded into peer="other" (the JSON API always has every peer).
         #[arg(long, default_value_t = 100, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
         metrics_peers_per_process: u64,
+        /// Sockets the kernel side can track at once (its table is preallocated: about 144 bytes
+        /// each, 18 MiB at the default). Sockets beyond it are not tracked and are counted in
+        /// observer_socket_storage_failures_total.
+        #[arg(long, default_value_t = 131072, value_name = "N", value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
+        max_sockets: u32,
         /// Do not look for TLS handshakes (the first bytes of each new connection are then never
         /// read).
         #[arg(long)]
@@ -168,6 +173,7 @@ fn main() {
             config,
             metrics_peers_per_process,
             no_tls,
+            max_sockets,
             close_wait_floor,
             close_wait_max_age,
             close_wait_window,
@@ -216,6 +222,7 @@ fn main() {
                         close_wait,
                         metrics_peers_per_process: metrics_peers_per_process as usize,
                         tls: !no_tls,
+                        max_sockets,
                     }))
                 })
         }

@@ -534,7 +534,7 @@ impl Collector for ObserverCollector {
         single(
             &mut enc,
             "observer_socket_storage_failures",
-            "Sockets the kernel could not give storage to (not tracked)",
+            "Sockets not tracked because the kernel's socket table was full (--max-sockets)",
             Counter,
             c.storage_failed,
         )?;

@@ -28,6 +28,8 @@ pub struct Options {
     pub kernel_log_level: u8,
     /// Capture the first bytes of new connections to recognise TLS handshakes.
     pub tls: bool,
+    /// Entries of the kernel's socket table.
+    pub max_sockets: u32,
 }
 
 /// Which optional features are working.
@@ -40,7 +42,7 @@ pub struct Features {
     /// Process exits as they happen (`sched/sched_process_exit`, through tracefs).
     pub process_exits: bool,
     /// Requests and bytes per connection, and accepted connections charged to the process that
-    /// uses them (`sock_send_length`, `sock_recv_length`, the socket-storage iterator).
+    /// uses them (`sock_send_length`, `sock_recv_length`, the socket-table iterator).
     pub requests: bool,
     /// TLS handshakes, read from the first bytes of each connection (needs `requests`; x86-64).
     pub tls: bool,
@@ -72,7 +74,7 @@ pub struct KernelCounters {
 pub struct Probes {
     ebpf: Ebpf,
     pub features: Features,
-    /// Link of the socket-storage iterator (reads the I/O counters of open connections).
+    /// Link of the socket-table iterator (reads the I/O counters of open connections).
     io_iter: Option<OwnedFd>,
 }
 
@@ -151,6 +153,7 @@ impl Probes {
             .override_global(names::TLS_CAPTURE, &tls_capture, true)
             .override_global("AYA_LOG_LEVEL", &opts.kernel_log_level, false)
             .map_max_entries(names::EVENTS, opts.ring_buffer_bytes)
+            .map_max_entries(names::SOCKS, opts.max_sockets)
             .load(EBPF_OBJECT)
             .map_err(|e| anyhow!("loading the eBPF programs failed: {e}"))?;
 
@@ -179,7 +182,7 @@ impl Probes {
             match attach_io_iterator(&mut ebpf, &btf) {
                 Ok(fd) => io_iter = Some(fd),
                 Err(e) => log::warn!(
-                    "socket storage iterator unavailable ({e:#}): requests on open connections are only counted when they close"
+                    "socket table iterator unavailable ({e:#}): requests on open connections are only counted when they close"
                 ),
             }
         }
@@ -252,13 +255,13 @@ impl Probes {
         n
     }
 
-    /// The I/O counters of every socket that has them, read in one pass of the socket-storage
+    /// The I/O counters of every socket that has them, read in one pass of the socket-table
     /// iterator.
     pub fn io_counters(&self) -> Result<Vec<(u64, IoCounts)>> {
-        let link = self.io_iter.as_ref().ok_or_else(|| anyhow!("no socket storage iterator"))?;
+        let link = self.io_iter.as_ref().ok_or_else(|| anyhow!("no socket table iterator"))?;
         let mut file = std::fs::File::from(bpf_iter_create(link)?);
         let mut buf = Vec::new();
-        std::io::Read::read_to_end(&mut file, &mut buf).context("reading the socket storage iterator")?;
+        std::io::Read::read_to_end(&mut file, &mut buf).context("reading the socket table iterator")?;
         Ok(buf
             .chunks_exact(size_of::<IoRecord>())
             .map(|c| {
@@ -297,17 +300,17 @@ fn bpf(cmd: libc::c_long, attr: &mut [u8; BPF_ATTR_SIZE]) -> std::io::Result<Own
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// Load the socket-storage iterator and link it to the `SOCK_IO` map. aya's `Iter::attach`
+/// Load the socket-table iterator and link it to the `SOCKS` map. aya's `Iter::attach`
 /// cannot pass a map to the link, so the link is created with the bpf() syscall directly:
 /// `link_create { prog_fd, target_fd, attach_type, flags, iter_info, iter_info_len }`.
 fn attach_io_iterator(ebpf: &mut Ebpf, btf: &Btf) -> Result<OwnedFd> {
     let map_fd = match ebpf.map(names::SOCKS) {
-        Some(Map::SkStorage(m)) => m.fd().as_fd().as_raw_fd(),
-        _ => bail!("SOCKS socket storage map missing"),
+        Some(Map::HashMap(m)) => m.fd().as_fd().as_raw_fd(),
+        _ => bail!("SOCKS map missing"),
     };
     let p: &mut Iter =
         ebpf.program_mut("dump_sock_io").ok_or_else(|| anyhow!("program dump_sock_io missing"))?.try_into()?;
-    p.load("bpf_sk_storage_map", btf)?;
+    p.load("bpf_map_elem", btf)?;
     let prog_fd = p.fd()?.as_fd().as_raw_fd();
     // union bpf_iter_link_info { struct { __u32 map_fd; } map; ... }
     let link_info: [u32; 4] = [map_fd as u32, 0, 0, 0];
