@@ -4,6 +4,7 @@
 mod aggregate;
 mod api;
 mod btf_offsets;
+mod cgroup;
 mod client;
 mod closewait;
 mod config;

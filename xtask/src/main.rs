@@ -180,6 +180,21 @@ fn setup_test_deps() -> Result<()> {
         step("installing python requests");
         run(Command::new("python3").args(["-m", "pip", "install", "-q", "requests"]))?;
     }
+    // deploy/kubernetes is checked against the Kubernetes OpenAPI schema, and its Prometheus
+    // Operator resources against the operator's models (tests/e2e/deploy.rs).
+    if !succeeds(
+        Command::new("python3").args(["-c", "import kubernetes_validate, cloudcoil.models.prometheus_operator"]),
+    ) {
+        step("installing kubernetes-validate and the Prometheus Operator's models");
+        run(Command::new("python3").args([
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "kubernetes-validate",
+            "cloudcoil.models.prometheus_operator",
+        ]))?;
+    }
     Ok(())
 }
 
