@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use hashbrown::{HashMap, HashSet};
 use std::net::SocketAddr;
 
+use crate::cgroup::Container;
 use crate::closewait::{CloseWaitConfig, CloseWaitTracker, Status as CloseWaitStatus, Verdict};
 use crate::event::{EventKind, Owner, SocketEvent};
 use crate::exphist::ExpHistogram;
@@ -146,6 +147,8 @@ pub struct Process {
     pub key: ProcessKey,
     pub comm: String,
     pub cmdline: Option<String>,
+    /// Its container and Kubernetes pod, from its cgroup.
+    pub container: Container,
     /// When the last thread exited (CLOCK_MONOTONIC ns).
     pub exited_ns: Option<u64>,
     pub outbound: HashMap<Endpoint, PeerStats>,
@@ -162,6 +165,7 @@ impl Process {
             key,
             comm,
             cmdline: None,
+            container: Container::default(),
             exited_ns: None,
             outbound: HashMap::new(),
             inbound: HashMap::new(),
@@ -337,8 +341,17 @@ impl Aggregator {
         std::mem::take(&mut self.new_processes)
     }
 
-    pub fn set_process_info(&mut self, key: ProcessKey, comm: Option<String>, cmdline: Option<String>) {
+    pub fn set_process_info(
+        &mut self,
+        key: ProcessKey,
+        comm: Option<String>,
+        cmdline: Option<String>,
+        container: Option<Container>,
+    ) {
         if let Some(p) = self.processes.get_mut(&key.pid).filter(|p| p.key.same_process(&key)) {
+            if let Some(c) = container {
+                p.container = c;
+            }
             if let Some(c) = comm.filter(|c| !c.is_empty()) {
                 p.comm = c;
             }

@@ -38,7 +38,6 @@
 
 /// The container and pod of a process (None: not in one, or not recognised).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
-#[allow(dead_code)] // until the API and the metrics carry container_id and pod_uid
 pub struct Container {
     /// The container id, 64 lowercase hex digits.
     pub container_id: Option<String>,
@@ -48,13 +47,11 @@ pub struct Container {
 
 /// The container and pod of process `pid` (None if its cgroup file cannot be read: gone, or no
 /// /proc).
-#[allow(dead_code)] // until the API and the metrics carry container_id and pod_uid
 pub fn read(pid: u32) -> Option<Container> {
     std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok().map(|text| parse(&text))
 }
 
 /// The container and pod named by the text of a `/proc/<pid>/cgroup` file.
-#[allow(dead_code)] // until the API and the metrics carry container_id and pod_uid
 pub fn parse(text: &str) -> Container {
     // "hierarchy-id:controllers:path"; the path itself may contain ':'.
     let mut paths: Vec<(bool, &str)> = text

@@ -80,6 +80,12 @@ pub fn render_process(p: &Value) -> String {
     if !s(p, "cmdline").is_empty() {
         let _ = writeln!(out, "cmdline  {}", s(p, "cmdline"));
     }
+    if let Some(pod) = p.get("pod_uid").and_then(Value::as_str) {
+        let _ = writeln!(out, "pod  {pod}");
+    }
+    if let Some(id) = p.get("container_id").and_then(Value::as_str) {
+        let _ = writeln!(out, "container  {}", &id[..id.len().min(12)]);
+    }
     let _ = writeln!(out, "sockets  {}", states(&p["sockets"]));
     let cw = &p["close_wait"];
     if n(cw, "count") > 0 {
@@ -142,6 +148,36 @@ pub fn render_process(p: &Value) -> String {
             );
         }
     }
+    let tls: Vec<(&str, &Value)> = outbound
+        .iter()
+        .map(|o| (o, "remote"))
+        .chain(inbound.iter().map(|i| (i, "local")))
+        .filter(|(e, _)| e["tls"].is_object())
+        .map(|(e, key)| (e[key].as_str().unwrap_or(""), &e["tls"]))
+        .collect();
+    if !tls.is_empty() {
+        let _ = writeln!(out, "\nTLS");
+        let _ = writeln!(
+            out,
+            "{:<28} {:>10} {:>7} {:>6} {:>8}  {:<10}  SERVER NAMES",
+            "PEER", "HANDSHAKES", "RESUMED", "FAILED", "MEAN MS", "VERSIONS"
+        );
+        for (peer, t) in tls {
+            let joined =
+                |v: &Value| v.as_object().map_or(String::new(), |m| m.keys().cloned().collect::<Vec<_>>().join(","));
+            let _ = writeln!(
+                out,
+                "{:<28} {:>10} {:>7} {:>6} {:>8.1}  {:<10}  {}",
+                peer,
+                n(t, "handshakes"),
+                n(t, "resumed"),
+                n(t, "failed"),
+                t["handshake_ms"]["mean"].as_f64().unwrap_or(0.0),
+                joined(&t["versions"]),
+                joined(&t["server_names"]),
+            );
+        }
+    }
     out
 }
 
@@ -192,6 +228,8 @@ mod tests {
     fn renders_a_process_table() {
         let doc = json!({
             "pid": 42, "comm": "python3", "cmdline": "python3 client.py", "exited": false,
+            "container_id": "3f4c0a3c8a0f5e2b9d1c7e6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c",
+            "pod_uid": "5f1a2b3c-4d5e-6f70-8192-a3b4c5d6e7f8",
             "sockets": {"ESTABLISHED": 1, "TIME_WAIT": 50, "LISTEN": 0},
             "close_wait": {"count": 0, "oldest_seconds": 0.0, "growth_per_minute": 0.0, "verdict": "none"},
             "connections_opened": 51, "connections_accepted": 0,
@@ -199,7 +237,10 @@ mod tests {
                 "connections_opened": 51, "closed_by_local": 50, "closed_by_peer": 0,
                 "connect_failures": {"refused": 4, "timeout": 1, "unreachable": 0, "reset": 0, "other": 2},
                 "resets_sent": 0, "resets_received": 3, "requests": 150, "reuse_ratio": 2.9411,
-                "new_connections_per_second": 0.85}],
+                "new_connections_per_second": 0.85,
+                "tls": {"handshakes": 51, "resumed": 3, "failed": 1, "versions": {"TLS1.3": 51},
+                    "server_names": {"api.example.com": {"handshakes": 51, "resumed": 3, "failed": 1}},
+                    "handshake_ms": {"count": 50, "sum": 100.0, "mean": 2.0, "buckets": []}}}],
             "inbound": [{"local": "0.0.0.0:9000", "sockets": {"LISTEN": 1}, "connections_accepted": 0,
                 "closed_by_local": 0, "closed_by_peer": 0, "resets_sent": 0, "resets_received": 0,
                 "requests": 0, "reuse_ratio": null, "new_connections_per_second": 0.0},
@@ -221,5 +262,10 @@ mod tests {
         let row = t.lines().find(|l| l.starts_with("0.0.0.0:9001")).unwrap();
         assert!(row.ends_with("CW=25  CLOSE_WAIT LEAK"), "{row}");
         assert!(!t.contains("close_wait  "), "no process-level line when the count is 0");
+        assert!(t.contains("pod  5f1a2b3c-4d5e-6f70-8192-a3b4c5d6e7f8\ncontainer  3f4c0a3c8a0f\n"), "{t}");
+        let row = t.lines().skip_while(|l| *l != "TLS").nth(2).expect("a TLS row");
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(&cols, &["127.0.0.1:8080", "51", "3", "1", "2.0", "TLS1.3", "api.example.com"]);
+        assert_eq!(t.lines().skip_while(|l| *l != "TLS").count(), 3, "peers without TLS have no row");
     }
 }

@@ -17,7 +17,7 @@ use crate::closewait::CloseWaitConfig;
 use crate::event;
 use crate::metrics::{self, KernelStatus};
 use crate::probes::{Options, Probes};
-use crate::{procfs, snapshot, sock_diag};
+use crate::{cgroup, procfs, snapshot, sock_diag};
 
 pub struct DaemonOptions {
     pub listen: SocketAddr,
@@ -205,7 +205,7 @@ async fn housekeeping(agg: Arc<Mutex<Aggregator>>) {
         let info: Vec<_> = new
             .into_iter()
             .filter(procfs::is_alive)
-            .map(|k| (k, procfs::comm(k.pid), procfs::cmdline(k.pid)))
+            .map(|k| (k, procfs::comm(k.pid), procfs::cmdline(k.pid), cgroup::read(k.pid)))
             .collect();
         let dead: Vec<_> = known.into_iter().filter(|k| !procfs::is_alive(k)).collect();
         if info.is_empty() && dead.is_empty() {
@@ -213,8 +213,8 @@ async fn housekeeping(agg: Arc<Mutex<Aggregator>>) {
         }
         let now = monotonic_ns();
         let mut a = agg.lock().expect("aggregator lock");
-        for (k, comm, cmdline) in info {
-            a.set_process_info(k, comm, cmdline);
+        for (k, comm, cmdline, container) in info {
+            a.set_process_info(k, comm, cmdline, container);
         }
         for k in dead {
             a.mark_exited(k, now);

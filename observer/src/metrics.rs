@@ -2,8 +2,9 @@
 //! pruned processes disappear with them), with prometheus-client: OpenMetrics text by default,
 //! the Prometheus protobuf format (with native histograms) when the scraper asks for it.
 //!
-//! Per peer, labels are `pid`, `comm`, `direction` (`outbound`/`inbound`) and `peer`: the remote
-//! endpoint for outbound sockets, the local listening endpoint for inbound ones.
+//! Per peer, labels are `pid`, `comm`, `container_id`, `pod_uid`, `direction`
+//! (`outbound`/`inbound`) and `peer`: the remote endpoint for outbound sockets, the local
+//! listening endpoint for inbound ones.
 
 use std::sync::{Arc, Mutex};
 
@@ -182,13 +183,21 @@ fn with(labels: &Labels, key: &'static str, value: impl Into<String>) -> Labels 
     l
 }
 
-fn peer_labels(p: &Process, direction: Direction, peer: &str) -> Labels {
+/// pid, comm, and the container and pod (empty for a process outside any).
+fn process_labels(p: &Process) -> Labels {
     vec![
         ("pid", p.key.pid.to_string()),
         ("comm", p.comm.clone()),
-        ("direction", direction.name().to_string()),
-        ("peer", peer.to_string()),
+        ("container_id", p.container.container_id.clone().unwrap_or_default()),
+        ("pod_uid", p.container.pod_uid.clone().unwrap_or_default()),
     ]
+}
+
+fn peer_labels(p: &Process, direction: Direction, peer: &str) -> Labels {
+    let mut l = process_labels(p);
+    l.push(("direction", direction.name().to_string()));
+    l.push(("peer", peer.to_string()));
+    l
 }
 
 impl ObserverCollector {
@@ -290,7 +299,7 @@ impl Collector for ObserverCollector {
         procs.sort_by_key(|p| p.key.pid);
         for p in &procs {
             let (total, _, _) = process_totals(&agg, p);
-            let labels = vec![("pid", p.key.pid.to_string()), ("comm", p.comm.clone())];
+            let labels = process_labels(p);
             for (state, n) in total.iter() {
                 gauge_count(&mut m, &with(&labels, "state", state.name()), n)?;
             }

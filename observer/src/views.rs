@@ -264,6 +264,10 @@ pub struct ProcessDetail {
     pub pid: u32,
     pub comm: String,
     pub cmdline: String,
+    /// The container it runs in (from its cgroup), or null.
+    pub container_id: Option<String>,
+    /// The Kubernetes pod it belongs to (from its cgroup), or null.
+    pub pod_uid: Option<String>,
     /// The process has exited; it is kept for the retention period, then pruned.
     pub exited: bool,
     pub sockets: Sockets,
@@ -279,6 +283,10 @@ pub struct ProcessDetail {
 pub struct ProcessSummary {
     pub pid: u32,
     pub comm: String,
+    /// The container it runs in (from its cgroup), or null.
+    pub container_id: Option<String>,
+    /// The Kubernetes pod it belongs to (from its cgroup), or null.
+    pub pod_uid: Option<String>,
     pub exited: bool,
     pub sockets: Sockets,
     pub connections_opened: u64,
@@ -352,6 +360,8 @@ pub fn process_detail(agg: &Aggregator, p: &Process, now_ns: u64) -> ProcessDeta
         pid: p.key.pid,
         comm: p.comm.clone(),
         cmdline: p.cmdline.clone().unwrap_or_default(),
+        container_id: p.container.container_id.clone(),
+        pod_uid: p.container.pod_uid.clone(),
         exited: p.exited_ns.is_some(),
         sockets: Sockets(total),
         connections_opened: outbound.iter().map(|o| o.connections_opened).sum(),
@@ -419,6 +429,8 @@ pub fn process_summary(agg: &Aggregator, p: &Process) -> ProcessSummary {
     ProcessSummary {
         pid: p.key.pid,
         comm: p.comm.clone(),
+        container_id: p.container.container_id.clone(),
+        pod_uid: p.container.pod_uid.clone(),
         exited: p.exited_ns.is_some(),
         sockets: Sockets(sockets),
         connections_opened,

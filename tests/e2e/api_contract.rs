@@ -98,7 +98,7 @@ fn the_document_rejects_undocumented_fields() {
         "LISTEN",
     ];
     let sockets: serde_json::Map<String, Value> = states.iter().map(|s| (s.to_string(), json!(0))).collect();
-    let good = json!([{ "pid": 1, "comm": "x", "exited": false, "sockets": sockets,
+    let good = json!([{ "pid": 1, "comm": "x", "container_id": null, "pod_uid": null, "exited": false, "sockets": sockets,
         "connections_opened": 0, "connections_accepted": 0 }]);
     check(&doc, "/api/v1/processes", 200, &good);
     let mut extra = good.clone();
@@ -108,5 +108,70 @@ fn the_document_rejects_undocumented_fields() {
     for bad in [extra, missing] {
         let r = std::panic::catch_unwind(|| check(&doc, "/api/v1/processes", 200, &bad));
         assert!(r.is_err(), "accepted {bad}");
+    }
+}
+
+/// A process in a Kubernetes pod's container cgroup (containerd, systemd driver, cgroup v2, made
+/// here by hand) carries its container id and pod UID in the API and in the metrics labels.
+#[test]
+fn a_process_in_a_pod_carries_its_container_and_pod() {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    let Some(root) = mounts.lines().map(|l| l.split_whitespace().collect::<Vec<_>>()).find(|f| f[2] == "cgroup2")
+    else {
+        panic!("no cgroup v2 hierarchy mounted: {mounts}");
+    };
+    let root = std::path::PathBuf::from(root[1]);
+    let uid = "0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b";
+    let id = "c0ffee0123456789abcdef0123456789abcdef0123456789abcdef0123456789";
+    let slice = root.join("kubepods.slice/kubepods-besteffort.slice");
+    let pod = slice.join(format!("kubepods-besteffort-pod{}.slice", uid.replace('-', "_")));
+    let scope = pod.join(format!("cri-containerd-{id}.scope"));
+    std::fs::create_dir_all(&scope).expect("creating a cgroup");
+
+    let doc = openapi();
+    let d = Daemon::start(&[]);
+    let (_server, port) = http_server("127.0.0.1", "keepalive");
+    // Moved into the cgroup before it touches the network (the daemon reads the cgroup of a
+    // process when it first sees it).
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args([
+        "-c",
+        &format!(
+            "import socket, sys\nsys.stdin.readline()\ns = socket.create_connection(('127.0.0.1', {port}))\n\
+             print('connected', flush=True)\nsys.stdin.readline()\n"
+        ),
+    ]);
+    let mut p = Proc::spawn(cmd);
+    std::fs::write(scope.join("cgroup.procs"), p.pid().to_string()).expect("moving the process");
+    assert_eq!(p.command("go"), "connected");
+    let v = d.wait_process(p.pid(), Duration::from_secs(10), "its container", |v| v["pod_uid"] == uid);
+    assert_eq!(v["container_id"], id);
+    assert_eq!(num(&v, "sockets/ESTABLISHED"), 1);
+    check(&doc, "/api/v1/processes/{pid}", 200, &v);
+    let (_, list) = d.get("/api/v1/processes");
+    let entry = list.as_array().unwrap().iter().find(|e| e["pid"] == p.pid()).unwrap().clone();
+    assert_eq!((entry["container_id"].clone(), entry["pod_uid"].clone()), (json!(id), json!(uid)));
+    let text = d.metrics();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("observer_sockets{") && l.contains(&format!("pid=\"{}\"", p.pid())))
+        .expect("its sockets in the metrics");
+    assert!(line.contains(&format!("pod_uid=\"{uid}\"")) && line.contains(&format!("container_id=\"{id}\"")), "{line}");
+    // A host process has neither.
+    let (_, server) = d.get(&format!("/api/v1/processes/{}", _server.pid()));
+    assert_eq!((server["container_id"].clone(), server["pod_uid"].clone()), (Value::Null, Value::Null));
+
+    let pid = p.pid();
+    drop(p);
+    // The cgroup can go once the process is gone.
+    let procs = scope.join("cgroup.procs");
+    for _ in 0..100 {
+        if std::fs::read_to_string(&procs).map_or(true, |s| !s.contains(&pid.to_string())) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for dir in [&scope, &pod, &slice, &root.join("kubepods.slice")] {
+        let _ = std::fs::remove_dir(dir);
     }
 }
