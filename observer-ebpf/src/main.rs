@@ -22,9 +22,9 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use aya_ebpf::{
     helpers::generated::bpf_seq_write,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::{btf_tracepoint, tracepoint},
+    macros::btf_tracepoint,
     maps::ring_buf::RingBufEntry,
-    programs::{BtfTracePointContext, TracePointContext},
+    programs::BtfTracePointContext,
 };
 use aya_log_ebpf::{debug, warn};
 use maps::{EVENTS, EXIT_GROUP_DEAD_OFFSET, LISTENERS, OFFSETS, SOCKS, TLS_CAPTURE, TLS_SCRATCH, count};
@@ -419,21 +419,22 @@ pub fn dump_sock_io(ctx: *mut c_void) -> i32 {
 }
 
 // ---------------------------------------------------------------------------------------------
-// sched/sched_process_exit: comm@8 pid@24 prio@28 [group_dead@32]
+// sched/sched_process_exit (task [, group_dead]): every thread's exit. A BTF tracepoint: a
+// classic one would have the kernel format a record first, for every exiting thread.
 // ---------------------------------------------------------------------------------------------
 
-#[tracepoint]
-pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn sched_process_exit(ctx: BtfTracePointContext) -> u32 {
     on_exit(&ctx);
     0
 }
 
 #[inline(always)]
-fn on_exit(ctx: &TracePointContext) {
+fn on_exit(ctx: &BtfTracePointContext) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let group_dead_offset = EXIT_GROUP_DEAD_OFFSET.load();
-    let last = if group_dead_offset != 0 {
-        unsafe { ctx.read_at::<u8>(group_dead_offset as usize) }.unwrap_or(0) != 0
+    // A constant of the loaded program: the branch for the other kernel is never verified.
+    let last = if EXIT_GROUP_DEAD_OFFSET.load() != 0 {
+        ctx.arg::<u64>(1) as u8 != 0
     } else {
         // Without group_dead, report the leader's exit; user space checks /proc.
         (pid_tgid >> 32) as u32 == pid_tgid as u32

@@ -41,7 +41,8 @@ pub static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets::zeroed())
 #[unsafe(no_mangle)]
 pub static TLS_CAPTURE: Global<u32> = Global::new(0);
 
-/// Offset of `group_dead` in the `sched_process_exit` record (0: the field does not exist).
+/// Non-zero if `sched_process_exit` has its `group_dead` argument (kernel 6.16+): the offset of
+/// the field in the tracepoint's record, as tracefs describes it.
 #[unsafe(no_mangle)]
 pub static EXIT_GROUP_DEAD_OFFSET: Global<u32> = Global::new(0);
 

@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::maps::Map;
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::{BtfTracePoint, Iter, TracePoint};
+use aya::programs::{BtfTracePoint, Iter};
 use aya::{Btf, Ebpf, EbpfLoader};
 use observer_common::{AF_INET, AF_INET6, IoRecord, ListenerKey, ListenerValue, Owner, counter, names, tls_capture};
 
@@ -16,7 +16,7 @@ use crate::event::Comm;
 use crate::model::{IoCounts, ProcessKey, TcpState};
 
 use crate::btf_offsets;
-use crate::tracefs::{self, Expected};
+use crate::tracefs;
 
 /// The eBPF object built by build.rs (empty when built with AYA_BUILD_SKIP=1).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
@@ -39,7 +39,7 @@ pub struct Features {
     pub error_reports: bool,
     /// Resets sent and received (`tcp_send_reset`, `tcp_receive_reset`).
     pub resets: bool,
-    /// Process exits as they happen (`sched/sched_process_exit`, through tracefs).
+    /// Process exits as they happen (BTF tracepoint `sched_process_exit`).
     pub process_exits: bool,
     /// Requests and bytes per connection, and accepted connections charged to the process that
     /// uses them (`sock_send_length`, `sock_recv_length`, the socket-table iterator).
@@ -127,11 +127,11 @@ impl Probes {
         raise_memlock();
 
         let mut features = Features::default();
-        // Only the process-exit tracepoint goes through tracefs.
+        // tracefs only tells whether sched_process_exit has its group_dead argument.
         let tracefs = match tracefs::ensure_mounted() {
             Ok(t) => Some(t),
             Err(e) => {
-                log::warn!("{e:#}: exits are found by polling /proc");
+                log::warn!("{e:#}: a process's exit is taken from its main thread's");
                 None
             }
         };
@@ -186,17 +186,14 @@ impl Probes {
                 ),
             }
         }
-        if let Some(t) = &tracefs {
-            features.process_exits = match tracefs::check(t, &tracefs::SCHED_PROCESS_EXIT)
-                .and_then(|_| attach_tracepoint(&mut ebpf, "sched_process_exit", &tracefs::SCHED_PROCESS_EXIT))
-            {
+        features.process_exits =
+            match attach_btf_tracepoint(&mut ebpf, &btf, "sched_process_exit", "sched_process_exit") {
                 Ok(()) => true,
                 Err(e) => {
-                    log::warn!("sched/sched_process_exit unavailable ({e:#}): exits are found by polling /proc");
+                    log::warn!("sched_process_exit unavailable ({e:#}): exits are found by polling /proc");
                     false
                 }
             };
-        }
         Ok(Probes { ebpf, features, io_iter })
     }
 
@@ -335,13 +332,5 @@ fn attach_btf_tracepoint(ebpf: &mut Ebpf, btf: &Btf, prog: &str, target: &str) -
         ebpf.program_mut(prog).ok_or_else(|| anyhow!("program {prog} missing from the object"))?.try_into()?;
     p.load(target, btf)?;
     p.attach()?;
-    Ok(())
-}
-
-fn attach_tracepoint(ebpf: &mut Ebpf, prog: &str, tp: &Expected) -> Result<()> {
-    let p: &mut TracePoint =
-        ebpf.program_mut(prog).ok_or_else(|| anyhow!("program {prog} missing from the object"))?.try_into()?;
-    p.load()?;
-    p.attach(tp.category, tp.name)?;
     Ok(())
 }

@@ -124,10 +124,11 @@ fn missing_kernel_btf_is_a_clear_error() {
     assert_one_line_error(code, &stderr, "observer needs the kernel's BTF");
 }
 
-/// tracefs unmounted and no right to mount it: only the process-exit tracepoint needs it, so
-/// the daemon runs, says so, and finds exits by polling /proc.
+/// tracefs unmounted and no right to mount it: the programs are BTF tracepoints and need none;
+/// the daemon says what it could not learn (whether `sched_process_exit` has `group_dead`), and
+/// still sees processes exit.
 #[test]
-fn without_tracefs_exits_are_found_by_polling() {
+fn without_tracefs_everything_still_works() {
     let d = Daemon::start_wrapped(
         &[
             "unshare",
@@ -139,22 +140,32 @@ fn without_tracefs_exits_are_found_by_polling() {
             "umount /sys/kernel/tracing 2>/dev/null; umount /sys/kernel/debug/tracing 2>/dev/null; \
            exec setpriv --bounding-set=-sys_admin --inh-caps=-sys_admin \"$0\" \"$@\"",
         ],
-        &[],
+        &["--exited-retention", "60"],
     );
     let (_, status) = d.get("/api/v1/status");
-    assert_eq!(status["features"]["process_exits"], false, "{status}");
+    assert_eq!(status["features"]["process_exits"], true, "{status}");
     assert_eq!(status["features"]["requests"], true, "{status}");
     let log = d.log_text();
     assert!(log.contains("tracefs is not mounted and mounting it"), "{log}");
-    assert!(log.contains("exits are found by polling /proc"), "{log}");
-    // Still attributes: a client's connection is seen.
+    assert!(log.contains("a process's exit is taken from its main thread's"), "{log}");
     let (_server, port) = http_server("127.0.0.1", "keepalive");
     let remote = format!("127.0.0.1:{port}");
     let (c, result) = client(None, &["requests_session", &format!("http://{remote}/"), "2"]);
-    d.wait_process(result["pid"].as_u64().unwrap() as u32, Duration::from_secs(10), "one connection", |doc| {
+    let pid = result["pid"].as_u64().unwrap() as u32;
+    d.wait_process(pid, Duration::from_secs(10), "one connection", |doc| {
         outbound(doc, &remote).is_some_and(|o| num(o, "connections_opened") == 1)
     });
     drop(c);
+    // Its exit comes from the tracepoint, well before the 5 s /proc poll.
+    let t0 = std::time::Instant::now();
+    d.wait_process(pid, Duration::from_secs(10), "exited", |doc| doc["exited"] == true);
+    assert!(t0.elapsed() < Duration::from_millis(2500), "exit seen after {:?}", t0.elapsed());
+    let exits = d
+        .metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix("observer_events_total{kind=\"process_exit\"} "))
+        .map(|v| v.parse::<u64>().unwrap());
+    assert!(exits.is_some_and(|n| n > 0), "exit events from the kernel: {exits:?}");
 }
 
 #[test]
