@@ -11,7 +11,7 @@
 use hashbrown::HashMap;
 use std::net::SocketAddr;
 
-use crate::model::{Direction, Endpoint, ProcessKey, StateCounts, TcpState};
+use crate::model::{Direction, Endpoint, ProcessKey, StateCounts, TcpState, hash_addr};
 
 /// `TCP_TIMEWAIT_LEN`.
 pub const TIME_WAIT_NS: u64 = 60_000_000_000;
@@ -22,12 +22,20 @@ const SLACK_NS: u64 = 2_000_000_000;
 const RECONCILED_GRACE_NS: u64 = 10_000_000_000;
 
 /// A timewait entry in the kernel, as the 4-tuple the socket had.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TwKey {
     /// Network namespace inode (0: the daemon's own).
     pub netns: u32,
     pub local: SocketAddr,
     pub remote: SocketAddr,
+}
+
+impl std::hash::Hash for TwKey {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        h.write_u32(self.netns);
+        hash_addr(&self.local, h);
+        hash_addr(&self.remote, h);
+    }
 }
 
 /// Who a derived timewait entry is charged to.
@@ -127,8 +135,8 @@ impl TimeWaitTable {
     /// Match the entries of network namespace `netns` with the kernel's table, dumped starting
     /// at `dump_started_ns`. Entries created after the dump started are left alone.
     pub fn reconcile(&mut self, netns: u32, dump_started_ns: u64, kernel: &[KernelTimeWait], now_ns: u64) {
-        let by_tuple: HashMap<(SocketAddr, SocketAddr), &KernelTimeWait> =
-            kernel.iter().map(|k| ((k.local, k.remote), k)).collect();
+        let by_tuple: HashMap<TwKey, &KernelTimeWait> =
+            kernel.iter().map(|k| (TwKey { netns, local: k.local, remote: k.remote }, k)).collect();
         let mut matched = 0u64;
         let mut changed = Vec::new();
         let mut gone = Vec::new();
@@ -136,7 +144,7 @@ impl TimeWaitTable {
             if key.netns != netns {
                 return true;
             }
-            match by_tuple.get(&(key.local, key.remote)) {
+            match by_tuple.get(key) {
                 Some(k) => {
                     if k.substate == TcpState::TimeWait {
                         matched += 1;
