@@ -489,7 +489,7 @@ impl Bench {
         std::fs::create_dir_all(&dir)?;
         let path = dir.join("results.md");
         let old = std::fs::read_to_string(&path).unwrap_or_default();
-        let stamp = format!("_Measured {} on {}._\n\n", now_utc(), machine());
+        let stamp = format!("_{}._\n\n", stamp());
         std::fs::write(&path, merge_sections(&old, name, &format!("{stamp}{body}")))?;
         Ok(path)
     }
@@ -518,6 +518,11 @@ pub fn merge_sections(old: &str, name: &str, body: &str) -> String {
         }
     }
     md
+}
+
+/// "Measured <date> on Linux <version>, <n> CPUs"
+pub fn stamp() -> String {
+    format!("Measured {} on {}", now_utc(), machine())
 }
 
 fn now_utc() -> String {
@@ -676,6 +681,43 @@ pub fn targets_markdown(
     md
 }
 
+/// The side-by-side table of throughput ratios: a row per workload, a column per setup.
+pub fn overview_markdown(results: &[&WorkloadResult], setups: &[Setup]) -> String {
+    let mut md = String::from("| workload | ");
+    md.push_str(&setups.iter().map(|s| s.name()).collect::<Vec<_>>().join(" | "));
+    md.push_str(" |\n| --- |");
+    md.push_str(&" ---: |".repeat(setups.len()));
+    md.push('\n');
+    for r in results {
+        let _ = write!(md, "| {} |", r.workload.name());
+        for s in setups {
+            match (*s, r.ratio(*s)) {
+                (Setup::None, _) => {
+                    let _ = write!(md, " {:.0} req/s |", median(&r.rps[s]));
+                }
+                (_, Some(x)) => {
+                    let _ = write!(md, " {x:.3} |");
+                }
+                (_, None) => md.push_str(" - |"),
+            }
+        }
+        md.push('\n');
+    }
+    md
+}
+
+/// README.md with the text between `<!-- bench:overview -->` and `<!-- /bench:overview -->`
+/// replaced by `body` (unchanged if the markers are missing).
+pub fn merge_readme(readme: &str, body: &str) -> String {
+    let (begin, end) = ("<!-- bench:overview -->", "<!-- /bench:overview -->");
+    match (readme.find(begin), readme.find(end)) {
+        (Some(b), Some(e)) if b < e => {
+            format!("{}{begin}\n{}\n{}", &readme[..b], body.trim_end(), &readme[e..])
+        }
+        _ => readme.to_string(),
+    }
+}
+
 /// A bar chart of the throughput ratios, per workload and setup.
 pub fn plot(path: &Path, results: &[&WorkloadResult], setups: &[Setup]) -> Result<()> {
     use plotters::prelude::*;
@@ -824,5 +866,16 @@ mod tests {
         // Pairs: 0.9, 0.95, 0.99: the median is 0.95, unlike the ratio of medians (190/100... no: 99/100).
         assert_eq!(r.ratio(Setup::Observer), Some(0.95));
         assert_eq!(r.ratio(Setup::Bpftrace), None);
+        let t = overview_markdown(&[&r], &[Setup::None, Setup::Observer, Setup::Bpftrace]);
+        assert!(t.ends_with("| keep-alive | 100 req/s | 0.950 | - |\n"), "{t}");
+    }
+
+    #[test]
+    fn the_readme_section_is_replaced_between_its_markers() {
+        let readme = "# x\n## Overhead\n<!-- bench:overview -->\nold\n<!-- /bench:overview -->\nafter\n";
+        let new = merge_readme(readme, "new table\n");
+        assert_eq!(new, "# x\n## Overhead\n<!-- bench:overview -->\nnew table\n<!-- /bench:overview -->\nafter\n");
+        assert_eq!(merge_readme(&new, "again"), new.replace("new table", "again"));
+        assert_eq!(merge_readme("no markers", "t"), "no markers");
     }
 }

@@ -290,6 +290,22 @@ fn main() -> Result<()> {
             if !results.is_empty() || scale.is_some() {
                 written = Some(b.write_section("targets", &bench::targets_markdown(keep, close, scale.as_ref()))?);
             }
+            if let (Some(_), Some(_), Some(s)) = (keep, close, scale.as_ref()) {
+                // A complete run: the README shows it.
+                let refs: Vec<&bench::WorkloadResult> = results.iter().collect();
+                let body = format!(
+                    "_{}, `cargo xtask bench` (all cases, {rounds} rounds), {}._\n\nThroughput with each \
+                     tracer divided by throughput without (median of paired rounds):\n\n{}\n{}",
+                    bench::stamp(),
+                    "details in [bench/results.md](bench/results.md)",
+                    bench::overview_markdown(&refs, bench::ALL_SETUPS),
+                    bench::targets_markdown(keep, close, Some(s)),
+                );
+                let path = root().join("README.md");
+                let readme = std::fs::read_to_string(&path)?;
+                std::fs::write(&path, bench::merge_readme(&readme, &body))?;
+                step("updated the README's Overhead section");
+            }
             if !results.is_empty() {
                 let png = root().join("bench/results.png");
                 let refs: Vec<&bench::WorkloadResult> = results.iter().collect();
