@@ -1,22 +1,47 @@
 //! Connection lifetimes: exact count, sum, min and max, plus buckets for the Prometheus
 //! histogram.
 
-/// Upper bounds of the histogram buckets, in seconds.
-pub const BUCKETS_SECONDS: [f64; 14] =
-    [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
+/// Upper bounds of a [`Durations`] histogram's buckets, in seconds.
+pub trait Bounds {
+    const SECONDS: &'static [f64];
+}
 
+/// Connection lifetimes.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LifetimeBounds;
+
+impl Bounds for LifetimeBounds {
+    const SECONDS: &'static [f64] =
+        &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
+}
+
+/// TLS handshakes: 0.5 ms to 10 s.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct HandshakeBounds;
+
+impl Bounds for HandshakeBounds {
+    const SECONDS: &'static [f64] =
+        &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+}
+
+/// Most buckets a [`Bounds`] may have.
+const MAX_BUCKETS: usize = 16;
+
+pub type Lifetimes = Durations<LifetimeBounds>;
+
+/// Durations: exact count, sum, min and max, plus non-cumulative counts per bucket of `B`
+/// (values above the last bound are only in `count`).
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Lifetimes {
+pub struct Durations<B> {
     pub count: u64,
     pub sum_ns: u64,
     pub min_ns: u64,
     pub max_ns: u64,
-    /// Non-cumulative counts per bucket of [`BUCKETS_SECONDS`] (values above the last bound are
-    /// only in `count`).
-    buckets: [u64; BUCKETS_SECONDS.len()],
+    buckets: [u64; MAX_BUCKETS],
+    bounds: std::marker::PhantomData<B>,
 }
 
-impl Lifetimes {
+impl<B: Bounds> Durations<B> {
     pub fn observe_ns(&mut self, ns: u64) {
         if self.count == 0 || ns < self.min_ns {
             self.min_ns = ns;
@@ -25,12 +50,12 @@ impl Lifetimes {
         self.count += 1;
         self.sum_ns += ns;
         let secs = ns as f64 / 1e9;
-        if let Some(i) = BUCKETS_SECONDS.iter().position(|b| secs <= *b) {
+        if let Some(i) = B::SECONDS.iter().position(|b| secs <= *b) {
             self.buckets[i] += 1;
         }
     }
 
-    pub fn merge(&mut self, other: &Lifetimes) {
+    pub fn merge(&mut self, other: &Self) {
         if other.count == 0 {
             return;
         }
@@ -47,7 +72,7 @@ impl Lifetimes {
 
     /// (upper bound in seconds, count in that bucket) for each bucket.
     pub fn buckets(&self) -> impl Iterator<Item = (f64, u64)> + '_ {
-        BUCKETS_SECONDS.iter().copied().zip(self.buckets.iter().copied())
+        B::SECONDS.iter().copied().zip(self.buckets.iter().copied())
     }
 }
 

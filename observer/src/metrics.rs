@@ -469,7 +469,7 @@ impl Collector for ObserverCollector {
         )?;
         for r in rows.iter().filter(|r| r.tls.counts.handshakes > 0) {
             let d = &r.tls.durations;
-            let mut buckets: Vec<(f64, u64)> = d.buckets().map(|(ms, n)| (ms / 1e3, n)).collect();
+            let mut buckets: Vec<(f64, u64)> = d.buckets().collect();
             let above = d.count - buckets.iter().map(|(_, n)| n).sum::<u64>();
             buckets.push((f64::INFINITY, above));
             m.encode_family(&r.labels)?.encode_histogram::<Labels>(d.sum_ns as f64 / 1e9, d.count, &buckets, None)?;

@@ -19,6 +19,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::lifetime::{Durations, HandshakeBounds};
 use tls_parser::{TlsExtension, TlsMessage, TlsMessageHandshake, TlsVersion, parse_tls_record_header};
 
 /// TLS record content types.
@@ -457,43 +458,6 @@ fn version_name(v: TlsVersion) -> &'static str {
     }
 }
 
-/// Upper bounds of the handshake duration buckets, in milliseconds.
-pub const BUCKETS_MS: [f64; 14] =
-    [0.5, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0];
-
-/// Handshake durations: count, sum, and non-cumulative counts per bucket of [`BUCKETS_MS`]
-/// (durations above the last bound are only in `count`).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Durations {
-    pub count: u64,
-    pub sum_ns: u64,
-    buckets: [u64; BUCKETS_MS.len()],
-}
-
-impl Durations {
-    pub fn observe_ns(&mut self, ns: u64) {
-        self.count += 1;
-        self.sum_ns += ns;
-        let ms = ns as f64 / 1e6;
-        if let Some(i) = BUCKETS_MS.iter().position(|b| ms <= *b) {
-            self.buckets[i] += 1;
-        }
-    }
-
-    pub fn merge(&mut self, o: &Durations) {
-        self.count += o.count;
-        self.sum_ns += o.sum_ns;
-        for (a, b) in self.buckets.iter_mut().zip(o.buckets.iter()) {
-            *a += b;
-        }
-    }
-
-    /// (upper bound in ms, count in that bucket), non-cumulative.
-    pub fn buckets(&self) -> impl Iterator<Item = (f64, u64)> + '_ {
-        BUCKETS_MS.iter().copied().zip(self.buckets.iter().copied())
-    }
-}
-
 /// Handshake counts, for one peer or one server name of a peer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
@@ -524,7 +488,7 @@ pub struct TlsStats {
     pub server_names: BTreeMap<String, Counts>,
     /// By negotiated version.
     pub versions: BTreeMap<&'static str, u64>,
-    pub durations: Durations,
+    pub durations: Durations<HandshakeBounds>,
 }
 
 impl TlsStats {

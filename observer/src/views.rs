@@ -156,7 +156,11 @@ impl From<&TlsStats> for Tls {
                 count: d.count,
                 sum,
                 mean: if d.count == 0 { 0.0 } else { sum / d.count as f64 },
-                buckets: d.buckets().filter(|(_, n)| *n > 0).map(|(le, count)| MsBucket { le, count }).collect(),
+                buckets: d
+                    .buckets()
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(le, count)| MsBucket { le: le * 1e3, count })
+                    .collect(),
             },
         }
     }
