@@ -2,6 +2,8 @@
 //! `ss -tanp` shows): sock_diag in every network namespace, joined with `/proc/<pid>/fd`.
 
 use std::collections::HashMap;
+use std::io::ErrorKind;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 
 use anyhow::Result;
@@ -18,16 +20,84 @@ struct ProcInfo {
     netns: u32,
 }
 
-/// Socket inodes (`socket:[N]`) among the fds of `pid`.
-fn socket_inodes(pid: u32) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return Vec::new() };
-    dir.flatten()
-        .filter_map(|e| std::fs::read_link(e.path()).ok())
+/// Socket inodes (`socket:[N]`) among the fds of `pid`, and whether reading them was denied
+/// (processes of other users, or with capabilities the daemon lacks).
+fn socket_inodes(pid: u32) -> (Vec<u32>, bool) {
+    let dir = match std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        Ok(dir) => dir,
+        Err(e) => return (Vec::new(), e.kind() == ErrorKind::PermissionDenied),
+    };
+    let mut denied = false;
+    let inodes = dir
+        .flatten()
+        .filter_map(|e| {
+            std::fs::read_link(e.path()).map_err(|e| denied |= e.kind() == ErrorKind::PermissionDenied).ok()
+        })
         .filter_map(|t| {
             let t = t.to_str()?;
             t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
         })
-        .collect()
+        .collect();
+    (inodes, denied)
+}
+
+/// What the snapshot was not allowed to see.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Denied {
+    /// Processes whose `/proc/<pid>/fd` or `/proc/<pid>/ns/net` could not be read.
+    processes: usize,
+    /// Network namespaces that could not be entered.
+    namespaces: usize,
+}
+
+/// The capabilities looking into other processes and network namespaces takes, with their bits.
+const NEEDED: [(&str, u32); 3] = [("CAP_SYS_PTRACE", 19), ("CAP_DAC_READ_SEARCH", 2), ("CAP_SYS_ADMIN", 21)];
+
+/// Our effective capabilities (`CapEff` of /proc/self/status).
+fn effective_capabilities() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}
+
+impl Denied {
+    /// The one start-up warning: what was denied, which capability is missing (`effective`:
+    /// our effective set), what is degraded. None if nothing was denied.
+    fn warning(&self, effective: Option<u64>) -> Option<String> {
+        if *self == Denied::default() {
+            return None;
+        }
+        let missing: Vec<&str> = NEEDED
+            .iter()
+            .filter(|(_, bit)| effective.is_some_and(|e| e & (1 << bit) == 0))
+            .map(|(name, _)| *name)
+            .collect();
+        let cause = if missing.is_empty() {
+            "the capabilities are there, so something else refused it (a security module: AppArmor, SELinux)"
+                .to_string()
+        } else {
+            format!("missing {}", missing.join(", "))
+        };
+        // Reconciliation opens /proc/<pid>/ns/net and enters the namespace: CAP_DAC_READ_SEARCH
+        // alone does not matter to it.
+        let time_wait = if missing.is_empty() || missing.iter().any(|c| *c != "CAP_DAC_READ_SEARCH") {
+            ", and TIME_WAIT in other network namespaces is derived from closes (60 s expiry) instead of \
+             reconciled with the kernel's table"
+        } else {
+            ""
+        };
+        Some(format!(
+            "permission denied looking into other processes and network namespaces (could not read \
+             /proc/<pid>/fd or /proc/<pid>/ns/net of {} processes, could not enter {} network namespaces): \
+             {cause}. Degraded: sockets opened before the daemon started are not attributed to those \
+             processes (seen at their next state change only){time_wait}. See docs/deploy.md, \"Privileges\"",
+            self.processes, self.namespaces
+        ))
+    }
+}
+
+fn is_permission_denied(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == ErrorKind::PermissionDenied))
 }
 
 /// Every live TCP socket (TIME_WAIT excepted) held by a process, charged to the lowest pid that
@@ -35,6 +105,7 @@ fn socket_inodes(pid: u32) -> Vec<u32> {
 pub fn take() -> Result<Vec<SeedSocket>> {
     let mut procs: HashMap<u32, ProcInfo> = HashMap::new();
     let mut holders: HashMap<u32, u32> = HashMap::new();
+    let mut denied = Denied::default();
     for entry in std::fs::read_dir("/proc")?.flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
@@ -42,11 +113,18 @@ pub fn take() -> Result<Vec<SeedSocket>> {
         if state == 'Z' {
             continue;
         }
-        let inodes = socket_inodes(pid);
+        let (inodes, fds_denied) = socket_inodes(pid);
+        denied.processes += usize::from(fds_denied);
         if inodes.is_empty() {
             continue;
         }
-        let Some(netns) = procfs::netns_inode(pid) else { continue };
+        let netns = match std::fs::metadata(format!("/proc/{pid}/ns/net")) {
+            Ok(m) => m.ino() as u32,
+            Err(e) => {
+                denied.processes += usize::from(!fds_denied && e.kind() == ErrorKind::PermissionDenied);
+                continue;
+            }
+        };
         let comm = procfs::comm(pid).unwrap_or_default();
         procs.insert(pid, ProcInfo { key: ProcessKey { pid, start_ns: ticks * TICK_NS }, comm, netns });
         for inode in inodes {
@@ -70,6 +148,11 @@ pub fn take() -> Result<Vec<SeedSocket>> {
         };
         let sockets = match dumped {
             Ok(s) => s,
+            Err(e) if is_permission_denied(&e) => {
+                log::debug!("start-up snapshot of netns {netns}: {e:#}");
+                denied.namespaces += 1;
+                continue;
+            }
             Err(e) => {
                 log::warn!("start-up snapshot of netns {netns} failed: {e:#}");
                 continue;
@@ -89,5 +172,30 @@ pub fn take() -> Result<Vec<SeedSocket>> {
             });
         }
     }
+    if let Some(warning) = denied.warning(effective_capabilities()) {
+        log::warn!("{warning}");
+    }
     Ok(seeds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_warning_names_the_missing_capabilities() {
+        assert_eq!(Denied::default().warning(Some(0)), None, "nothing denied, nothing to say");
+        let denied = Denied { processes: 3, namespaces: 1 };
+        let bpf_perfmon = 1 << 39 | 1 << 38;
+        let w = denied.warning(Some(bpf_perfmon)).unwrap();
+        assert!(w.contains("missing CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH, CAP_SYS_ADMIN"), "{w}");
+        assert!(w.contains("of 3 processes") && w.contains("enter 1 network namespaces"), "{w}");
+        assert!(w.contains("not attributed") && w.contains("TIME_WAIT"), "{w}");
+        let w = denied.warning(Some(bpf_perfmon | 1 << 19 | 1 << 2)).unwrap();
+        assert!(w.contains("missing CAP_SYS_ADMIN.") && !w.contains("CAP_SYS_PTRACE"), "{w}");
+        let w = denied.warning(Some(bpf_perfmon | 1 << 19 | 1 << 2 | 1 << 21)).unwrap();
+        assert!(w.contains("security module") && !w.contains("missing") && w.contains("TIME_WAIT"), "{w}");
+        let w = denied.warning(Some(bpf_perfmon | 1 << 19 | 1 << 21)).unwrap();
+        assert!(w.contains("missing CAP_DAC_READ_SEARCH.") && !w.contains("TIME_WAIT"), "{w}");
+    }
 }

@@ -49,7 +49,7 @@ pub fn dump_in(netns_path: &Path, states: StateFlags) -> Result<Vec<DiagSocket>>
     std::thread::spawn(move || {
         // SAFETY: a valid namespace fd; only this thread changes namespace.
         if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            bail!("setns: {}", std::io::Error::last_os_error());
+            return Err(anyhow::Error::new(std::io::Error::last_os_error()).context("setns"));
         }
         dump(states)
     })
