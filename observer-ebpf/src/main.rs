@@ -330,6 +330,7 @@ fn capture_tls(sk: *mut c_void, st: *mut SockState, dir: u32, ret: u32, tls: u32
         if aya_ebpf::helpers::generated::bpf_probe_read_user(data.cast(), n, buf as *const c_void) != 0 {
             return;
         }
+        // n <= MAX_BYTES already; the mask and the check give the verifier a bound it can see.
         let len = size_of::<TlsChunkHeader>() + (n as usize & (tls_capture::MAX_BYTES * 2 - 1));
         if len > size_of::<observer_common::TlsChunk>() {
             return;

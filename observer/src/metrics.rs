@@ -20,7 +20,7 @@ use crate::closewait::{CloseWaitConfig, Status as CloseWaitStatus, Verdict};
 use crate::daemon::monotonic_ns;
 use crate::event::EventKind;
 use crate::exphist::ExpHistogram;
-use crate::lifetime::Lifetimes;
+use crate::lifetime::{Bounds, Durations, Lifetimes};
 use crate::model::{Direction, Endpoint, FAILURE_REASONS, FailureCounts, ProcessKey, StateCounts, errno_name};
 use crate::probes::{Features, KernelCounters};
 use crate::timewait::TwOwner;
@@ -270,6 +270,14 @@ fn counter(m: &mut MetricEncoder, labels: &Labels, v: u64) -> Result<(), std::fm
     m.encode_family(labels)?.encode_counter::<Labels, u64, u64>(&v, None)
 }
 
+/// A duration histogram in seconds, with the `+Inf` bucket for what lies above its bounds.
+fn durations<B: Bounds>(m: &mut MetricEncoder, labels: &Labels, d: &Durations<B>) -> Result<(), std::fmt::Error> {
+    let mut buckets: Vec<(f64, u64)> = d.buckets().collect();
+    let above = d.count - buckets.iter().map(|(_, n)| n).sum::<u64>();
+    buckets.push((f64::INFINITY, above));
+    m.encode_family(labels)?.encode_histogram::<Labels>(d.sum_ns as f64 / 1e9, d.count, &buckets, None)
+}
+
 impl Collector for ObserverCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let kernel = self.kernel.lock().expect("kernel status lock").clone();
@@ -432,11 +440,7 @@ impl Collector for ObserverCollector {
             Histogram,
         )?;
         for r in &rows {
-            let l = &r.lifetimes;
-            let mut buckets: Vec<(f64, u64)> = l.buckets().collect();
-            let above = l.count - buckets.iter().map(|(_, n)| n).sum::<u64>();
-            buckets.push((f64::INFINITY, above));
-            m.encode_family(&r.labels)?.encode_histogram::<Labels>(l.sum_ns as f64 / 1e9, l.count, &buckets, None)?;
+            durations(&mut m, &r.labels, &r.lifetimes)?;
         }
 
         type TlsCount = fn(&crate::tls::Counts) -> u64;
@@ -468,11 +472,7 @@ impl Collector for ObserverCollector {
             Histogram,
         )?;
         for r in rows.iter().filter(|r| r.tls.counts.handshakes > 0) {
-            let d = &r.tls.durations;
-            let mut buckets: Vec<(f64, u64)> = d.buckets().collect();
-            let above = d.count - buckets.iter().map(|(_, n)| n).sum::<u64>();
-            buckets.push((f64::INFINITY, above));
-            m.encode_family(&r.labels)?.encode_histogram::<Labels>(d.sum_ns as f64 / 1e9, d.count, &buckets, None)?;
+            durations(&mut m, &r.labels, &r.tls.durations)?;
         }
 
         let mut m = enc.encode_descriptor(

@@ -185,8 +185,6 @@ pub struct Conn {
     resumed: bool,
     /// TLS 1.2: ChangeCipherSpec seen from the client, from the server.
     ccs: [bool; 2],
-    /// Chunks seen per direction.
-    chunks: [u32; 2],
     /// Runs of client chunks (a run ends when the other side sends).
     client_runs: u32,
     last_dir: Option<Dir>,
@@ -213,7 +211,6 @@ impl Default for Conn {
             tls13: false,
             resumed: false,
             ccs: [false; 2],
-            chunks: [0; 2],
             client_runs: 0,
             last_dir: None,
             handshake_runs: 0,
@@ -243,7 +240,6 @@ impl Conn {
             }
             self.last_dir = Some(d);
         }
-        self.chunks[d.index()] += 1;
         let mut recs = Vec::new();
         if self.phase == Phase::Done {
             if self.completed_in_client_run && d == self.client {
