@@ -207,9 +207,7 @@ fn java_httpclient_reuses_its_connection() {
     let remote = format!("127.0.0.1:{port}");
     let mut cmd = Command::new("java");
     cmd.arg(scenario("JavaHttpClient.java")).args([&format!("http://{remote}/"), "20"]);
-    let mut p = Proc::spawn(cmd);
-    let result: Value = serde_json::from_str(&p.line()).expect("JSON line");
-    assert_eq!(p.line(), "DONE");
+    let (p, result) = spawn_client(cmd);
     let doc = d.wait_process(pid_of(&result), WAIT, "20 requests on 1 connection", |doc| {
         outbound(doc, &remote).is_some_and(|o| num(o, "requests") == 20)
     });

@@ -118,10 +118,7 @@ fn tls_server(mode: &str) -> (Proc, u16) {
         &p.path("server.pem"),
         &p.path("server.key"),
     ]);
-    let mut proc = Proc::spawn(cmd);
-    let line = proc.line();
-    let port = line.split_whitespace().nth(2).and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("{line:?}"));
-    (proc, port)
+    spawn_http_server(cmd)
 }
 
 /// A Python client scenario that trusts the CA (`trust`) or not.
@@ -133,10 +130,7 @@ fn py_client(args: &[&str], trust: bool) -> (Proc, Value) {
     } else {
         cmd.env_remove("REQUESTS_CA_BUNDLE");
     }
-    let mut p = Proc::spawn(cmd);
-    let result: Value = serde_json::from_str(&p.line()).expect("client JSON line");
-    assert_eq!(p.line(), "DONE");
-    (p, result)
+    spawn_client(cmd)
 }
 
 /// A number at `path` ("a/b/c"), or None while it is not there (e.g. `tls` still null).
@@ -256,9 +250,7 @@ fn java_httpclient_over_tls() {
         .arg("-Djavax.net.ssl.trustStorePassword=changeit")
         .arg(scenario("JavaHttpClient.java"))
         .args([&format!("https://{HOST}:{port}/"), "20"]);
-    let mut p = Proc::spawn(cmd);
-    let result: Value = serde_json::from_str(&p.line()).expect("JSON line");
-    assert_eq!(p.line(), "DONE");
+    let (p, result) = spawn_client(cmd);
     let doc = d.wait_process(pid_of(&result), WAIT, "20 requests over 1 TLS connection", |doc| {
         outbound(doc, &remote).is_some_and(|o| opt(o, "requests") == Some(20) && opt(o, "tls/handshakes") == Some(1))
     });
