@@ -79,9 +79,10 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
 
     let mut tasks = tokio::task::JoinSet::new();
     {
-        let (agg, healthy) = (agg.clone(), healthy.clone());
+        let (agg, healthy, probes) = (agg.clone(), healthy.clone(), probes.clone());
+        let flush_every = opts.io_flush_interval;
         tasks.spawn(async move {
-            if let Err(e) = read_events(ring, agg).await {
+            if let Err(e) = read_events(ring, agg, probes, flush_every).await {
                 log::error!("kernel event reader stopped: {e:#}");
             }
             healthy.store(false, Ordering::Relaxed);
@@ -103,7 +104,6 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
     tasks.spawn(housekeeping(agg.clone()));
     tasks.spawn(reconcile_time_wait(agg.clone(), opts.reconcile_interval));
     tasks.spawn(refresh_kernel_status(probes.clone(), kernel.clone()));
-    tasks.spawn(flush_io(probes.clone(), agg.clone(), opts.io_flush_interval));
 
     let registry = Arc::new(metrics::registry(agg.clone(), kernel.clone(), opts.metrics_peers_per_process));
     let app = api::router(AppState { agg, kernel, registry, healthy });
@@ -130,12 +130,23 @@ async fn shutdown_signal() {
 /// a fill threshold, see the kernel programs' `emit`).
 const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
 
-async fn read_events(ring: RingBuf<MapData>, agg: Arc<Mutex<Aggregator>>) -> Result<()> {
+/// Drains the ring buffer, and every `flush_every` reads the I/O counters of open connections
+/// (closing sockets hand theirs over with their CLOSE). Both in one task, so that a flush is
+/// applied after every record queued before its counters were read: the records of a
+/// connection's TLS handshake say how many of its exchanges were not requests.
+async fn read_events(
+    ring: RingBuf<MapData>,
+    agg: Arc<Mutex<Aggregator>>,
+    probes: Arc<Mutex<Probes>>,
+    flush_every: Duration,
+) -> Result<()> {
+    let flush_enabled = probes.lock().expect("probes lock").features.requests;
     // SAFETY: the ring buffer owns its map fd and keeps it open while registered.
     let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("registering the ring buffer with the reactor: {e}"))?;
     let mut tick = tokio::time::interval(DRAIN_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut flush_tick = tokio::time::interval(flush_every);
     loop {
         tokio::select! {
             guard = fd.readable_mut() => {
@@ -144,6 +155,17 @@ async fn read_events(ring: RingBuf<MapData>, agg: Arc<Mutex<Aggregator>>) -> Res
                 guard.clear_ready();
             }
             _ = tick.tick() => drain(fd.get_mut(), &agg),
+            _ = flush_tick.tick(), if flush_enabled => {
+                let p = probes.clone();
+                match tokio::task::spawn_blocking(move || p.lock().expect("probes lock").io_counters()).await {
+                    Ok(Ok(counters)) => {
+                        drain(fd.get_mut(), &agg);
+                        agg.lock().expect("aggregator lock").flush_io(&counters);
+                    }
+                    Ok(Err(e)) => log::warn!("reading per-socket I/O counters: {e:#}"),
+                    Err(_) => {}
+                }
+            }
         }
     }
 }
@@ -156,19 +178,9 @@ fn drain(ring: &mut RingBuf<MapData>, agg: &Mutex<Aggregator>) {
             let mut agg = agg.lock().expect("aggregator lock");
             while n < BATCH {
                 let Some(item) = ring.next() else { break };
-                if let Some(chunk) = event::tls_chunk(&item) {
-                    match chunk {
-                        Ok(c) => agg.apply_tls(&c),
-                        Err(e) => {
-                            agg.stats.decode_errors += 1;
-                            log::debug!("undecodable record: {e}");
-                        }
-                    }
-                    n += 1;
-                    continue;
-                }
-                match event::decode(&item) {
-                    Ok(ev) => agg.apply(&ev),
+                match event::decode_record(&item) {
+                    Ok(event::Record::Socket(ev)) => agg.apply(&ev),
+                    Ok(event::Record::Tls(chunk)) => agg.apply_tls(&chunk),
                     Err(e) => {
                         agg.stats.decode_errors += 1;
                         log::debug!("undecodable record: {e}");
@@ -287,24 +299,6 @@ async fn reconcile_time_wait(agg: Arc<Mutex<Aggregator>>, every: Duration) {
             }
         }
         pause = every.max(pass.elapsed() * RECONCILE_DUTY);
-    }
-}
-
-/// Requests and bytes of long-lived connections: read the kernel's per-socket counters
-/// periodically (closing sockets hand theirs over with their CLOSE).
-async fn flush_io(probes: Arc<Mutex<Probes>>, agg: Arc<Mutex<Aggregator>>, every: Duration) {
-    if !probes.lock().expect("probes lock").features.requests {
-        return;
-    }
-    let mut interval = tokio::time::interval(every);
-    loop {
-        interval.tick().await;
-        let p = probes.clone();
-        match tokio::task::spawn_blocking(move || p.lock().expect("probes lock").io_counters()).await {
-            Ok(Ok(counters)) => agg.lock().expect("aggregator lock").flush_io(&counters),
-            Ok(Err(e)) => log::warn!("reading per-socket I/O counters: {e:#}"),
-            Err(_) => {}
-        }
     }
 }
 

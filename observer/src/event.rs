@@ -124,7 +124,7 @@ impl std::fmt::Display for DecodeError {
 /// Decode one ring-buffer record: an [`Event`], or a compact [`Transition`].
 /// A record with the first bytes of a send or receive (see `observer_common::tls_capture`), or
 /// None if the record is something else.
-pub fn tls_chunk(bytes: &[u8]) -> Option<Result<crate::tls::Chunk, DecodeError>> {
+fn tls_chunk(bytes: &[u8]) -> Option<Result<crate::tls::Chunk, DecodeError>> {
     let header_len = size_of::<TlsChunkHeader>();
     if bytes.len() < 8 || u64::from_ne_bytes(bytes[..8].try_into().expect("8 bytes")) != tls_capture::MAGIC {
         return None;
@@ -150,6 +150,20 @@ pub fn tls_chunk(bytes: &[u8]) -> Option<Result<crate::tls::Chunk, DecodeError>>
         len: h.len,
         data: data[..h.captured as usize].to_vec(),
     }))
+}
+
+/// One ring-buffer record: a socket event, or the first bytes of a send or receive.
+pub enum Record {
+    Socket(SocketEvent),
+    Tls(crate::tls::Chunk),
+}
+
+/// Any ring-buffer record.
+pub fn decode_record(bytes: &[u8]) -> Result<Record, DecodeError> {
+    match tls_chunk(bytes) {
+        Some(chunk) => chunk.map(Record::Tls),
+        None => decode(bytes).map(Record::Socket),
+    }
 }
 
 pub fn decode(bytes: &[u8]) -> Result<SocketEvent, DecodeError> {
@@ -286,5 +300,32 @@ mod tests {
         assert_eq!(decode(&bytes(&e)), Err(DecodeError::UnknownKind(99)));
         let e = raw_state(1, 77);
         assert_eq!(decode(&bytes(&e)), Err(DecodeError::UnknownState(77)));
+    }
+
+    #[test]
+    fn a_tls_chunk_is_told_apart_by_its_magic() {
+        let h = TlsChunkHeader {
+            magic: tls_capture::MAGIC,
+            ts_ns: 5,
+            sk: 0xffff_8881_0000_1000,
+            len: 517,
+            captured: 3,
+            dir: io_dir::SEND as u8,
+            _pad: 0,
+        };
+        let mut b =
+            unsafe { std::slice::from_raw_parts(std::ptr::from_ref(&h).cast::<u8>(), size_of::<TlsChunkHeader>()) }
+                .to_vec();
+        b.extend_from_slice(&[22, 3, 1]);
+        let Ok(Record::Tls(c)) = decode_record(&b) else { panic!("not a TLS chunk") };
+        assert_eq!(
+            (c.ts_ns, c.sk, c.len, c.dir, c.data),
+            (5, 0xffff_8881_0000_1000, 517, crate::tls::Dir::Send, vec![22, 3, 1])
+        );
+        assert!(matches!(decode_record(&b[..b.len() - 1]), Err(DecodeError::Short(_))), "fewer bytes than captured");
+        assert!(matches!(
+            decode_record(&bytes(&raw_state(tcp_state::CLOSE, tcp_state::SYN_SENT))),
+            Ok(Record::Socket(_))
+        ));
     }
 }
