@@ -512,4 +512,4 @@ impl TlsStats {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

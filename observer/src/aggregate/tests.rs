@@ -598,19 +598,10 @@ fn a_compact_transition_of_an_unknown_socket_is_not_guessed_at() {
 /// The chunks of a handshake recorded by `tls/testdata/make.py`, as the client's socket `sk`
 /// sees them.
 fn tls_chunks(name: &str, sk: u64, t0: u64) -> Vec<crate::tls::Chunk> {
-    let all: serde_json::Value = serde_json::from_str(include_str!("../tls/testdata/handshakes.json")).unwrap();
-    all[name]
-        .as_array()
-        .unwrap()
-        .iter()
+    crate::tls::tests::recorded(name)
+        .into_iter()
         .enumerate()
-        .map(|(i, c)| {
-            let hex = c[1].as_str().unwrap();
-            let data: Vec<u8> =
-                (0..hex.len()).step_by(2).map(|j| u8::from_str_radix(&hex[j..j + 2], 16).unwrap()).collect();
-            let dir = if c[0] == "send" { crate::tls::Dir::Send } else { crate::tls::Dir::Recv };
-            crate::tls::Chunk { ts_ns: t0 + i as u64 * MS, sk, dir, len: data.len() as u32, data }
-        })
+        .map(|(i, (dir, data))| crate::tls::Chunk { ts_ns: t0 + i as u64 * MS, sk, dir, len: data.len() as u32, data })
         .collect()
 }
 

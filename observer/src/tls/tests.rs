@@ -5,7 +5,8 @@ use super::*;
 
 const MS: u64 = 1_000_000;
 
-fn recorded(name: &str) -> Vec<(Dir, Vec<u8>)> {
+/// A recorded exchange: (direction from the client's side, bytes) per write.
+pub(crate) fn recorded(name: &str) -> Vec<(Dir, Vec<u8>)> {
     let all: serde_json::Value = serde_json::from_str(include_str!("testdata/handshakes.json")).unwrap();
     all[name]
         .as_array()
