@@ -155,6 +155,9 @@ pub mod kind {
     pub const STATE: u8 = 1;
     /// Any other state change of a socket observer tracks: a [`super::Transition`].
     pub const TRANSITION: u8 = 9;
+    /// A socket observer tracks reached CLOSE (from any state but SYN_SENT and LISTEN): a
+    /// [`super::Closed`], with its error and final I/O counters.
+    pub const CLOSED: u8 = 10;
     /// The first process to send or receive on a connection accepted from a listener (the
     /// process that accepted it) claims it: the socket's owner is now that process.
     pub const CLAIM: u8 = 2;
@@ -247,6 +250,24 @@ pub struct Transition {
     pub oldstate: u8,
     pub newstate: u8,
     pub _pad: [u8; 5],
+}
+
+/// The end of a socket observer tracks, when user space already has its addresses: 56 bytes
+/// instead of an [`Event`]'s. (A failed connect and a closed listener send a full [`Event`]: user
+/// space needs the port the connect got, and the listener's address.)
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Closed {
+    pub ts_ns: u64,
+    pub sk: u64,
+    /// [`kind::CLOSED`].
+    pub kind: u8,
+    pub oldstate: u8,
+    pub _pad: [u8; 2],
+    /// `sk_err` at CLOSE.
+    pub error: i32,
+    /// The socket's final I/O counters.
+    pub io: SockIo,
 }
 
 /// Offsets of kernel struct members, computed by the daemon from the running kernel's BTF

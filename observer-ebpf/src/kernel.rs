@@ -2,8 +2,10 @@
 
 use aya_ebpf::helpers::{
     bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_probe_read_user,
-    generated::bpf_task_pt_regs,
+    generated::{bpf_skc_to_tcp_sock, bpf_task_pt_regs},
 };
+use core::ffi::c_void;
+
 use observer_common::{AF_INET, Event, IPPROTO_TCP, KernelOffsets, Owner};
 
 /// A field of a kernel object the program holds a typed (BTF) pointer to (the socket a BTF
@@ -65,11 +67,20 @@ pub fn sock_is_tcp(off: &KernelOffsets, sk: u64) -> bool {
 pub fn sock_tuple(off: &KernelOffsets, sk: u64, ev: &mut Event) {
     ev.family = sock_field::<u16>(sk, off.sock_family);
     ev.dport = u16::from_be(sock_field::<u16>(sk, off.sock_dport));
-    // inet_sock's fields lie beyond struct sock: read them with the helper.
-    ev.sport = u16::from_be(unsafe { read::<u16>(sk, off.inet_sport) }.unwrap_or(0));
+    // inet_sock's fields lie beyond struct sock: through the socket as a typed tcp_sock (plain
+    // loads), else with the copy helper.
+    let tp = unsafe { bpf_skc_to_tcp_sock(sk as *mut c_void) } as u64;
+    let sport =
+        if tp != 0 { sock_field(tp, off.inet_sport) } else { unsafe { read::<u16>(sk, off.inet_sport) }.unwrap_or(0) };
+    ev.sport = u16::from_be(sport);
     if ev.family == AF_INET {
         ev.daddr[..4].copy_from_slice(&sock_field::<u32>(sk, off.sock_daddr).to_ne_bytes());
-        ev.saddr[..4].copy_from_slice(&unsafe { read::<[u8; 4]>(sk, off.inet_saddr) }.unwrap_or([0; 4]));
+        let saddr = if tp != 0 {
+            sock_field::<[u8; 4]>(tp, off.inet_saddr)
+        } else {
+            unsafe { read::<[u8; 4]>(sk, off.inet_saddr) }.unwrap_or([0; 4])
+        };
+        ev.saddr[..4].copy_from_slice(&saddr);
     } else {
         let d: [u64; 2] = [sock_field(sk, off.sock_v6_daddr), sock_field(sk, off.sock_v6_daddr + 8)];
         let s: [u64; 2] = [sock_field(sk, off.sock_v6_saddr), sock_field(sk, off.sock_v6_saddr + 8)];

@@ -29,8 +29,8 @@ use aya_ebpf::{
 use aya_log_ebpf::{debug, warn};
 use maps::{EVENTS, EXIT_GROUP_DEAD_OFFSET, LISTENERS, OFFSETS, SOCKS, TLS_CAPTURE, TLS_SCRATCH, count};
 use observer_common::{
-    Event, IoRecord, KernelOffsets, ListenerKey, ListenerValue, Owner, SockIo, SockState, TlsChunkHeader, Transition,
-    counter, flags, io_dir, kind, tcp_state, tls_capture,
+    Closed, Event, IoRecord, KernelOffsets, ListenerKey, ListenerValue, Owner, SockIo, SockState, TlsChunkHeader,
+    Transition, counter, flags, io_dir, kind, tcp_state, tls_capture,
 };
 
 /// `bpf_ringbuf_submit` flag. Records never wake the daemon up: it drains the ring buffer on its
@@ -40,10 +40,17 @@ const BPF_RB_NO_WAKEUP: u64 = 1;
 
 const MSG_PEEK: i64 = 2;
 
+/// CLOCK_MONOTONIC. (The coarse clock, a few ns instead of about 60 on a virtual machine, is
+/// refused to tracing programs: they may run inside the timekeeping code.)
+#[inline(always)]
+fn now() -> u64 {
+    unsafe { bpf_ktime_get_ns() }
+}
+
 /// Reserve an [`Event`] in the ring buffer, zeroed, with its header: filled in place (no copy of
 /// a stack struct), then submitted with [`submit`].
 #[inline(always)]
-fn reserve_event(event_kind: u8, sk: u64) -> Option<RingBufEntry<Event>> {
+fn reserve_event(event_kind: u8, sk: u64, ts_ns: u64) -> Option<RingBufEntry<Event>> {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         count(counter::EVENTS_LOST);
         return None;
@@ -57,7 +64,7 @@ fn reserve_event(event_kind: u8, sk: u64) -> Option<RingBufEntry<Event>> {
     unsafe {
         (*e).kind = event_kind;
         (*e).sk = sk;
-        (*e).ts_ns = bpf_ktime_get_ns();
+        (*e).ts_ns = ts_ns;
     }
     Some(entry)
 }
@@ -77,8 +84,16 @@ fn state_of(sk: *mut c_void) -> *mut SockState {
 /// never seen is replaced.)
 #[inline(always)]
 fn track(sk: *mut c_void, owner: &Owner, claimed: bool, tls: u32) -> bool {
-    let mut init = SockState { owner: *owner, io: SockIo::zeroed(), tls, _pad: 0 };
-    init.io.claimed = u32::from(claimed);
+    // Every field spelled out: a zeroed() constructor compiles to a call to a memset subprogram.
+    let io = SockIo {
+        bytes_sent: 0,
+        bytes_received: 0,
+        send_runs: 0,
+        recv_runs: 0,
+        last_dir: 0,
+        claimed: u32::from(claimed),
+    };
+    let init = SockState { owner: *owner, io, tls, _pad: 0 };
     if SOCKS.insert(&(sk as u64), &init, 0).is_err() {
         count(counter::STORAGE_FAILED);
         return false;
@@ -125,16 +140,18 @@ fn on_state(ctx: &BtfTracePointContext) {
         matches!((old, new), (tcp_state::CLOSE, tcp_state::SYN_SENT) | (tcp_state::LISTEN, tcp_state::SYN_RECV))
             || new == tcp_state::LISTEN;
     let st = if creation { core::ptr::null_mut() } else { state_of(sk) };
-    // The common case on every connection: nothing but the state changed.
-    if !st.is_null() {
-        let full = new == tcp_state::CLOSE || old == tcp_state::SYN_SENT || old == tcp_state::LISTEN;
-        if !full {
+    // The common cases on every connection, for a socket user space already knows: nothing but
+    // the state changed, or it closed. Full events instead when user space needs the addresses:
+    // the end of SYN_SENT (the port a connect got), of SYN_RECV (an accepted connection's peer
+    // is only filled in after its creation), and of LISTEN (which listener closed).
+    if !st.is_null() && old != tcp_state::SYN_SENT && old != tcp_state::SYN_RECV && old != tcp_state::LISTEN {
+        if new != tcp_state::CLOSE {
             let Some(mut entry) = EVENTS.reserve::<Transition>(0) else {
                 count(counter::EVENTS_LOST);
                 return;
             };
             entry.write(Transition {
-                ts_ns: unsafe { bpf_ktime_get_ns() },
+                ts_ns: now(),
                 sk: sk as u64,
                 kind: kind::TRANSITION,
                 oldstate: old,
@@ -142,8 +159,27 @@ fn on_state(ctx: &BtfTracePointContext) {
                 _pad: [0; 5],
             });
             submit(entry);
-            return;
+        } else {
+            // Read before the record goes (even if the event cannot be queued: every TCP socket
+            // passes through CLOSE before it is destroyed).
+            let io = unsafe { (*st).io };
+            let _ = SOCKS.remove(&(sk as u64));
+            let Some(mut entry) = EVENTS.reserve::<Closed>(0) else {
+                count(counter::EVENTS_LOST);
+                return;
+            };
+            entry.write(Closed {
+                ts_ns: now(),
+                sk: sk as u64,
+                kind: kind::CLOSED,
+                oldstate: old,
+                _pad: [0; 2],
+                error: kernel::sock_err(&OFFSETS.load(), sk as u64),
+                io,
+            });
+            submit(entry);
         }
+        return;
     }
     let off = OFFSETS.load();
     if st.is_null() && !kernel::sock_is_tcp(&off, sk as u64) {
@@ -155,7 +191,7 @@ fn on_state(ctx: &BtfTracePointContext) {
     if new == tcp_state::CLOSE && state.is_some() {
         let _ = SOCKS.remove(&(sk as u64));
     }
-    let Some(mut entry) = reserve_event(kind::STATE, sk as u64) else { return };
+    let Some(mut entry) = reserve_event(kind::STATE, sk as u64, now()) else { return };
     let ev = unsafe { &mut *entry.as_mut_ptr() };
     ev.oldstate = old;
     ev.newstate = new;
@@ -319,7 +355,7 @@ fn capture_tls(sk: *mut c_void, st: *mut SockState, dir: u32, ret: u32, tls: u32
     unsafe {
         (*chunk).header = TlsChunkHeader {
             magic: tls_capture::MAGIC,
-            ts_ns: bpf_ktime_get_ns(),
+            ts_ns: now(),
             sk: sk as u64,
             len: ret,
             captured: n as u16,
@@ -352,7 +388,7 @@ fn claim_socket(sk: *mut c_void, st: *mut SockState) {
     let off = OFFSETS.load();
     let owner = kernel::current_owner(&off);
     unsafe { (*st).owner = owner };
-    let Some(mut entry) = reserve_event(kind::CLAIM, sk as u64) else { return };
+    let Some(mut entry) = reserve_event(kind::CLAIM, sk as u64, now()) else { return };
     with_owner(unsafe { &mut *entry.as_mut_ptr() }, &owner);
     submit(entry);
 }
@@ -371,7 +407,7 @@ fn socket_event(ctx: &BtfTracePointContext, event_kind: u8) {
         return;
     }
     let error = if event_kind == kind::ERROR_REPORT { kernel::sock_err(&OFFSETS.load(), sk as u64) } else { 0 };
-    let Some(mut entry) = reserve_event(event_kind, sk as u64) else { return };
+    let Some(mut entry) = reserve_event(event_kind, sk as u64, now()) else { return };
     unsafe { (*entry.as_mut_ptr()).error = error };
     submit(entry);
 }
@@ -444,7 +480,7 @@ fn on_exit(ctx: &BtfTracePointContext) {
         return;
     }
     let owner = kernel::current_owner(&OFFSETS.load());
-    let Some(mut entry) = reserve_event(kind::PROCESS_EXIT, 0) else { return };
+    let Some(mut entry) = reserve_event(kind::PROCESS_EXIT, 0, now()) else { return };
     with_owner(unsafe { &mut *entry.as_mut_ptr() }, &owner);
     submit(entry);
 }

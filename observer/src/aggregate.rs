@@ -155,8 +155,6 @@ pub struct Process {
     pub inbound: HashMap<Endpoint, PeerStats>,
     /// Endpoints this process listens on, with their network namespace.
     listeners: Vec<(Option<u32>, Endpoint)>,
-    /// Sockets currently charged to this process.
-    sockets: HashSet<u64>,
 }
 
 impl Process {
@@ -170,7 +168,6 @@ impl Process {
             outbound: HashMap::new(),
             inbound: HashMap::new(),
             listeners: Vec::new(),
-            sockets: HashSet::new(),
         }
     }
 
@@ -472,10 +469,14 @@ impl Aggregator {
 
     fn prune(&mut self, key: ProcessKey, now_ns: u64) {
         let Some(p) = self.processes.remove(&key.pid) else { return };
-        for sk in &p.sockets {
-            self.sockets.remove(sk);
-            self.tls.remove(sk);
-        }
+        let tls = &mut self.tls;
+        self.sockets.retain(|sk, r| {
+            let keep = r.owner != key;
+            if !keep {
+                tls.remove(sk);
+            }
+            keep
+        });
         self.tombstones.retain(|_, t| t.owner != key);
         self.seeds.retain(|_, seed| seed.owner != key);
         let gone: Vec<PeerKey> = self.findings.keys().filter(|k| k.0 == key).copied().collect();
@@ -540,7 +541,6 @@ impl Aggregator {
         if let Some(stats) = p.peers_mut(seed.direction).get_mut(&seed.peer) {
             stats.remove_live(seed.state, Some(seed.seeded_ns));
         }
-        p.sockets.insert(ev.sk);
         use TcpState::*;
         let rec = SocketRec {
             owner: seed.owner,
@@ -647,14 +647,12 @@ impl Aggregator {
         }
         rec.owner = to;
         let (direction, peer, state, since) = (rec.direction, rec.peer, rec.state, rec.close_wait_since);
-        if let Some(p) = self.processes.get_mut(&from.pid).filter(|p| p.key == from) {
-            p.sockets.remove(&sk);
-            if let (Some(s), Some(stats)) = (state, p.peers_mut(direction).get_mut(&peer)) {
-                stats.remove_live(s, since);
-            }
+        if let Some(p) = self.processes.get_mut(&from.pid).filter(|p| p.key == from)
+            && let (Some(s), Some(stats)) = (state, p.peers_mut(direction).get_mut(&peer))
+        {
+            stats.remove_live(s, since);
         }
         if let Some(p) = self.processes.get_mut(&to.pid).filter(|p| p.key == to) {
-            p.sockets.insert(sk);
             let stats = p.peers_mut(direction).entry(peer).or_default();
             if let Some(s) = state {
                 stats.add_live(s, since);
@@ -666,8 +664,16 @@ impl Aggregator {
     fn drop_socket(&mut self, sk: u64) -> Option<SocketRec> {
         self.tls.remove(&sk);
         let rec = self.sockets.remove(&sk)?;
+        self.uncharge(&rec);
+        Some(rec)
+    }
+
+    /// Take a socket that left the table out of its process's figures.
+    fn uncharge(&mut self, rec: &SocketRec) {
+        if !rec.listener && rec.state.is_none() {
+            return;
+        }
         if let Some(p) = self.processes.get_mut(&rec.owner.pid).filter(|p| p.key == rec.owner) {
-            p.sockets.remove(&sk);
             if rec.listener
                 && let Some(i) = p.listeners.iter().position(|(_, l)| *l == rec.peer)
             {
@@ -677,7 +683,6 @@ impl Aggregator {
                 stats.remove_live(s, rec.close_wait_since);
             }
         }
-        Some(rec)
     }
 
     fn on_state(&mut self, ev: &SocketEvent, old: TcpState, new: TcpState) {
@@ -705,6 +710,11 @@ impl Aggregator {
         }
 
         let rec = self.sockets.get_mut(&ev.sk).expect("tracked above");
+        if ev.has_tuple {
+            // Complete now if it was not at creation (a connect's port, an accepted connection's
+            // peer): its close comes without addresses.
+            (rec.local, rec.remote) = (ev.local, ev.remote);
+        }
         let (prev, prev_since) = (rec.state, rec.close_wait_since);
         rec.state = (new != Close).then_some(new);
         rec.close_wait_since = (new == CloseWait).then_some(ev.ts_ns);
@@ -726,13 +736,14 @@ impl Aggregator {
             }
             _ => {}
         }
-        let rec = rec.clone();
-        let Some(stats) = self.peer_mut(rec.owner, rec.direction, rec.peer) else { return };
+        let (owner, direction, peer, state, since) =
+            (rec.owner, rec.direction, rec.peer, rec.state, rec.close_wait_since);
+        let Some(stats) = self.peer_mut(owner, direction, peer) else { return };
         if let Some(s) = prev {
             stats.remove_live(s, prev_since);
         }
-        if let Some(s) = rec.state {
-            stats.add_live(s, rec.close_wait_since);
+        if let Some(s) = state {
+            stats.add_live(s, since);
         }
         if counted_open {
             stats.count_connection(ev.ts_ns);
@@ -743,6 +754,7 @@ impl Aggregator {
             None => {}
         }
         if new == Close {
+            let rec = self.sockets.remove(&ev.sk).expect("tracked above");
             self.on_close(ev, old, rec);
         }
     }
@@ -811,7 +823,6 @@ impl Aggregator {
         if listener {
             process.listeners.push((ev.netns, peer));
         }
-        process.sockets.insert(ev.sk);
         process.peers_mut(direction).entry(peer).or_default();
         self.sockets.insert(ev.sk, rec);
         true
@@ -855,11 +866,11 @@ impl Aggregator {
             }
         }
         if matches!(old, FinWait2 | Closing) {
-            let key = TwKey { netns: rec.netns.unwrap_or(0), local: ev.local.0, remote: ev.remote.0 };
+            let key = TwKey { netns: rec.netns.unwrap_or(0), local: rec.local.0, remote: rec.remote.0 };
             let owner = TwOwner { process: rec.owner, direction: rec.direction, peer: rec.peer };
             self.timewait.add(key, owner, ev.ts_ns);
         }
-        self.drop_socket(ev.sk);
+        self.uncharge(&rec);
         self.tombstones.insert(
             ev.sk,
             Tombstone { owner: rec.owner, direction: rec.direction, peer: rec.peer, closed_ns: ev.ts_ns },

@@ -1,6 +1,6 @@
 //! Decoding of the kernel's ring-buffer records into typed events.
 
-use observer_common::{Event, TlsChunkHeader, Transition, flags, io_dir, kind, tls_capture};
+use observer_common::{Closed, Event, TlsChunkHeader, Transition, flags, io_dir, kind, tls_capture};
 
 use crate::model::{Endpoint, IoCounts, ProcessKey, TICK_NS, TcpState};
 
@@ -172,6 +172,11 @@ pub fn decode(bytes: &[u8]) -> Result<SocketEvent, DecodeError> {
         let t: Transition = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Transition>()) };
         return from_transition(&t);
     }
+    if bytes.len() == size_of::<Closed>() {
+        // SAFETY: Closed is plain old data of this size.
+        let c: Closed = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Closed>()) };
+        return from_closed(&c);
+    }
     if bytes.len() < size_of::<Event>() {
         return Err(DecodeError::Short(bytes.len()));
     }
@@ -198,6 +203,27 @@ pub fn from_transition(t: &Transition) -> Result<SocketEvent, DecodeError> {
         error: 0,
         netns: None,
         io: IoCounts::default(),
+        has_tuple: false,
+    })
+}
+
+pub fn from_closed(c: &Closed) -> Result<SocketEvent, DecodeError> {
+    if c.kind != kind::CLOSED {
+        return Err(DecodeError::UnknownKind(c.kind));
+    }
+    let old = TcpState::from_kernel(c.oldstate).ok_or(DecodeError::UnknownState(c.oldstate))?;
+    let none = Endpoint::from_kernel(0, &[0; 16], 0);
+    Ok(SocketEvent {
+        ts_ns: c.ts_ns,
+        sk: c.sk,
+        owner: None,
+        kind: EventKind::State { old, new: TcpState::Close },
+        family: 0,
+        local: none,
+        remote: none,
+        error: c.error,
+        netns: None,
+        io: IoCounts::from_kernel(&c.io),
         has_tuple: false,
     })
 }
@@ -290,6 +316,37 @@ mod tests {
         let ev = decode(b).unwrap();
         assert_eq!(ev.kind, EventKind::State { old: TcpState::Established, new: TcpState::FinWait1 });
         assert_eq!((ev.sk, ev.ts_ns, ev.has_tuple, ev.owner), (0xabc, 7, false, None));
+    }
+
+    #[test]
+    fn decodes_a_compact_close() {
+        let io = observer_common::SockIo {
+            bytes_sent: 300,
+            bytes_received: 4000,
+            send_runs: 2,
+            recv_runs: 3,
+            last_dir: 2,
+            claimed: 1,
+        };
+        let c = Closed {
+            ts_ns: 9,
+            sk: 0xdef,
+            kind: kind::CLOSED,
+            oldstate: tcp_state::FIN_WAIT2,
+            _pad: [0; 2],
+            error: 104,
+            io,
+        };
+        let p = (&c as *const Closed).cast::<u8>();
+        let b = unsafe { std::slice::from_raw_parts(p, size_of::<Closed>()) };
+        let ev = decode(b).unwrap();
+        assert_eq!(ev.kind, EventKind::State { old: TcpState::FinWait2, new: TcpState::Close });
+        assert_eq!((ev.sk, ev.ts_ns, ev.error, ev.has_tuple, ev.owner), (0xdef, 9, 104, false, None));
+        assert_eq!(ev.io, IoCounts::from_kernel(&io));
+        assert_eq!((ev.io.bytes_sent, ev.io.bytes_received), (300, 4000));
+        let mut bad = b.to_vec();
+        bad[16] = kind::TRANSITION;
+        assert_eq!(decode(&bad), Err(DecodeError::UnknownKind(kind::TRANSITION)));
     }
 
     #[test]

@@ -67,6 +67,15 @@ impl Sock {
         a.apply(&e);
     }
 
+    /// A record as the kernel sends it for a socket it already told user space about: no owner,
+    /// no addresses (`Transition`, `Closed`).
+    fn compact(&mut self, a: &mut Aggregator, old: TcpState, new: TcpState) {
+        let mut e = self.ev(EventKind::State { old, new }, 0);
+        let none = Endpoint::from_kernel(0, &[0; 16], 0);
+        (e.owner, e.local, e.remote, e.netns, e.has_tuple) = (None, none, none, None, false);
+        a.apply(&e);
+    }
+
     fn other(&mut self, a: &mut Aggregator, kind: EventKind, error: i32) {
         let e = self.ev(kind, error);
         a.apply(&e);
@@ -360,6 +369,47 @@ fn time_wait_follows_reconciliation() {
     };
     a.reconcile_time_wait(7, 10 * MS, &[k], 11 * MS);
     assert_eq!(tw(&a, 100, Direction::Outbound, "127.0.0.1:8080"), 1);
+}
+
+/// The records the kernel really sends for a connection each way: the addresses are complete
+/// only at establishment (a connect has no port yet at SYN_SENT, an accepted connection no peer
+/// at SYN_RECV), and the close carries none. TIME_WAIT is keyed by the complete ones: the
+/// kernel's table confirms both.
+#[test]
+fn time_wait_is_keyed_by_the_addresses_known_at_establishment() {
+    let mut a = Aggregator::default();
+    let mut c = Sock::new(1, 100, "0.0.0.0:0", "127.0.0.1:8080");
+    c.state(&mut a, Close, SynSent);
+    c.local = ep("127.0.0.1:40000");
+    c.state(&mut a, SynSent, Established);
+    c.compact(&mut a, Established, FinWait1);
+    c.compact(&mut a, FinWait1, FinWait2);
+    c.compact(&mut a, FinWait2, Close);
+
+    let mut l = Sock::new(2, 200, "127.0.0.1:9090", "0.0.0.0:0");
+    l.state(&mut a, Close, Listen);
+    let mut s = Sock::new(3, 200, "127.0.0.1:9090", "0.0.0.0:0");
+    s.state(&mut a, Listen, SynRecv);
+    s.remote = ep("127.0.0.1:50000");
+    s.state(&mut a, SynRecv, Established);
+    s.compact(&mut a, Established, FinWait1);
+    s.compact(&mut a, FinWait1, FinWait2);
+    s.compact(&mut a, FinWait2, Close);
+
+    assert_eq!(out(&a, 100, "127.0.0.1:8080").closed_by_local, 1);
+    assert_eq!(inb(&a, 200, "127.0.0.1:9090").closed_by_local, 1);
+    let kernel = |local: &str, remote: &str| KernelTimeWait {
+        local: local.parse().unwrap(),
+        remote: remote.parse().unwrap(),
+        substate: TimeWait,
+    };
+    let table = [kernel("127.0.0.1:40000", "127.0.0.1:8080"), kernel("127.0.0.1:9090", "127.0.0.1:50000")];
+    a.reconcile_time_wait(7, 10 * MS, &table, 11 * MS);
+    assert_eq!(tw(&a, 100, Direction::Outbound, "127.0.0.1:8080"), 1);
+    assert_eq!(tw(&a, 200, Direction::Inbound, "127.0.0.1:9090"), 1);
+    // And an entry the kernel no longer has goes.
+    a.reconcile_time_wait(7, 12 * MS, &table[..1], 13 * MS);
+    assert_eq!(tw(&a, 200, Direction::Inbound, "127.0.0.1:9090"), 0);
 }
 
 #[test]
