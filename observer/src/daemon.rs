@@ -266,7 +266,7 @@ fn log_alert_changes(changes: &[AlertChange]) {
 /// A pass of TIME_WAIT reconciliation may take at most this share of the time between passes:
 /// with a large kernel table (tens of thousands of entries under a connection-per-request load),
 /// passes space out instead of taking a CPU.
-const RECONCILE_DUTY: u32 = 50;
+const RECONCILE_DUTY: u32 = 100;
 
 async fn reconcile_time_wait(agg: Arc<Mutex<Aggregator>>, every: Duration) {
     let own = procfs::own_netns_inode().unwrap_or(0);

@@ -53,6 +53,8 @@ struct TwEntry {
     substate: TcpState,
     created_ns: u64,
     expires_ns: u64,
+    /// The reconciliation pass that last found it in the kernel's table.
+    seen_pass: u32,
 }
 
 /// One timewait socket from the kernel's table.
@@ -72,6 +74,8 @@ pub struct TimeWaitTable {
     /// Per netns: kernel TIME_WAIT entries that no derived entry matched at the last
     /// reconciliation (created before the daemon started, or by sockets it could not attribute).
     unattributed: HashMap<u32, u64>,
+    /// Reconciliation passes so far.
+    passes: u32,
 }
 
 impl TimeWaitTable {
@@ -82,6 +86,7 @@ impl TimeWaitTable {
             substate: TcpState::TimeWait,
             created_ns: ts_ns,
             expires_ns: ts_ns + TIME_WAIT_NS + SLACK_NS,
+            seen_pass: 0,
         };
         if let Some(old) = self.entries.insert(key, entry) {
             self.uncount(&old);
@@ -135,34 +140,36 @@ impl TimeWaitTable {
     /// Match the entries of network namespace `netns` with the kernel's table, dumped starting
     /// at `dump_started_ns`. Entries created after the dump started are left alone.
     pub fn reconcile(&mut self, netns: u32, dump_started_ns: u64, kernel: &[KernelTimeWait], now_ns: u64) {
-        let by_tuple: HashMap<TwKey, &KernelTimeWait> =
-            kernel.iter().map(|k| (TwKey { netns, local: k.local, remote: k.remote }, k)).collect();
+        // Each kernel entry is looked up where it is (no second table of the kernel's tens of
+        // thousands of entries), then one sweep drops what no lookup marked.
+        self.passes = self.passes.wrapping_add(1).max(1);
+        let pass = self.passes;
         let mut matched = 0u64;
+        let mut kernel_tw = 0u64;
         let mut changed = Vec::new();
+        for k in kernel {
+            let is_tw = k.substate == TcpState::TimeWait;
+            kernel_tw += u64::from(is_tw);
+            let Some(e) = self.entries.get_mut(&TwKey { netns, local: k.local, remote: k.remote }) else { continue };
+            if e.seen_pass == pass {
+                continue; // listed twice
+            }
+            matched += u64::from(is_tw);
+            let before = *e;
+            e.seen_pass = pass;
+            e.substate = k.substate;
+            e.expires_ns = e.expires_ns.max(now_ns + RECONCILED_GRACE_NS);
+            if before.substate != e.substate {
+                changed.push((before, *e));
+            }
+        }
         let mut gone = Vec::new();
         self.entries.retain(|key, e| {
-            if key.netns != netns {
-                return true;
+            let stale = key.netns == netns && e.seen_pass != pass && e.created_ns < dump_started_ns;
+            if stale {
+                gone.push(*e);
             }
-            match by_tuple.get(key) {
-                Some(k) => {
-                    if k.substate == TcpState::TimeWait {
-                        matched += 1;
-                    }
-                    let before = *e;
-                    e.substate = k.substate;
-                    e.expires_ns = e.expires_ns.max(now_ns + RECONCILED_GRACE_NS);
-                    if before.substate != e.substate {
-                        changed.push((before, *e));
-                    }
-                    true
-                }
-                None if e.created_ns < dump_started_ns => {
-                    gone.push(*e);
-                    false
-                }
-                None => true,
-            }
+            !stale
         });
         for (before, after) in changed {
             self.uncount(&before);
@@ -171,7 +178,6 @@ impl TimeWaitTable {
         for e in gone {
             self.uncount(&e);
         }
-        let kernel_tw = kernel.iter().filter(|k| k.substate == TcpState::TimeWait).count() as u64;
         self.unattributed.insert(netns, kernel_tw.saturating_sub(matched));
     }
 
