@@ -965,7 +965,8 @@ mod tests {
         let mut rps = HashMap::new();
         rps.insert(Setup::None, vec![100.0, 200.0, 100.0]);
         rps.insert(Setup::Observer, vec![90.0, 190.0, 99.0]);
-        let cost = Cost { rps: 0.0, elapsed: 1.0, daemon_cpu: 0.0, daemon_peak_rss_kib: 0, programs: vec![] };
+        let cost =
+            Cost { rps: 0.0, elapsed: 1.0, daemon_cpu: 0.0, daemon_peak_rss_kib: 0, programs: vec![], rare: vec![] };
         let r =
             WorkloadResult { workload: Workload::KeepAlive, rounds: 3, rps, cost, cost_no_tls: None, events_lost: 0 };
         // Pairs: 0.9, 0.95, 0.99: the median is 0.95, unlike the ratio of medians (190/100... no: 99/100).
@@ -973,6 +974,25 @@ mod tests {
         assert_eq!(r.ratio(Setup::Bpftrace), None);
         let t = overview_markdown(&[&r], &[Setup::None, Setup::Observer, Setup::Bpftrace]);
         assert!(t.ends_with("| keep-alive | 100 req/s | 0.950 | - |\n"), "{t}");
+    }
+
+    #[test]
+    fn a_program_is_judged_on_its_runs_in_the_round_and_the_rare_path_exercise() {
+        let p = |name: &str, runs, ns| (name.to_string(), runs, ns);
+        let cost = Cost {
+            rps: 1000.0,
+            elapsed: 2.0,
+            daemon_cpu: 0.0,
+            daemon_peak_rss_kib: 0,
+            programs: vec![p("sock_send_length", 4000, 800_000), p("sched_process_exit", 2, 4000)],
+            rare: vec![p("sock_send_length", 0, 0), p("sched_process_exit", 198, 196_000)],
+        };
+        assert_eq!(cost.per_run("sched_process_exit"), (200, 1000.0));
+        assert_eq!(cost.per_run("sock_send_length"), (4000, 200.0));
+        assert_eq!(cost.max_ns_per_run(), ("sched_process_exit".to_string(), 1000.0));
+        let md = cost_markdown(&cost, 1000.0);
+        assert!(md.contains("| sched_process_exit | 2 + 198 | 0.00 | 1000 | 2 |"), "{md}");
+        assert!(md.contains("| sock_send_length | 4000 | 2.00 | 200 | 400 |"), "{md}");
     }
 
     #[test]
