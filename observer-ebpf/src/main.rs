@@ -74,6 +74,18 @@ fn submit<T>(entry: RingBufEntry<T>) {
     entry.submit(BPF_RB_NO_WAKEUP);
 }
 
+/// Queue a small fixed-size record (counted as lost if the ring buffer is full).
+#[inline(always)]
+fn emit<T: 'static>(record: T) {
+    match EVENTS.reserve::<T>(0) {
+        Some(mut entry) => {
+            entry.write(record);
+            submit(entry);
+        }
+        None => count(counter::EVENTS_LOST),
+    }
+}
+
 /// The socket's record, or null if observer does not track it.
 #[inline(always)]
 fn state_of(sk: *mut c_void) -> *mut SockState {
@@ -146,38 +158,22 @@ fn on_state(ctx: &BtfTracePointContext) {
     // is only filled in after its creation), and of LISTEN (which listener closed).
     if !st.is_null() && old != tcp_state::SYN_SENT && old != tcp_state::SYN_RECV && old != tcp_state::LISTEN {
         if new != tcp_state::CLOSE {
-            let Some(mut entry) = EVENTS.reserve::<Transition>(0) else {
-                count(counter::EVENTS_LOST);
-                return;
-            };
-            entry.write(Transition {
+            let t = Transition {
                 ts_ns: now(),
                 sk: sk as u64,
                 kind: kind::TRANSITION,
                 oldstate: old,
                 newstate: new,
                 _pad: [0; 5],
-            });
-            submit(entry);
+            };
+            emit(t);
         } else {
             // Read before the record goes (even if the event cannot be queued: every TCP socket
             // passes through CLOSE before it is destroyed).
             let io = unsafe { (*st).io };
             let _ = SOCKS.remove(&(sk as u64));
-            let Some(mut entry) = EVENTS.reserve::<Closed>(0) else {
-                count(counter::EVENTS_LOST);
-                return;
-            };
-            entry.write(Closed {
-                ts_ns: now(),
-                sk: sk as u64,
-                kind: kind::CLOSED,
-                oldstate: old,
-                _pad: [0; 2],
-                error: kernel::sock_err(&OFFSETS.load(), sk as u64),
-                io,
-            });
-            submit(entry);
+            let error = kernel::sock_err(&OFFSETS.load(), sk as u64);
+            emit(Closed { ts_ns: now(), sk: sk as u64, kind: kind::CLOSED, oldstate: old, _pad: [0; 2], error, io });
         }
         return;
     }
