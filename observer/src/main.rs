@@ -93,7 +93,7 @@ enum Command {
         #[arg(long, default_value_t = 4, value_parser = parse_ring_mib)]
         ring_buffer_mib: u32,
         /// How often TIME_WAIT is reconciled with the kernel's socket table, in seconds (at most:
-        /// a pass over a large table is followed by a pause of 50 times its length).
+        /// a pass over a large table is followed by a pause of 100 times its length).
         #[arg(long, default_value_t = 2, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
         reconcile_interval: u64,
         /// How often requests and bytes of open connections are read from the kernel, in
