@@ -155,8 +155,8 @@ pub mod kind {
     pub const STATE: u8 = 1;
     /// Any other state change of a socket observer tracks: a [`super::Transition`].
     pub const TRANSITION: u8 = 9;
-    /// A socket observer tracks reached CLOSE (from any state but SYN_SENT and LISTEN): a
-    /// [`super::Closed`], with its error and final I/O counters.
+    /// A socket observer tracks reached CLOSE (from any state but SYN_SENT, SYN_RECV and
+    /// LISTEN): a [`super::Closed`], with its error and final I/O counters.
     pub const CLOSED: u8 = 10;
     /// The first process to send or receive on a connection accepted from a listener (the
     /// process that accepted it) claims it: the socket's owner is now that process.
@@ -253,8 +253,8 @@ pub struct Transition {
 }
 
 /// The end of a socket observer tracks, when user space already has its addresses: 56 bytes
-/// instead of an [`Event`]'s. (A failed connect and a closed listener send a full [`Event`]: user
-/// space needs the port the connect got, and the listener's address.)
+/// instead of an [`Event`]'s. (The end of SYN_SENT, SYN_RECV and LISTEN sends a full [`Event`]:
+/// user space needs the port a connect got, an accepted connection's peer, a listener's address.)
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Closed {

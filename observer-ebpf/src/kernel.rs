@@ -61,26 +61,24 @@ pub fn sock_is_tcp(off: &KernelOffsets, sk: u64) -> bool {
     sock_field::<u16>(sk, off.sock_protocol) == IPPROTO_TCP
 }
 
+/// A field of `struct inet_sock`, beyond `struct sock`: a plain load through `tp`, the socket as
+/// a typed tcp_sock (null if it is not one), else with the copy helper.
+#[inline(always)]
+fn inet_field<T: Copy + Default>(sk: u64, tp: u64, offset: u32) -> T {
+    if tp != 0 { sock_field(tp, offset) } else { unsafe { read::<T>(sk, offset) }.unwrap_or_default() }
+}
+
 /// The socket's family, ports and addresses, into the event (ports in host order), from the
 /// fields `inet_sock_set_state`'s own record uses.
 #[inline(always)]
 pub fn sock_tuple(off: &KernelOffsets, sk: u64, ev: &mut Event) {
     ev.family = sock_field::<u16>(sk, off.sock_family);
     ev.dport = u16::from_be(sock_field::<u16>(sk, off.sock_dport));
-    // inet_sock's fields lie beyond struct sock: through the socket as a typed tcp_sock (plain
-    // loads), else with the copy helper.
     let tp = unsafe { bpf_skc_to_tcp_sock(sk as *mut c_void) } as u64;
-    let sport =
-        if tp != 0 { sock_field(tp, off.inet_sport) } else { unsafe { read::<u16>(sk, off.inet_sport) }.unwrap_or(0) };
-    ev.sport = u16::from_be(sport);
+    ev.sport = u16::from_be(inet_field(sk, tp, off.inet_sport));
     if ev.family == AF_INET {
         ev.daddr[..4].copy_from_slice(&sock_field::<u32>(sk, off.sock_daddr).to_ne_bytes());
-        let saddr = if tp != 0 {
-            sock_field::<[u8; 4]>(tp, off.inet_saddr)
-        } else {
-            unsafe { read::<[u8; 4]>(sk, off.inet_saddr) }.unwrap_or([0; 4])
-        };
-        ev.saddr[..4].copy_from_slice(&saddr);
+        ev.saddr[..4].copy_from_slice(&inet_field::<[u8; 4]>(sk, tp, off.inet_saddr));
     } else {
         let d: [u64; 2] = [sock_field(sk, off.sock_v6_daddr), sock_field(sk, off.sock_v6_daddr + 8)];
         let s: [u64; 2] = [sock_field(sk, off.sock_v6_saddr), sock_field(sk, off.sock_v6_saddr + 8)];

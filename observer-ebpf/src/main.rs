@@ -158,15 +158,14 @@ fn on_state(ctx: &BtfTracePointContext) {
     // is only filled in after its creation), and of LISTEN (which listener closed).
     if !st.is_null() && old != tcp_state::SYN_SENT && old != tcp_state::SYN_RECV && old != tcp_state::LISTEN {
         if new != tcp_state::CLOSE {
-            let t = Transition {
+            emit(Transition {
                 ts_ns: now(),
                 sk: sk as u64,
                 kind: kind::TRANSITION,
                 oldstate: old,
                 newstate: new,
                 _pad: [0; 5],
-            };
-            emit(t);
+            });
         } else {
             // Read before the record goes (even if the event cannot be queued: every TCP socket
             // passes through CLOSE before it is destroyed).
