@@ -186,50 +186,44 @@ pub fn decode(bytes: &[u8]) -> Result<SocketEvent, DecodeError> {
     from_raw(&raw)
 }
 
+fn state(v: u8) -> Result<TcpState, DecodeError> {
+    TcpState::from_kernel(v).ok_or(DecodeError::UnknownState(v))
+}
+
 pub fn from_transition(t: &Transition) -> Result<SocketEvent, DecodeError> {
     if t.kind != kind::TRANSITION {
         return Err(DecodeError::UnknownKind(t.kind));
     }
-    let state = |v: u8| TcpState::from_kernel(v).ok_or(DecodeError::UnknownState(v));
-    let none = Endpoint::from_kernel(0, &[0; 16], 0);
-    Ok(SocketEvent {
-        ts_ns: t.ts_ns,
-        sk: t.sk,
-        owner: None,
-        kind: EventKind::State { old: state(t.oldstate)?, new: state(t.newstate)? },
-        family: 0,
-        local: none,
-        remote: none,
-        error: 0,
-        netns: None,
-        io: IoCounts::default(),
-        has_tuple: false,
-    })
+    Ok(compact(t.ts_ns, t.sk, state(t.oldstate)?, state(t.newstate)?, 0, IoCounts::default()))
 }
 
 pub fn from_closed(c: &Closed) -> Result<SocketEvent, DecodeError> {
     if c.kind != kind::CLOSED {
         return Err(DecodeError::UnknownKind(c.kind));
     }
-    let old = TcpState::from_kernel(c.oldstate).ok_or(DecodeError::UnknownState(c.oldstate))?;
+    Ok(compact(c.ts_ns, c.sk, state(c.oldstate)?, TcpState::Close, c.error, IoCounts::from_kernel(&c.io)))
+}
+
+/// A state change of a socket user space already knows: the kernel sends neither its owner nor
+/// its addresses.
+fn compact(ts_ns: u64, sk: u64, old: TcpState, new: TcpState, error: i32, io: IoCounts) -> SocketEvent {
     let none = Endpoint::from_kernel(0, &[0; 16], 0);
-    Ok(SocketEvent {
-        ts_ns: c.ts_ns,
-        sk: c.sk,
+    SocketEvent {
+        ts_ns,
+        sk,
         owner: None,
-        kind: EventKind::State { old, new: TcpState::Close },
+        kind: EventKind::State { old, new },
         family: 0,
         local: none,
         remote: none,
-        error: c.error,
+        error,
         netns: None,
-        io: IoCounts::from_kernel(&c.io),
+        io,
         has_tuple: false,
-    })
+    }
 }
 
 pub fn from_raw(raw: &Event) -> Result<SocketEvent, DecodeError> {
-    let state = |v: u8| TcpState::from_kernel(v).ok_or(DecodeError::UnknownState(v));
     let kind = match raw.kind {
         kind::STATE => EventKind::State { old: state(raw.oldstate)?, new: state(raw.newstate)? },
         kind::CLAIM => EventKind::Claim,
