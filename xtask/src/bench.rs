@@ -401,7 +401,7 @@ impl Bench {
     pub fn workload(&self, workload: Workload, setups: &[Setup], rounds: usize) -> Result<WorkloadResult> {
         let port = free_port()?;
         let _nginx = self.start_nginx(port, 4096)?;
-        let url = format!("http://127.0.0.1:{port}/");
+        let url = local_url(port);
         self.wrk(&url, workload, 2)?; // warm-up
         let mut rps: HashMap<Setup, Vec<f64>> = HashMap::new();
         let mut events_lost = 0;
@@ -418,9 +418,9 @@ impl Bench {
                 rps.entry(setup).or_default().push(r);
             }
         }
-        let cost = self.cost_round(&url, workload, &[])?;
+        let cost = self.cost_round(port, workload, &[])?;
         let cost_no_tls = match setups.contains(&Setup::ObserverNoTls) {
-            true => Some(self.cost_round(&url, workload, &["--no-tls"])?),
+            true => Some(self.cost_round(port, workload, &["--no-tls"])?),
             false => None,
         };
         Ok(WorkloadResult { workload, rounds, rps, cost, cost_no_tls, events_lost })
@@ -429,7 +429,7 @@ impl Bench {
     /// One observer round with `kernel.bpf_stats_enabled`: what each program costs per run, and
     /// the daemon's own CPU time and peak memory. (Stats add to every program run, so the cost
     /// figures are upper bounds and this round's throughput is not used for the ratios.)
-    fn cost_round(&self, url: &str, workload: Workload, extra: &[&str]) -> Result<Cost> {
+    fn cost_round(&self, port: u16, workload: Workload, extra: &[&str]) -> Result<Cost> {
         set_bpf_stats(true)?;
         let result = (|| {
             let (daemon, _api) = self.start_observer(extra)?;
@@ -437,11 +437,11 @@ impl Bench {
             let before = prog_stats()?;
             let cpu0 = process_cpu_seconds(pid)?;
             let t0 = Instant::now();
-            let rps = self.wrk(url, workload, ROUND_SECONDS)?;
+            let rps = self.wrk(&local_url(port), workload, ROUND_SECONDS)?;
             let elapsed = t0.elapsed().as_secs_f64();
             let cpu1 = process_cpu_seconds(pid)?;
             let after = prog_stats()?;
-            exercise_rare_paths(url)?;
+            exercise_rare_paths(port)?;
             let after_rare = prog_stats()?;
             let daemon_peak_rss_kib = process_status_kib(pid, "VmHWM")?;
             drop(daemon);
@@ -660,11 +660,11 @@ fn cost_markdown(c: &Cost, baseline_rps: f64) -> String {
     for (name, runs, ns) in &c.programs {
         let (all_runs, per_run) = c.per_run(name);
         let extra = all_runs - runs;
-        let runs = if extra > 0 { format!("{runs} + {extra}") } else { runs.to_string() };
+        let shown = if extra > 0 { format!("{runs} + {extra}") } else { runs.to_string() };
         let _ = writeln!(
             md,
-            "| {name} | {runs} | {:.2} | {per_run:.0} | {:.0} |",
-            c.programs.iter().find(|p| &p.0 == name).map_or(0, |p| p.1) as f64 / c.requests(),
+            "| {name} | {shown} | {:.2} | {per_run:.0} | {:.0} |",
+            *runs as f64 / c.requests(),
             *ns as f64 / c.requests()
         );
     }
@@ -852,6 +852,11 @@ fn set_bpf_stats(on: bool) -> Result<()> {
 }
 
 /// (runs, run time ns) per program name, from bpftool.
+/// The benchmark's nginx on loopback.
+fn local_url(port: u16) -> String {
+    format!("http://127.0.0.1:{port}/")
+}
+
 /// Runs of each rare path in [`exercise_rare_paths`].
 const RARE_RUNS: u32 = 200;
 
@@ -859,13 +864,7 @@ const RARE_RUNS: u32 = 200;
 /// loopback, bounded in count): process exits, refused connects (a reset received and an error
 /// report), abortive closes (a reset sent). A program that ran a handful of times, cold, would
 /// otherwise be judged on those.
-fn exercise_rare_paths(url: &str) -> Result<()> {
-    let port: u16 = url
-        .trim_end_matches('/')
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .ok_or_else(|| anyhow!("no port in {url}"))?;
+fn exercise_rare_paths(port: u16) -> Result<()> {
     let src = format!(
         "import socket, struct, subprocess\n\
          for _ in range({RARE_RUNS}):\n\
