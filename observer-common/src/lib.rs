@@ -167,8 +167,7 @@ pub mod kind {
     pub const RESET_SENT: u8 = 5;
     /// The socket received a RST (`tcp/tcp_receive_reset`).
     pub const RESET_RECEIVED: u8 = 6;
-    /// The last thread of a process exited (`sched/sched_process_exit`).
-    pub const PROCESS_EXIT: u8 = 7;
+    // 7 was a process's exit: the daemon now watches processes through pidfds.
 }
 
 /// [`Event::flags`] bits.
@@ -382,8 +381,6 @@ pub mod names {
     pub const LISTENERS: &str = "LISTENERS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const OFFSETS: &str = "OFFSETS";
-    /// Global: byte offset of `group_dead` in the `sched_process_exit` record, 0 if absent.
-    pub const EXIT_GROUP_DEAD_OFFSET: &str = "EXIT_GROUP_DEAD_OFFSET";
     /// Global: the initial [`super::SockState::tls`] of new connections (0: TLS capture off).
     pub const TLS_CAPTURE: &str = "TLS_CAPTURE";
 }

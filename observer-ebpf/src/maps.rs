@@ -41,11 +41,6 @@ pub static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets::zeroed())
 #[unsafe(no_mangle)]
 pub static TLS_CAPTURE: Global<u32> = Global::new(0);
 
-/// Non-zero if `sched_process_exit` has its `group_dead` argument (kernel 6.16+): the offset of
-/// the field in the tracepoint's record, as tracefs describes it.
-#[unsafe(no_mangle)]
-pub static EXIT_GROUP_DEAD_OFFSET: Global<u32> = Global::new(0);
-
 #[inline(always)]
 pub fn count(index: u32) {
     if let Some(p) = COUNTERS.get_ptr_mut(index) {

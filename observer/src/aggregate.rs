@@ -597,11 +597,6 @@ impl Aggregator {
             EventKind::ErrorReport => self.on_error_report(ev),
             EventKind::ResetSent => self.on_reset(ev, false),
             EventKind::ResetReceived => self.on_reset(ev, true),
-            EventKind::ProcessExit => {
-                if let Some(o) = &ev.owner {
-                    self.mark_exited(o.key, ev.ts_ns);
-                }
-            }
         }
     }
 

@@ -16,8 +16,9 @@ use crate::api::{self, AppState};
 use crate::closewait::CloseWaitConfig;
 use crate::event;
 use crate::metrics::{self, KernelStatus};
+use crate::model::ProcessKey;
 use crate::probes::{Options, Probes};
-use crate::{cgroup, procfs, snapshot, sock_diag};
+use crate::{cgroup, exits, procfs, snapshot, sock_diag};
 
 pub struct DaemonOptions {
     pub listen: SocketAddr,
@@ -28,6 +29,8 @@ pub struct DaemonOptions {
     pub io_flush_interval: Duration,
     /// Recognise TLS handshakes.
     pub tls: bool,
+    /// Attach the benchmark's calibration programs.
+    pub bench_calibration: bool,
     pub max_sockets: u32,
     pub close_wait: CloseWaitConfig,
     pub metrics_peers_per_process: usize,
@@ -52,6 +55,7 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
         ring_buffer_bytes: opts.ring_buffer_bytes,
         kernel_log_level: opts.kernel_log_level,
         tls: opts.tls,
+        bench_calibration: opts.bench_calibration,
         max_sockets: opts.max_sockets,
     })?;
     let ring = probes.take_events()?;
@@ -73,6 +77,7 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
         }
         Err(e) => log::warn!("start-up snapshot failed, sockets older than the daemon are not attributed: {e:#}"),
     }
+    let watch_exits = features.process_exits;
     let kernel = Arc::new(Mutex::new(KernelStatus { features, ..KernelStatus::default() }));
     let healthy = Arc::new(AtomicBool::new(true));
     let probes = Arc::new(Mutex::new(probes));
@@ -101,7 +106,7 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
             }
         });
     }
-    tasks.spawn(housekeeping(agg.clone()));
+    tasks.spawn(housekeeping(agg.clone(), watch_exits));
     tasks.spawn(reconcile_time_wait(agg.clone(), opts.reconcile_interval));
     tasks.spawn(refresh_kernel_status(probes.clone(), kernel.clone()));
 
@@ -195,9 +200,9 @@ fn drain(ring: &mut RingBuf<MapData>, agg: &Mutex<Aggregator>) {
     }
 }
 
-/// Every second: prune and expire; read /proc for new processes; every 5 s, look for processes
-/// that died without an exit event (lost events, no sched tracepoint).
-async fn housekeeping(agg: Arc<Mutex<Aggregator>>) {
+/// Every second: prune and expire; read /proc for new processes and watch them for their exit
+/// (pidfds); every 5 s, look for processes that died without being seen to (no pidfd).
+async fn housekeeping(agg: Arc<Mutex<Aggregator>>, watch_exits: bool) {
     let mut interval = tokio::time::interval(Duration::from_secs(1));
     let mut round = 0u64;
     loop {
@@ -214,12 +219,30 @@ async fn housekeeping(agg: Arc<Mutex<Aggregator>>) {
             log_alert_changes(&a.take_alert_changes());
             (a.take_new_processes(), known)
         };
-        let info: Vec<_> = new
-            .into_iter()
-            .filter(procfs::is_alive)
-            .map(|k| (k, procfs::comm(k.pid), procfs::cmdline(k.pid), cgroup::read(k.pid)))
-            .collect();
-        let dead: Vec<_> = known.into_iter().filter(|k| !procfs::is_alive(k)).collect();
+        let mut dead: Vec<_> = known.into_iter().filter(|k| !procfs::is_alive(k)).collect();
+        let mut info = Vec::with_capacity(new.len());
+        for k in new {
+            let alive = if watch_exits {
+                match exits::open(&k) {
+                    Ok(Some(fd)) => {
+                        tokio::spawn(watch_exit(agg.clone(), k, fd));
+                        true
+                    }
+                    Ok(None) => false,
+                    Err(e) => {
+                        log::debug!("pid {}: no pidfd ({e}), its exit is found by polling /proc", k.pid);
+                        procfs::is_alive(&k)
+                    }
+                }
+            } else {
+                procfs::is_alive(&k)
+            };
+            if alive {
+                info.push((k, procfs::comm(k.pid), procfs::cmdline(k.pid), cgroup::read(k.pid)));
+            } else {
+                dead.push(k);
+            }
+        }
         if info.is_empty() && dead.is_empty() {
             continue;
         }
@@ -231,6 +254,14 @@ async fn housekeeping(agg: Arc<Mutex<Aggregator>>) {
         for k in dead {
             a.mark_exited(k, now);
         }
+    }
+}
+
+/// Mark `key` exited when its pidfd says so.
+async fn watch_exit(agg: Arc<Mutex<Aggregator>>, key: ProcessKey, fd: std::os::fd::OwnedFd) {
+    match exits::wait(fd).await {
+        Ok(()) => agg.lock().expect("aggregator lock").mark_exited(key, monotonic_ns()),
+        Err(e) => log::debug!("pid {}: cannot wait on its pidfd ({e}), its exit is found by polling /proc", key.pid),
     }
 }
 

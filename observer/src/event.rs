@@ -62,13 +62,11 @@ pub enum EventKind {
     ErrorReport,
     ResetSent,
     ResetReceived,
-    ProcessExit,
 }
 
 impl EventKind {
     /// The kinds' names, in [`EventKind::index`] order.
-    pub const NAMES: [&'static str; 6] =
-        ["state", "claim", "error_report", "reset_sent", "reset_received", "process_exit"];
+    pub const NAMES: [&'static str; 5] = ["state", "claim", "error_report", "reset_sent", "reset_received"];
 
     pub fn index(self) -> usize {
         match self {
@@ -77,7 +75,6 @@ impl EventKind {
             EventKind::ErrorReport => 2,
             EventKind::ResetSent => 3,
             EventKind::ResetReceived => 4,
-            EventKind::ProcessExit => 5,
         }
     }
 }
@@ -230,7 +227,6 @@ pub fn from_raw(raw: &Event) -> Result<SocketEvent, DecodeError> {
         kind::ERROR_REPORT => EventKind::ErrorReport,
         kind::RESET_SENT => EventKind::ResetSent,
         kind::RESET_RECEIVED => EventKind::ResetReceived,
-        kind::PROCESS_EXIT => EventKind::ProcessExit,
         k => return Err(DecodeError::UnknownKind(k)),
     };
     let owner = (raw.flags & flags::OWNER_KNOWN != 0 && raw.owner.tgid != 0).then(|| Owner {

@@ -10,6 +10,7 @@ mod closewait;
 mod config;
 mod daemon;
 mod event;
+mod exits;
 mod exphist;
 mod lifetime;
 mod metrics;
@@ -21,7 +22,6 @@ mod snapshot;
 mod sock_diag;
 mod timewait;
 mod tls;
-mod tracefs;
 mod views;
 
 use std::net::SocketAddr;
@@ -113,6 +113,10 @@ enum Command {
         /// read).
         #[arg(long)]
         no_tls: bool,
+        /// `cargo xtask bench` only: also attach two calibration programs to sock_send_length (one
+        /// does nothing, one reads the clock), whose cost is the floor of the per-run figures.
+        #[arg(long, hide = true)]
+        bench_calibration: bool,
         /// Configuration file (TOML; see docs/api.md, "Configuration"). Flags override it.
         #[arg(long, value_name = "FILE", env = "OBSERVER_CONFIG")]
         config: Option<std::path::PathBuf>,
@@ -175,6 +179,7 @@ fn main() {
             config,
             metrics_peers_per_process,
             no_tls,
+            bench_calibration,
             max_sockets,
             close_wait_floor,
             close_wait_max_age,
@@ -224,6 +229,7 @@ fn main() {
                         close_wait,
                         metrics_peers_per_process: metrics_peers_per_process as usize,
                         tls: !no_tls,
+                        bench_calibration,
                         max_sockets,
                     }))
                 })

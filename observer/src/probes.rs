@@ -16,7 +16,7 @@ use crate::event::Comm;
 use crate::model::{IoCounts, ProcessKey, TcpState};
 
 use crate::btf_offsets;
-use crate::tracefs;
+use crate::exits;
 
 /// The eBPF object built by build.rs (empty when built with AYA_BUILD_SKIP=1).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
@@ -30,6 +30,8 @@ pub struct Options {
     pub tls: bool,
     /// Entries of the kernel's socket table.
     pub max_sockets: u32,
+    /// Attach the benchmark's calibration programs too (`calibrate_empty`, `calibrate_clock`).
+    pub bench_calibration: bool,
 }
 
 /// Which optional features are working.
@@ -39,7 +41,8 @@ pub struct Features {
     pub error_reports: bool,
     /// Resets sent and received (`tcp_send_reset`, `tcp_receive_reset`).
     pub resets: bool,
-    /// Process exits as they happen (BTF tracepoint `sched_process_exit`).
+    /// Process exits as they happen: the daemon watches each process it charges through a pidfd
+    /// (Linux 5.3+). Without, exits are found by polling /proc every 5 s.
     pub process_exits: bool,
     /// Requests and bytes per connection, and accepted connections charged to the process that
     /// uses them (`sock_send_length`, `sock_recv_length`, the socket-table iterator).
@@ -127,20 +130,6 @@ impl Probes {
         raise_memlock();
 
         let mut features = Features::default();
-        // tracefs only tells whether sched_process_exit has its group_dead argument.
-        let tracefs = match tracefs::ensure_mounted() {
-            Ok(t) => Some(t),
-            Err(e) => {
-                log::warn!("{e:#}: a process's exit is taken from its main thread's");
-                None
-            }
-        };
-        let exit_fields = tracefs.as_ref().and_then(|t| tracefs::check(t, &tracefs::SCHED_PROCESS_EXIT).ok());
-        let group_dead_offset: u32 = exit_fields
-            .as_ref()
-            .and_then(|f| f.iter().find(|f| f.name == "group_dead" && f.size == 1))
-            .map_or(0, |f| f.offset as u32);
-
         // The kernel side finds the application's buffer in x86-64 system call registers.
         let tls_capture: u32 = if opts.tls && cfg!(target_arch = "x86_64") { tls_capture::INITIAL } else { 0 };
         if opts.tls && tls_capture == 0 {
@@ -149,7 +138,6 @@ impl Probes {
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
             .override_global(names::OFFSETS, &offsets, true)
-            .override_global(names::EXIT_GROUP_DEAD_OFFSET, &group_dead_offset, true)
             .override_global(names::TLS_CAPTURE, &tls_capture, true)
             .override_global("AYA_LOG_LEVEL", &opts.kernel_log_level, false)
             .map_max_entries(names::EVENTS, opts.ring_buffer_bytes)
@@ -186,14 +174,13 @@ impl Probes {
                 ),
             }
         }
-        features.process_exits =
-            match attach_btf_tracepoint(&mut ebpf, &btf, "sched_process_exit", "sched_process_exit") {
-                Ok(()) => true,
-                Err(e) => {
-                    log::warn!("sched_process_exit unavailable ({e:#}): exits are found by polling /proc");
-                    false
-                }
-            };
+        features.process_exits = exits::supported();
+        if opts.bench_calibration {
+            for prog in ["calibrate_empty", "calibrate_clock"] {
+                attach_btf_tracepoint(&mut ebpf, &btf, prog, "sock_send_length")
+                    .with_context(|| format!("attaching the calibration program {prog}"))?;
+            }
+        }
         Ok(Probes { ebpf, features, io_iter })
     }
 

@@ -323,7 +323,7 @@ fn exited_processes_are_pruned_after_retention_and_stay_pruned() {
     let mut s = Sock::new(1, 100, "127.0.0.1:40000", "127.0.0.1:8080");
     s.state(&mut a, Close, SynSent);
     s.state(&mut a, SynSent, Established);
-    s.other(&mut a, EventKind::ProcessExit, 0);
+    a.mark_exited(key(100), s.t);
     // Exit closes its sockets: still charged to it during the retention.
     s.state(&mut a, Established, FinWait1);
     a.tick(s.t + SECOND);
