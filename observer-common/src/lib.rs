@@ -89,7 +89,9 @@ pub struct SockState {
     /// TLS handshake capture (see [`tls_capture`]): 0 once the connection is known not to
     /// start with a TLS handshake, or its capture budget is spent.
     pub tls: u32,
-    pub _pad: u32,
+    /// 1 while an accepted connection is tracked without having been reported: its creation
+    /// sends no record, its first one (the end of SYN_RECV) carries [`flags::FIRST_RECORD`].
+    pub unannounced: u32,
 }
 
 /// Capture of a connection's first bytes, to recognise and parse its TLS handshake in user
@@ -176,6 +178,9 @@ pub mod flags {
     pub const OWNER_KNOWN: u8 = 1;
     /// [`super::Event::netns`] is valid.
     pub const NETNS_KNOWN: u8 = 2;
+    /// The first record of a socket the kernel has tracked silently since its creation: an
+    /// accepted connection, reported once it leaves SYN_RECV, when its peer's address is known.
+    pub const FIRST_RECORD: u8 = 4;
 }
 
 /// One record in the ring buffer.
@@ -242,6 +247,9 @@ impl Event {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Transition {
+    /// Set only on entering CLOSE_WAIT, the one transition of a known socket whose time user
+    /// space uses (a CLOSE_WAIT socket's age); 0 otherwise. A clock read costs 60-80 ns on a
+    /// virtual machine, and these records are the most frequent.
     pub ts_ns: u64,
     pub sk: u64,
     /// [`kind::TRANSITION`].

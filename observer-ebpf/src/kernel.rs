@@ -6,7 +6,7 @@ use aya_ebpf::helpers::{
 };
 use core::ffi::c_void;
 
-use observer_common::{AF_INET, Event, IPPROTO_TCP, KernelOffsets, Owner};
+use observer_common::{AF_INET, Event, IPPROTO_TCP, KernelOffsets, ListenerKey, Owner};
 
 /// A field of a kernel object the program holds a typed (BTF) pointer to (the socket a BTF
 /// tracepoint was handed, the current task): a plain load, which the verifier checks against
@@ -87,6 +87,24 @@ pub fn sock_tuple(off: &KernelOffsets, sk: u64, ev: &mut Event) {
         ev.saddr[..8].copy_from_slice(&s[0].to_ne_bytes());
         ev.saddr[8..].copy_from_slice(&s[1].to_ne_bytes());
     }
+}
+
+/// The socket's own end, as a key of the listener map: its network namespace (0 if unknown),
+/// family, local port (host order) and address, read as [`sock_tuple`] reads them.
+#[inline(always)]
+pub fn local_key(off: &KernelOffsets, sk: u64) -> ListenerKey {
+    let family = sock_field::<u16>(sk, off.sock_family);
+    let tp = unsafe { bpf_skc_to_tcp_sock(sk as *mut c_void) } as u64;
+    let port = u16::from_be(inet_field(sk, tp, off.inet_sport));
+    let mut addr = [0u8; 16];
+    if family == AF_INET {
+        addr[..4].copy_from_slice(&inet_field::<[u8; 4]>(sk, tp, off.inet_saddr));
+    } else {
+        let s: [u64; 2] = [sock_field(sk, off.sock_v6_saddr), sock_field(sk, off.sock_v6_saddr + 8)];
+        addr[..8].copy_from_slice(&s[0].to_ne_bytes());
+        addr[8..].copy_from_slice(&s[1].to_ne_bytes());
+    }
+    ListenerKey { netns: sock_netns(off, sk).unwrap_or(0), family, port, addr }
 }
 
 /// x86-64 `struct pt_regs` offsets and system call numbers (the daemon turns TLS capture off on

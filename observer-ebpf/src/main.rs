@@ -89,10 +89,10 @@ fn state_of(sk: *mut c_void) -> *mut SockState {
     SOCKS.get_ptr_mut(&(sk as u64)).unwrap_or(core::ptr::null_mut())
 }
 
-/// Start tracking a new socket, owned by `owner`. (A record left by a socket whose CLOSE was
-/// never seen is replaced.)
+/// Start tracking a new socket, owned by `owner`; `unannounced`: no record reports its creation.
+/// (A record left by a socket whose CLOSE was never seen is replaced.)
 #[inline(always)]
-fn track(sk: *mut c_void, owner: &Owner, claimed: bool, tls: u32) -> bool {
+fn track(sk: *mut c_void, owner: &Owner, claimed: bool, tls: u32, unannounced: bool) -> bool {
     // Every field spelled out: a zeroed() constructor compiles to a call to a memset subprogram.
     let io = SockIo {
         bytes_sent: 0,
@@ -102,7 +102,7 @@ fn track(sk: *mut c_void, owner: &Owner, claimed: bool, tls: u32) -> bool {
         last_dir: 0,
         claimed: u32::from(claimed),
     };
-    let init = SockState { owner: *owner, io, tls, _pad: 0 };
+    let init = SockState { owner: *owner, io, tls, unannounced: u32::from(unannounced) };
     if SOCKS.insert(&(sk as u64), &init, 0).is_err() {
         count(counter::STORAGE_FAILED);
         return false;
@@ -145,18 +145,21 @@ fn on_state(ctx: &BtfTracePointContext) {
     let sk: *mut c_void = ctx.arg(0);
     let old = ctx.arg::<i64>(1) as u8;
     let new = ctx.arg::<i64>(2) as u8;
-    let creation =
-        matches!((old, new), (tcp_state::CLOSE, tcp_state::SYN_SENT) | (tcp_state::LISTEN, tcp_state::SYN_RECV))
-            || new == tcp_state::LISTEN;
+    if old == tcp_state::LISTEN && new == tcp_state::SYN_RECV {
+        track_child(ctx, sk);
+        return;
+    }
+    let creation = (old == tcp_state::CLOSE && new == tcp_state::SYN_SENT) || new == tcp_state::LISTEN;
     let st = if creation { core::ptr::null_mut() } else { state_of(sk) };
     // The common cases on every connection, for a socket user space already knows: nothing but
     // the state changed, or it closed. Full events instead when user space needs the addresses:
-    // the end of SYN_SENT (the port a connect got), of SYN_RECV (an accepted connection's peer
-    // is only filled in after its creation), and of LISTEN (which listener closed).
+    // the end of SYN_SENT (the port a connect got), of SYN_RECV (an accepted connection's first
+    // record: its peer is only filled in after its creation), and of LISTEN (which listener
+    // closed).
     if !st.is_null() && old != tcp_state::SYN_SENT && old != tcp_state::SYN_RECV && old != tcp_state::LISTEN {
         if new != tcp_state::CLOSE {
             emit(Transition {
-                ts_ns: now(),
+                ts_ns: if new == tcp_state::CLOSE_WAIT { now() } else { 0 },
                 sk: sk as u64,
                 kind: kind::TRANSITION,
                 oldstate: old,
@@ -180,8 +183,12 @@ fn on_state(ctx: &BtfTracePointContext) {
     // At CLOSE the record goes (even if the event cannot be queued): every TCP socket passes
     // through CLOSE before it is destroyed.
     let state = if st.is_null() { None } else { Some(unsafe { *st }) };
-    if new == tcp_state::CLOSE && state.is_some() {
-        let _ = SOCKS.remove(&(sk as u64));
+    if let Some(state) = state {
+        if new == tcp_state::CLOSE {
+            let _ = SOCKS.remove(&(sk as u64));
+        } else if state.unannounced != 0 {
+            unsafe { (*st).unannounced = 0 };
+        }
     }
     let Some(mut entry) = reserve_event(kind::STATE, sk as u64, now()) else { return };
     let ev = unsafe { &mut *entry.as_mut_ptr() };
@@ -193,14 +200,14 @@ fn on_state(ctx: &BtfTracePointContext) {
         // connect(): process context, the caller owns the socket.
         (tcp_state::CLOSE, tcp_state::SYN_SENT) => {
             let owner = kernel::current_owner(&off);
-            if track(sk, &owner, true, TLS_CAPTURE.load()) {
+            if track(sk, &owner, true, TLS_CAPTURE.load(), false) {
                 with_owner(ev, &owner);
             }
         }
         // listen(): process context.
         (_, tcp_state::LISTEN) => {
             let owner = kernel::current_owner(&off);
-            if track(sk, &owner, true, 0) {
+            if track(sk, &owner, true, 0, false) {
                 with_owner(ev, &owner);
             }
             let value = ListenerValue { sk: sk as u64, owner };
@@ -211,27 +218,12 @@ fn on_state(ctx: &BtfTracePointContext) {
                 warn!(ctx, "LISTENERS insert failed for port {}", ev.sport);
             }
         }
-        // A child of a listener, created in softirq: owned by the listener's owner until a
-        // process sends or receives on it (see on_io).
-        (tcp_state::LISTEN, tcp_state::SYN_RECV) => {
-            let mut key = listener_key(ev);
-            let mut listener = unsafe { LISTENERS.get(key).copied() };
-            if listener.is_none() {
-                key.addr = [0; 16];
-                listener = unsafe { LISTENERS.get(key).copied() };
-            }
-            match listener {
-                Some(l) => {
-                    if track(sk, &l.owner, false, TLS_CAPTURE.load()) {
-                        with_owner(ev, &l.owner);
-                    }
-                }
-                None => debug!(ctx, "no listener for child socket on port {}", ev.sport),
-            }
-        }
         _ => {
             if let Some(state) = state {
                 with_owner(ev, &state.owner);
+                if state.unannounced != 0 {
+                    ev.flags |= flags::FIRST_RECORD;
+                }
                 if new == tcp_state::CLOSE {
                     // Hand the counters over: the record is gone.
                     ev.io = state.io;
@@ -252,6 +244,30 @@ fn on_state(ctx: &BtfTracePointContext) {
         }
     }
     submit(entry);
+}
+
+/// A child of a listener, created in softirq: owned by the listener's owner until a process
+/// sends or receives on it (see on_io). Tracked without a record: its first one is the end of
+/// SYN_RECV (right after, in the same softirq, for all but TCP Fast Open), which carries the
+/// peer's address, filled in after the creation.
+#[inline(always)]
+fn track_child(ctx: &BtfTracePointContext, sk: *mut c_void) {
+    let off = OFFSETS.load();
+    if !kernel::sock_is_tcp(&off, sk as u64) {
+        return;
+    }
+    let mut key = kernel::local_key(&off, sk as u64);
+    let mut listener = unsafe { LISTENERS.get(key).copied() };
+    if listener.is_none() {
+        key.addr = [0; 16];
+        listener = unsafe { LISTENERS.get(key).copied() };
+    }
+    match listener {
+        Some(l) => {
+            track(sk, &l.owner, false, TLS_CAPTURE.load(), true);
+        }
+        None => debug!(ctx, "no listener for child socket on port {}", key.port),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

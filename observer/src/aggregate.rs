@@ -682,7 +682,7 @@ impl Aggregator {
 
     fn on_state(&mut self, ev: &SocketEvent, old: TcpState, new: TcpState) {
         use TcpState::*;
-        let creation = matches!((old, new), (Close, SynSent) | (_, Listen) | (Listen, SynRecv));
+        let creation = ev.first || matches!((old, new), (Close, SynSent) | (_, Listen) | (Listen, SynRecv));
         if creation {
             // A record for this address is stale: the kernel reused the memory of a socket
             // whose end we did not see.
@@ -783,7 +783,9 @@ impl Aggregator {
         let (direction, peer, listener) = match (old, new) {
             (Close, SynSent) => (Direction::Outbound, ev.remote.canonical(), false),
             (_, Listen) => (Direction::Inbound, ev.local.canonical(), true),
-            (Listen, SynRecv) => {
+            // An accepted connection, at its creation or (as the kernel reports it) at the end of
+            // SYN_RECV.
+            (Listen, SynRecv) | (SynRecv, _) if creation => {
                 let l = self.find_listener(key, ev.netns, ev.local);
                 (Direction::Inbound, l.unwrap_or(ev.local.canonical()), false)
             }

@@ -82,7 +82,8 @@ impl EventKind {
 /// A decoded kernel record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SocketEvent {
-    /// CLOCK_MONOTONIC ns.
+    /// CLOCK_MONOTONIC ns; 0 for a compact transition other than into CLOSE_WAIT (the kernel
+    /// does not read the clock for those: nothing uses their time).
     pub ts_ns: u64,
     /// Kernel address of the socket (0 if none).
     pub sk: u64,
@@ -99,6 +100,9 @@ pub struct SocketEvent {
     /// Whether `family`, `local`, `remote` and `netns` were reported (a compact transition of a
     /// tracked socket has only its states).
     pub has_tuple: bool,
+    /// The first record of a socket the kernel tracked silently since its creation (an accepted
+    /// connection, first reported at the end of SYN_RECV): its creation, for user space.
+    pub first: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -217,6 +221,7 @@ fn compact(ts_ns: u64, sk: u64, old: TcpState, new: TcpState, error: i32, io: Io
         netns: None,
         io,
         has_tuple: false,
+        first: false,
     }
 }
 
@@ -245,6 +250,7 @@ pub fn from_raw(raw: &Event) -> Result<SocketEvent, DecodeError> {
         netns: (raw.flags & flags::NETNS_KNOWN != 0).then_some(raw.netns),
         io: IoCounts::from_kernel(&raw.io),
         has_tuple: raw.kind == kind::STATE,
+        first: raw.flags & flags::FIRST_RECORD != 0,
     })
 }
 

@@ -54,6 +54,7 @@ impl Sock {
             // The kernel hands the final counters over with the close.
             io: if matches!(kind, EventKind::State { new: Close, .. }) { self.io } else { IoCounts::default() },
             has_tuple: true,
+            first: false,
         }
     }
 
@@ -220,6 +221,34 @@ fn accepted_sockets_aggregate_by_listener_and_follow_the_accepting_process() {
     assert_eq!(tw(&a, 11, Direction::Inbound, "0.0.0.0:8080"), 3);
     assert!(a.process(11).unwrap().outbound.is_empty(), "never keyed by client ports");
     assert_eq!(a.process(10).unwrap().inbound.len(), 1);
+}
+
+/// The records the kernel really sends for accepted connections: none at the child's creation,
+/// a full first record at the end of SYN_RECV, then compact ones.
+#[test]
+fn an_accepted_connection_first_reported_at_its_establishment() {
+    let mut a = Aggregator::default();
+    let mut l = Sock::new(1, 10, "0.0.0.0:8080", "0.0.0.0:0");
+    l.state(&mut a, Close, Listen);
+    for i in 0..3u64 {
+        let mut c = Sock::new(100 + i, 10, "127.0.0.1:8080", &format!("127.0.0.1:{}", 50000 + i));
+        let mut first = c.ev(EventKind::State { old: SynRecv, new: Established }, 0);
+        first.first = true;
+        a.apply(&first);
+        assert_eq!(inb(&a, 10, "0.0.0.0:8080").sockets.get(Established), 1);
+        c.owner = Some(owner(11));
+        c.other(&mut a, EventKind::Claim, 0);
+        c.compact(&mut a, Established, FinWait1);
+        c.compact(&mut a, FinWait1, FinWait2);
+        c.compact(&mut a, FinWait2, Close);
+    }
+    assert_eq!(a.stats.unattributed_events, 0);
+    let master = inb(&a, 10, "0.0.0.0:8080");
+    assert_eq!((master.sockets.get(Listen), master.sockets.total(), master.connections), (1, 1, 0));
+    let worker = inb(&a, 11, "0.0.0.0:8080");
+    assert_eq!((worker.connections, worker.closed_by_local, worker.sockets.total()), (3, 3, 0));
+    assert_eq!(tw(&a, 11, Direction::Inbound, "0.0.0.0:8080"), 3);
+    assert!(a.process(10).unwrap().outbound.is_empty() && a.process(11).unwrap().outbound.is_empty());
 }
 
 #[test]
