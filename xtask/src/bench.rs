@@ -136,10 +136,20 @@ impl WorkloadResult {
     /// Median over rounds of the setup's throughput divided by the no-tracer throughput of the
     /// same round.
     pub fn ratio(&self, setup: Setup) -> Option<f64> {
+        let pairs = self.pairs(setup)?;
+        (!pairs.is_empty()).then(|| median(&pairs))
+    }
+
+    /// The lowest and highest of the paired per-round ratios: how far one round can be off.
+    pub fn ratio_range(&self, setup: Setup) -> Option<(f64, f64)> {
+        let pairs = self.pairs(setup)?;
+        (!pairs.is_empty()).then(|| pairs.iter().fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(*x), b.max(*x))))
+    }
+
+    fn pairs(&self, setup: Setup) -> Option<Vec<f64>> {
         let base = self.rps.get(&Setup::None)?;
         let runs = self.rps.get(&setup)?;
-        let pairs: Vec<f64> = runs.iter().zip(base).map(|(r, b)| r / b).collect();
-        (!pairs.is_empty()).then(|| median(&pairs))
+        Some(runs.iter().zip(base).map(|(r, b)| r / b).collect())
     }
 
     fn spread(&self) -> f64 {
@@ -643,11 +653,18 @@ pub fn workload_markdown(r: &WorkloadResult, setups: &[Setup]) -> String {
         if r.workload == Workload::ConnectionClose { " -H 'Connection: close'" } else { "" },
         r.rounds
     );
-    let _ = writeln!(md, "| setup | median req/s | ratio to no tracer (median of paired rounds) |");
-    let _ = writeln!(md, "| --- | ---: | ---: |");
+    let _ = writeln!(
+        md,
+        "| setup | median req/s | ratio to no tracer (median of paired rounds) | lowest and highest paired round |"
+    );
+    let _ = writeln!(md, "| --- | ---: | ---: | ---: |");
     for s in setups {
         let ratio = r.ratio(*s).map_or("-".to_string(), |x| format!("{x:.3}"));
-        let _ = writeln!(md, "| {} | {:.0} | {ratio} |", s.name(), median(&r.rps[s]));
+        let range = match (*s, r.ratio_range(*s)) {
+            (Setup::None, _) | (_, None) => "-".to_string(),
+            (_, Some((lo, hi))) => format!("{lo:.3} - {hi:.3}"),
+        };
+        let _ = writeln!(md, "| {} | {:.0} | {ratio} | {range} |", s.name(), median(&r.rps[s]));
     }
     let _ = writeln!(
         md,
@@ -700,11 +717,13 @@ fn cost_markdown(c: &Cost, baseline_rps: f64) -> String {
     let _ = writeln!(
         md,
         "\nPer request: {:.0} ns in the kernel programs and {:.0} ns in the daemon ({:.2} CPU-seconds over {:.1} s), \
-         out of {cpu_per_req:.0} ns of CPU per request without a tracer. Daemon peak RSS: {:.1} MiB.\n",
+         out of {cpu_per_req:.0} ns of CPU per request without a tracer: {:.1}% of it (upper bounds, see above). \
+         Daemon peak RSS: {:.1} MiB.\n",
         c.bpf_ns_per_request(),
         c.daemon_ns_per_request(),
         c.daemon_cpu,
         c.elapsed,
+        (c.bpf_ns_per_request() + c.daemon_ns_per_request()) / cpu_per_req * 100.0,
         c.daemon_peak_rss_kib as f64 / 1024.0
     );
     md
@@ -998,6 +1017,10 @@ mod tests {
             WorkloadResult { workload: Workload::KeepAlive, rounds: 3, rps, cost, cost_no_tls: None, events_lost: 0 };
         // Pairs: 0.9, 0.95, 0.99: the median is 0.95, unlike the ratio of medians (190/100... no: 99/100).
         assert_eq!(r.ratio(Setup::Observer), Some(0.95));
+        assert_eq!(r.ratio_range(Setup::Observer), Some((0.9, 0.99)));
+        let md = workload_markdown(&r, &[Setup::None, Setup::Observer]);
+        assert!(md.contains("| observer daemon | 99 | 0.950 | 0.900 - 0.990 |"), "{md}");
+        assert!(md.contains("| no tracer | 100 | 1.000 | - |"), "{md}");
         assert_eq!(r.ratio(Setup::Bpftrace), None);
         let t = overview_markdown(&[&r], &[Setup::None, Setup::Observer, Setup::Bpftrace]);
         assert!(t.ends_with("| keep-alive | 100 req/s | 0.950 | - |\n"), "{t}");
