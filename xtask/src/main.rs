@@ -147,7 +147,7 @@ fn setup_build() -> Result<()> {
     Ok(())
 }
 
-/// tracefs mounted (the daemon mounts it too, but the tests read it directly).
+/// tracefs mounted, for the bench's bpftrace peer (observer itself does not use it).
 fn setup_runtime() -> Result<()> {
     if !Path::new("/sys/kernel/tracing/events").is_dir() && is_root() {
         step("mounting tracefs on /sys/kernel/tracing");
