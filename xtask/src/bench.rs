@@ -464,17 +464,15 @@ impl Bench {
             let daemon_peak_rss_kib = process_status_kib(pid, "VmHWM")?;
             drop(daemon);
             let floor_ns = CALIBRATION.map(|name| {
-                let (c0, t0) = before.get(name).copied().unwrap_or((0, 0));
-                let (c1, t1) = after.get(name).copied().unwrap_or((0, 0));
-                if c1 > c0 { (t1 - t0) as f64 / (c1 - c0) as f64 } else { 0.0 }
+                let (runs, ns) = stats_delta(&before, &after, name);
+                if runs > 0 { ns as f64 / runs as f64 } else { 0.0 }
             });
             let diff = |from: &HashMap<String, (u64, u64)>, to: &HashMap<String, (u64, u64)>| {
                 PROGRAMS
                     .iter()
                     .map(|name| {
-                        let (c0, t0) = from.get(*name).copied().unwrap_or((0, 0));
-                        let (c1, t1) = to.get(*name).copied().unwrap_or((0, 0));
-                        (name.to_string(), c1.saturating_sub(c0), t1.saturating_sub(t0))
+                        let (runs, ns) = stats_delta(from, to, name);
+                        (name.to_string(), runs, ns)
                     })
                     .collect()
             };
@@ -928,6 +926,13 @@ fn exercise_rare_paths(port: u16) -> Result<()> {
         .context("running the rare-path exercise (python3)")?;
     ensure!(status.success(), "the rare-path exercise failed: {status}");
     Ok(())
+}
+
+/// A program's runs and run time (ns) between two [`prog_stats`] readings.
+fn stats_delta(from: &HashMap<String, (u64, u64)>, to: &HashMap<String, (u64, u64)>, name: &str) -> (u64, u64) {
+    let (c0, t0) = from.get(name).copied().unwrap_or((0, 0));
+    let (c1, t1) = to.get(name).copied().unwrap_or((0, 0));
+    (c1.saturating_sub(c0), t1.saturating_sub(t0))
 }
 
 /// (runs, run time ns) per program name, from bpftool.
