@@ -1,5 +1,6 @@
 //! The daemon: kernel events in, aggregation, background reconciliation, HTTP out.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -201,42 +202,55 @@ fn drain(ring: &mut RingBuf<MapData>, agg: &Mutex<Aggregator>) {
 }
 
 /// Every second: prune and expire; read /proc for new processes and watch them for their exit
-/// (pidfds); every 5 s, look for processes that died without being seen to (no pidfd).
+/// (pidfds); every 5 s, look for exits among the processes no pidfd watches.
 async fn housekeeping(agg: Arc<Mutex<Aggregator>>, watch_exits: bool) {
     let mut interval = tokio::time::interval(Duration::from_secs(1));
     let mut round = 0u64;
+    // The live processes whose exit no pidfd watches (all of them without pidfds).
+    let mut polled: HashSet<ProcessKey> = HashSet::new();
     loop {
         interval.tick().await;
         round += 1;
-        let (new, known) = {
+        let new = {
             let mut a = agg.lock().expect("aggregator lock");
             a.tick(monotonic_ns());
-            let known: Vec<_> = if round.is_multiple_of(5) {
-                a.processes().filter(|p| p.exited_ns.is_none()).map(|p| p.key).collect()
-            } else {
-                Vec::new()
-            };
             log_alert_changes(&a.take_alert_changes());
-            (a.take_new_processes(), known)
+            a.take_new_processes()
         };
-        let mut dead: Vec<_> = known.into_iter().filter(|k| !procfs::is_alive(k)).collect();
+        let mut dead = Vec::new();
+        if round.is_multiple_of(5) {
+            polled.retain(|k| {
+                let alive = procfs::is_alive(k);
+                if !alive {
+                    dead.push(*k);
+                }
+                alive
+            });
+        }
         let mut info = Vec::with_capacity(new.len());
         for k in new {
-            let alive = if watch_exits {
+            let watched = if watch_exits {
                 match exits::open(&k) {
                     Ok(Some(fd)) => {
                         tokio::spawn(watch_exit(agg.clone(), k, fd));
-                        true
+                        Some(true)
                     }
-                    Ok(None) => false,
+                    Ok(None) => Some(false),
                     Err(e) => {
                         log::debug!("pid {}: no pidfd ({e}), its exit is found by polling /proc", k.pid);
-                        procfs::is_alive(&k)
+                        None
                     }
                 }
             } else {
-                procfs::is_alive(&k)
+                None
             };
+            let alive = watched.unwrap_or_else(|| {
+                let alive = procfs::is_alive(&k);
+                if alive {
+                    polled.insert(k);
+                }
+                alive
+            });
             if alive {
                 info.push((k, procfs::comm(k.pid), procfs::cmdline(k.pid), cgroup::read(k.pid)));
             } else {
@@ -259,10 +273,13 @@ async fn housekeeping(agg: Arc<Mutex<Aggregator>>, watch_exits: bool) {
 
 /// Mark `key` exited when its pidfd says so.
 async fn watch_exit(agg: Arc<Mutex<Aggregator>>, key: ProcessKey, fd: std::os::fd::OwnedFd) {
-    match exits::wait(fd).await {
-        Ok(()) => agg.lock().expect("aggregator lock").mark_exited(key, monotonic_ns()),
-        Err(e) => log::debug!("pid {}: cannot wait on its pidfd ({e}), its exit is found by polling /proc", key.pid),
+    if let Err(e) = exits::wait(fd).await {
+        log::debug!("pid {}: cannot wait on its pidfd ({e}), its exit is found by polling /proc", key.pid);
+        while procfs::is_alive(&key) {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
     }
+    agg.lock().expect("aggregator lock").mark_exited(key, monotonic_ns());
 }
 
 /// One warning line when a CLOSE_WAIT leak starts and one when it clears.
