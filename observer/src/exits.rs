@@ -19,9 +19,9 @@ fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// Whether this kernel has pidfds (Linux 5.3+). Also raises the soft limit on open files to the
-/// hard one: the daemon holds one pidfd per process it charges.
-pub fn supported() -> bool {
+/// Raise the soft limit on open files to the hard one: the daemon holds one pidfd per process it
+/// charges.
+pub fn raise_fd_limit() {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: valid rlimit structs.
     unsafe {
@@ -30,6 +30,10 @@ pub fn supported() -> bool {
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
     }
+}
+
+/// Whether this kernel has pidfds (Linux 5.3+).
+pub fn supported() -> bool {
     match pidfd_open(std::process::id()) {
         Ok(_) => true,
         Err(e) => {

@@ -175,6 +175,9 @@ impl Probes {
             }
         }
         features.process_exits = exits::supported();
+        if features.process_exits {
+            exits::raise_fd_limit();
+        }
         if opts.bench_calibration {
             for prog in ["calibrate_empty", "calibrate_clock"] {
                 attach_btf_tracepoint(&mut ebpf, &btf, prog, "sock_send_length")
