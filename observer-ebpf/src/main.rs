@@ -465,8 +465,9 @@ pub fn dump_sock_io(ctx: *mut c_void) -> i32 {
 
 // ---------------------------------------------------------------------------------------------
 // Calibration for `cargo xtask bench` only (the daemon attaches them with its hidden
-// --bench-calibration flag): what bpf_stats reads for a program that does nothing, and for one
-// that only reads the clock.
+// --bench-calibration flag, all to `sock_send_length`): what `bpf_stats` reads for a program that
+// does nothing, and for programs that do one of the operations observer's programs are made of.
+// Their differences with the empty one are the price list the bench reports.
 // ---------------------------------------------------------------------------------------------
 
 #[btf_tracepoint(function = "sock_send_length")]
@@ -474,9 +475,56 @@ pub fn calibrate_empty(_ctx: BtfTracePointContext) -> u32 {
     0
 }
 
+/// Read the clock.
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn calibrate_clock(_ctx: BtfTracePointContext) -> u32 {
     now() as u32 & 0
+}
+
+/// Find the socket's record (as every program does first).
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn calibrate_lookup(ctx: BtfTracePointContext) -> u32 {
+    let sk: *mut c_void = ctx.arg(0);
+    u32::from(state_of(sk).is_null()) & 0
+}
+
+/// Reserve a compact record in the ring buffer and give it back (as a state change does, minus
+/// what it writes).
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn calibrate_record(_ctx: BtfTracePointContext) -> u32 {
+    if let Some(entry) = EVENTS.reserve::<Transition>(0) {
+        entry.discard(BPF_RB_NO_WAKEUP);
+    }
+    0
+}
+
+/// Read the first byte the application sent, from its own buffer (as TLS recognition does once
+/// per connection).
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn calibrate_user_read(_ctx: BtfTracePointContext) -> u32 {
+    match kernel::syscall_buffer() {
+        Some((buf, _)) => unsafe { aya_ebpf::helpers::bpf_probe_read_user(buf as *const u8) }.unwrap_or(0) as u32 & 0,
+        None => 0,
+    }
+}
+
+// The floor of any tracer on observer's hooks, for `cargo xtask bench interleaved` only (the
+// daemon attaches them instead of its programs with its hidden --bench-floor flag): programs that
+// do nothing, on the three hooks every connection and every request runs through.
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn floor_state(_ctx: BtfTracePointContext) -> u32 {
+    0
+}
+
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn floor_send(_ctx: BtfTracePointContext) -> u32 {
+    0
+}
+
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn floor_recv(_ctx: BtfTracePointContext) -> u32 {
+    0
 }
 
 #[cfg(not(test))]

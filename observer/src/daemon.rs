@@ -32,6 +32,10 @@ pub struct DaemonOptions {
     pub tls: bool,
     /// Attach the benchmark's calibration programs.
     pub bench_calibration: bool,
+    /// Attach empty programs instead of observer's (the benchmark's floor).
+    pub bench_floor: bool,
+    /// Let the benchmark detach and attach the kernel programs with SIGUSR1 and SIGUSR2.
+    pub bench_toggle: bool,
     pub max_sockets: u32,
     pub close_wait: CloseWaitConfig,
     pub metrics_peers_per_process: usize,
@@ -57,6 +61,7 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
         kernel_log_level: opts.kernel_log_level,
         tls: opts.tls,
         bench_calibration: opts.bench_calibration,
+        bench_floor: opts.bench_floor,
         max_sockets: opts.max_sockets,
     })?;
     let ring = probes.take_events()?;
@@ -110,6 +115,9 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
     tasks.spawn(housekeeping(agg.clone(), watch_exits));
     tasks.spawn(reconcile_time_wait(agg.clone(), opts.reconcile_interval));
     tasks.spawn(refresh_kernel_status(probes.clone(), kernel.clone()));
+    if opts.bench_toggle {
+        tasks.spawn(bench_toggle(probes.clone()));
+    }
 
     let registry = Arc::new(metrics::registry(agg.clone(), kernel.clone(), opts.metrics_peers_per_process));
     let app = api::router(AppState { agg, kernel, registry, healthy });
@@ -121,6 +129,25 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
     drop(probes);
     log::info!("detached from the kernel; bye");
     Ok(())
+}
+
+/// `--bench-toggle`: SIGUSR1 detaches the kernel programs, SIGUSR2 attaches them again, so that
+/// `cargo xtask bench` can measure the same daemon with and without them in quick alternation.
+async fn bench_toggle(probes: Arc<Mutex<Probes>>) {
+    let (Ok(mut off), Ok(mut on)) = (signal(SignalKind::user_defined1()), signal(SignalKind::user_defined2())) else {
+        log::error!("bench toggle: cannot handle SIGUSR1 and SIGUSR2");
+        return;
+    };
+    loop {
+        let attach = tokio::select! {
+            _ = off.recv() => false,
+            _ = on.recv() => true,
+        };
+        match probes.lock().expect("probes lock").set_attached(attach) {
+            Ok(()) => log::warn!("bench toggle: kernel programs {}", if attach { "attached" } else { "detached" }),
+            Err(e) => log::error!("bench toggle: {e:#}"),
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -113,10 +113,19 @@ enum Command {
         /// read).
         #[arg(long)]
         no_tls: bool,
-        /// `cargo xtask bench` only: also attach two calibration programs to sock_send_length (one
-        /// does nothing, one reads the clock), whose cost is the floor of the per-run figures.
+        /// `cargo xtask bench` only: also attach calibration programs to sock_send_length (one
+        /// does nothing, the others one operation each), the floor and price list of the per-run
+        /// figures.
         #[arg(long, hide = true)]
         bench_calibration: bool,
+        /// `cargo xtask bench` only: attach empty programs to observer's three hooks instead of
+        /// observer's own (nothing is observed).
+        #[arg(long, hide = true)]
+        bench_floor: bool,
+        /// `cargo xtask bench` only: SIGUSR1 detaches the kernel programs, SIGUSR2 attaches them
+        /// again (each logged at warn level once done).
+        #[arg(long, hide = true)]
+        bench_toggle: bool,
         /// Configuration file (TOML; see docs/api.md, "Configuration"). Flags override it.
         #[arg(long, value_name = "FILE", env = "OBSERVER_CONFIG")]
         config: Option<std::path::PathBuf>,
@@ -180,6 +189,8 @@ fn main() {
             metrics_peers_per_process,
             no_tls,
             bench_calibration,
+            bench_floor,
+            bench_toggle,
             max_sockets,
             close_wait_floor,
             close_wait_max_age,
@@ -230,6 +241,8 @@ fn main() {
                         metrics_peers_per_process: metrics_peers_per_process as usize,
                         tls: !no_tls,
                         bench_calibration,
+                        bench_floor,
+                        bench_toggle,
                         max_sockets,
                     }))
                 })

@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::maps::Map;
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::{BtfTracePoint, Iter};
+use aya::programs::{BtfTracePoint, Iter, tp_btf::BtfTracePointLinkId};
 use aya::{Btf, Ebpf, EbpfLoader};
 use observer_common::{AF_INET, AF_INET6, IoRecord, ListenerKey, ListenerValue, Owner, counter, names, tls_capture};
 
@@ -30,9 +30,19 @@ pub struct Options {
     pub tls: bool,
     /// Entries of the kernel's socket table.
     pub max_sockets: u32,
-    /// Attach the benchmark's calibration programs too (`calibrate_empty`, `calibrate_clock`).
+    /// Attach the benchmark's calibration programs too ([`CALIBRATION_PROGRAMS`]).
     pub bench_calibration: bool,
+    /// Attach the benchmark's empty programs ([`FLOOR_PROGRAMS`]) instead of observer's.
+    pub bench_floor: bool,
 }
+
+/// The benchmark's calibration programs (see the kernel programs), all on `sock_send_length`.
+pub const CALIBRATION_PROGRAMS: [&str; 5] =
+    ["calibrate_empty", "calibrate_clock", "calibrate_lookup", "calibrate_record", "calibrate_user_read"];
+
+/// The benchmark's empty programs and their tracepoints.
+const FLOOR_PROGRAMS: [(&str, &str); 3] =
+    [("floor_state", "inet_sock_set_state"), ("floor_send", "sock_send_length"), ("floor_recv", "sock_recv_length")];
 
 /// Which optional features are working.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -79,6 +89,9 @@ pub struct Probes {
     pub features: Features,
     /// Link of the socket-table iterator (reads the I/O counters of open connections).
     io_iter: Option<OwnedFd>,
+    /// The attached tracepoint programs and their links (none while detached, see
+    /// [`Probes::set_attached`]).
+    links: Vec<(&'static str, Option<BtfTracePointLinkId>)>,
 }
 
 /// Refuse early, with one clear line, when we cannot possibly load programs.
@@ -145,13 +158,25 @@ impl Probes {
             .load(EBPF_OBJECT)
             .map_err(|e| anyhow!("loading the eBPF programs failed: {e}"))?;
 
+        let mut links = Vec::new();
+        if opts.bench_floor {
+            for (prog, target) in FLOOR_PROGRAMS {
+                links.push((prog, Some(attach_btf_tracepoint(&mut ebpf, &btf, prog, target)?)));
+            }
+            log::warn!("--bench-floor: only empty programs are attached, nothing is observed");
+            return Ok(Probes { ebpf, features, io_iter: None, links });
+        }
         // The one hook observer cannot work without.
-        attach_btf_tracepoint(&mut ebpf, &btf, "inet_sock_set_state", "inet_sock_set_state")
+        let link = attach_btf_tracepoint(&mut ebpf, &btf, "inet_sock_set_state", "inet_sock_set_state")
             .context("the kernel has no usable sock/inet_sock_set_state tracepoint")?;
+        links.push(("inet_sock_set_state", Some(link)));
 
-        let mut optional = |prog: &str, what: &str| -> bool {
+        let mut optional = |prog: &'static str, what: &str| -> bool {
             match attach_btf_tracepoint(&mut ebpf, &btf, prog, prog) {
-                Ok(()) => true,
+                Ok(link) => {
+                    links.push((prog, Some(link)));
+                    true
+                }
                 Err(e) => {
                     log::warn!("tracepoint {prog} unavailable ({e:#}): {what}");
                     false
@@ -179,12 +204,32 @@ impl Probes {
             exits::raise_fd_limit();
         }
         if opts.bench_calibration {
-            for prog in ["calibrate_empty", "calibrate_clock"] {
-                attach_btf_tracepoint(&mut ebpf, &btf, prog, "sock_send_length")
+            for prog in CALIBRATION_PROGRAMS {
+                let link = attach_btf_tracepoint(&mut ebpf, &btf, prog, "sock_send_length")
                     .with_context(|| format!("attaching the calibration program {prog}"))?;
+                links.push((prog, Some(link)));
             }
         }
-        Ok(Probes { ebpf, features, io_iter })
+        Ok(Probes { ebpf, features, io_iter, links })
+    }
+
+    /// Detach every tracepoint program, or attach them again (`cargo xtask bench` only, through
+    /// the daemon's hidden `--bench-toggle`: the same daemon measured with its programs in and
+    /// out of the kernel). The programs and maps stay loaded.
+    pub fn set_attached(&mut self, attached: bool) -> Result<()> {
+        for (prog, link) in &mut self.links {
+            let p: &mut BtfTracePoint = self
+                .ebpf
+                .program_mut(prog)
+                .ok_or_else(|| anyhow!("program {prog} missing from the object"))?
+                .try_into()?;
+            match (attached, link.take()) {
+                (false, Some(id)) => p.detach(id).with_context(|| format!("detaching {prog}"))?,
+                (true, None) => *link = Some(p.attach().with_context(|| format!("attaching {prog}"))?),
+                (_, id) => *link = id,
+            }
+        }
+        Ok(())
     }
 
     /// The ring buffer of events (can be taken once).
@@ -317,10 +362,9 @@ fn bpf_iter_create(link: &OwnedFd) -> Result<OwnedFd> {
 }
 
 /// Attach program `prog` to the BTF tracepoint `target`.
-fn attach_btf_tracepoint(ebpf: &mut Ebpf, btf: &Btf, prog: &str, target: &str) -> Result<()> {
+fn attach_btf_tracepoint(ebpf: &mut Ebpf, btf: &Btf, prog: &str, target: &str) -> Result<BtfTracePointLinkId> {
     let p: &mut BtfTracePoint =
         ebpf.program_mut(prog).ok_or_else(|| anyhow!("program {prog} missing from the object"))?.try_into()?;
     p.load(target, btf)?;
-    p.attach()?;
-    Ok(())
+    Ok(p.attach()?)
 }

@@ -1,0 +1,77 @@
+//! The daemon's hidden flags for `cargo xtask bench`: `--bench-toggle` (the interleaved
+//! measurement detaches and attaches the kernel programs between windows) and `--bench-floor`
+//! (empty programs on observer's hooks instead of its own). The bench's figures are only worth
+//! something if the "without" windows really observe nothing and the "with" windows everything.
+
+use std::time::{Duration, Instant};
+
+use observer_e2e::*;
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(20);
+/// How long a process that should stay unseen is watched for (the daemon drains every 20 ms).
+const UNSEEN: Duration = Duration::from_secs(2);
+
+fn pid_of(result: &Value) -> u32 {
+    result["pid"].as_u64().expect("pid") as u32
+}
+
+fn wait_log(d: &Daemon, needle: &str, times: usize) {
+    let deadline = Instant::now() + WAIT;
+    while d.log_text().matches(needle).count() < times {
+        assert!(Instant::now() < deadline, "no {times}x '{needle}' in the daemon's log:\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn signal(d: &Daemon, sig: libc::c_int) {
+    // SAFETY: a plain kill of our own child.
+    assert_eq!(unsafe { libc::kill(d.pid() as i32, sig) }, 0);
+}
+
+/// Five connections, one request each, from a new client process.
+fn five_connections(remote: &str) -> (Proc, u32) {
+    let (c, result) = client(None, &["requests_no_session", &format!("http://{remote}/"), "5"]);
+    (c, pid_of(&result))
+}
+
+#[test]
+fn toggling_detaches_and_attaches_the_programs() {
+    let d = Daemon::start(&["--bench-toggle"]);
+    let (_server, port) = http_server("127.0.0.1", "keepalive");
+    let remote = format!("127.0.0.1:{port}");
+
+    let (_a, a) = five_connections(&remote);
+    d.wait_process(a, WAIT, "5 connections while attached", |doc| {
+        outbound(doc, &remote).is_some_and(|o| num(o, "connections_opened") == 5)
+    });
+
+    signal(&d, libc::SIGUSR1);
+    wait_log(&d, "bench toggle: kernel programs detached", 1);
+    let (_b, b) = five_connections(&remote);
+    std::thread::sleep(UNSEEN);
+    assert!(d.process(b).is_none(), "a process that only connected while detached is unknown to the daemon");
+
+    signal(&d, libc::SIGUSR2);
+    wait_log(&d, "bench toggle: kernel programs attached", 1);
+    let (_c, c) = five_connections(&remote);
+    let doc = d.wait_process(c, WAIT, "5 connections once attached again", |doc| {
+        outbound(doc, &remote).is_some_and(|o| num(o, "connections_opened") == 5)
+    });
+    assert_eq!(num(outbound(&doc, &remote).unwrap(), "requests"), 5);
+    assert!(d.process(b).is_none());
+}
+
+#[test]
+fn the_floor_attaches_empty_programs_only() {
+    let d = Daemon::start(&["--bench-floor"]);
+    wait_log(&d, "--bench-floor: only empty programs are attached", 1);
+    let (_server, port) = http_server("127.0.0.1", "keepalive");
+    let (_a, a) = five_connections(&format!("127.0.0.1:{port}"));
+    std::thread::sleep(UNSEEN);
+    assert!(d.process(a).is_none(), "nothing is observed with empty programs");
+    let progs = sh(&["bpftool", "prog", "show"]);
+    for name in ["floor_state", "floor_send", "floor_recv"] {
+        assert!(progs.contains(name), "{name} is loaded:\n{progs}");
+    }
+}
