@@ -4,6 +4,7 @@
 //! (`cargo xtask run`, `cargo xtask test`) work on a fresh machine.
 
 mod bench;
+mod interleave;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -38,15 +39,20 @@ enum Task {
         args: Vec<String>,
     },
     /// Build, then measure observer's overhead side by side with no tracer, a bpftrace script and
-    /// `ss -tanp` polling (needs root; about 12 minutes for all cases). Writes bench/results.md
+    /// `ss -tanp` polling (needs root; about 20 minutes for all cases). Writes bench/results.md
     /// and bench/results.png. Cases: reuse (keep-alive, observer vs no tracer), keepalive, close
-    /// (connection per request), scale (10,000 connections). Default: all.
+    /// (connection per request), interleaved (observer vs no tracer in alternating half-second
+    /// windows, both workloads: the throughput targets are judged on it), scale (10,000
+    /// connections). Default: all.
     Bench {
-        #[arg(value_parser = ["reuse", "keepalive", "close", "scale"])]
+        #[arg(value_parser = ["reuse", "keepalive", "close", "interleaved", "scale"])]
         cases: Vec<String>,
         /// Rounds per workload (every setup runs once per round).
         #[arg(long, default_value_t = 6)]
         rounds: usize,
+        /// Pairs of windows per workload in the interleaved case.
+        #[arg(long, default_value_t = interleave::DEFAULT_PAIRS)]
+        pairs: usize,
     },
 }
 
@@ -247,12 +253,12 @@ fn main() -> Result<()> {
                 .args(&args)
                 .env("OBSERVER_BIN", &bin))?;
         }
-        Task::Bench { cases, rounds } => {
+        Task::Bench { cases, rounds, pairs } => {
             if !is_root() {
                 bail!("the benchmarks load eBPF programs: run as root");
             }
-            if rounds == 0 {
-                bail!("--rounds must be at least 1");
+            if rounds == 0 || pairs == 0 {
+                bail!("--rounds and --pairs must be at least 1");
             }
             setup_runtime()?;
             install_commands(BENCH_COMMANDS)?;
@@ -277,6 +283,36 @@ fn main() -> Result<()> {
                     results.push(r);
                 }
             }
+            let mut interleaved = Vec::new();
+            if wants("interleaved") {
+                let mut md = format!(
+                    "The same daemon (`--bench-toggle`) under one continuous wrk run, its programs attached and \
+                     detached in alternating windows of {} ms (detached: the daemon stopped too), {} ms after each \
+                     switch; nginx's request counter over each window. A pair is a window with observer and the \
+                     next without (or the reverse, alternately); the ratio is the median of the pairs' ratios. \
+                     Why: see xtask/src/interleave.rs.\n\n",
+                    interleave::WINDOW.as_millis(),
+                    interleave::SETTLE.as_millis(),
+                );
+                for workload in [bench::Workload::KeepAlive, bench::Workload::ConnectionClose] {
+                    step(&format!("bench interleaved: {}, {pairs} pairs of windows", workload.name()));
+                    let (measured, lost) = b.interleaved(workload, pairs, false)?;
+                    let s = interleave::Summary::of(&measured).expect("at least one pair");
+                    step(&format!("bench interleaved: {}, empty programs, {pairs} pairs", workload.name()));
+                    let (floor, _) = b.interleaved(workload, pairs, true)?;
+                    let f = interleave::Summary::of(&floor).expect("at least one pair");
+                    md.push_str(&interleave::markdown(
+                        workload.name(),
+                        &workload.wrk_command(),
+                        &s,
+                        workload.target(),
+                        lost,
+                    ));
+                    md.push_str(&interleave::floor_markdown(&f, workload.target()));
+                    interleaved.push((workload, s, f));
+                }
+                written = Some(b.write_section("interleaved", &md)?);
+            }
             let scale = if wants("scale") {
                 step("bench scale: 10,000 established connections");
                 let s = b.scale()?;
@@ -287,19 +323,37 @@ fn main() -> Result<()> {
             };
             let keep = results.iter().find(|r| r.workload == bench::Workload::KeepAlive);
             let close = results.iter().find(|r| r.workload == bench::Workload::ConnectionClose);
-            if !results.is_empty() || scale.is_some() {
-                written = Some(b.write_section("targets", &bench::targets_markdown(keep, close, scale.as_ref()))?);
+            if !results.is_empty() || scale.is_some() || !interleaved.is_empty() {
+                let judged: Vec<_> = interleaved.iter().map(|(w, s, _)| (*w, s.clone())).collect();
+                let md = bench::targets_markdown(keep, close, &judged, scale.as_ref());
+                written = Some(b.write_section("targets", &md)?);
             }
-            if let (Some(_), Some(_), Some(s)) = (keep, close, scale.as_ref()) {
+            if let (Some(_), Some(_), Some(s), false) = (keep, close, scale.as_ref(), interleaved.is_empty()) {
                 // A complete run: the README shows it.
                 let refs: Vec<&bench::WorkloadResult> = results.iter().collect();
                 let body = format!(
-                    "_{}, `cargo xtask bench` (all cases, {rounds} rounds), {}._\n\nThroughput with each \
-                     tracer divided by throughput without (median of paired rounds):\n\n{}\n{}",
+                    "_{}, `cargo xtask bench` (all cases, {rounds} rounds, {pairs} pairs of windows), {}._\n\n\
+                     Throughput with each tracer divided by throughput without (median of paired rounds; a \
+                     round-to-round noise of 10 to 15% on this VM, so these compare tracers, not targets):\n\n{}\n\
+                     Observer against no tracer in {pairs} pairs of alternating half-second windows (the \
+                     measurement the throughput targets are judged on):\n\n{}\n{}",
                     bench::stamp(),
                     "details in [bench/results.md](bench/results.md)",
                     bench::overview_markdown(&refs, bench::ALL_SETUPS),
-                    bench::targets_markdown(keep, close, Some(s)),
+                    interleaved
+                        .iter()
+                        .map(|(w, s, f)| {
+                            interleave::markdown(w.name(), &w.wrk_command(), s, w.target(), 0)
+                                .replace(" Events the daemon lost: 0.", "")
+                                + &interleave::floor_markdown(f, w.target())
+                        })
+                        .collect::<String>(),
+                    bench::targets_markdown(
+                        keep,
+                        close,
+                        &interleaved.iter().map(|(w, s, _)| (*w, s.clone())).collect::<Vec<_>>(),
+                        Some(s)
+                    ),
                 );
                 let path = root().join("README.md");
                 let readme = std::fs::read_to_string(&path)?;

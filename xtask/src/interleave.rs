@@ -1,0 +1,182 @@
+//! The interleaved measurement of observer against no tracer: one load run, one daemon, its
+//! kernel programs attached and detached in short alternating windows.
+//!
+//! Why: on this kind of virtual machine the no-tracer throughput alone moves by 10 to 15% from
+//! one second to the next, at every time scale tried (0.25 s to 2 s windows), so a few rounds of
+//! seconds each cannot tell a 3% cost from none. Many short windows, each compared with its
+//! neighbour, can: the error of the median shrinks with the square root of the number of pairs.
+//!
+//! What a window measures: nginx's own request counter (`stub_status`) over the window, while
+//! wrk runs without pause. In an "observer" window the daemon runs and its programs are attached;
+//! in a "no tracer" window its programs are detached and the daemon is stopped (SIGSTOP), so that
+//! neither the kernel nor the daemon spends anything on the traffic. Switching (a signal, the
+//! daemon's acknowledgement, then [`SETTLE`]) is outside every window.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+/// Length of one window.
+pub const WINDOW: Duration = Duration::from_millis(500);
+/// Pause between a switch and the start of the next window.
+pub const SETTLE: Duration = Duration::from_millis(100);
+/// Pairs of windows (one with observer, one without) per workload by default.
+pub const DEFAULT_PAIRS: usize = 100;
+
+/// The two windows of one pair, in requests per second.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Pair {
+    pub without: f64,
+    pub with: f64,
+}
+
+/// The ratios of many pairs, summarised.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Summary {
+    pub pairs: usize,
+    /// Median of the per-pair ratios (with / without): the figure targets are judged on.
+    pub median: f64,
+    /// 95% confidence interval of that median (distribution-free, from the order statistics of
+    /// the ratios: the binomial ranks around n/2).
+    pub median_low: f64,
+    pub median_high: f64,
+    /// Median no-tracer throughput.
+    pub baseline_rps: f64,
+}
+
+impl Summary {
+    pub fn of(pairs: &[Pair]) -> Option<Summary> {
+        if pairs.is_empty() {
+            return None;
+        }
+        let mut ratios: Vec<f64> = pairs.iter().map(|p| p.with / p.without).collect();
+        ratios.sort_by(|a, b| a.total_cmp(b));
+        let mut base: Vec<f64> = pairs.iter().map(|p| p.without).collect();
+        base.sort_by(|a, b| a.total_cmp(b));
+        let n = ratios.len();
+        // Ranks n/2 -+ 1.96 sqrt(n)/2 (normal approximation of Binomial(n, 1/2)).
+        let half = 1.96 * (n as f64).sqrt() / 2.0;
+        let lo = ((n as f64 / 2.0 - half).floor().max(0.0) as usize).min(n - 1);
+        let hi = ((n as f64 / 2.0 + half).ceil() as usize).min(n - 1);
+        Some(Summary {
+            pairs: n,
+            median: middle(&ratios),
+            median_low: ratios[lo],
+            median_high: ratios[hi],
+            baseline_rps: middle(&base),
+        })
+    }
+
+    /// Whether the measurement shows the target met, missed, or cannot tell.
+    pub fn verdict(&self, target: f64) -> &'static str {
+        if self.median_low >= target {
+            "met"
+        } else if self.median_high < target {
+            "missed"
+        } else if self.median >= target {
+            "met (the interval reaches below)"
+        } else {
+            "missed (the interval reaches above)"
+        }
+    }
+}
+
+fn middle(sorted: &[f64]) -> f64 {
+    let n = sorted.len();
+    if n % 2 == 1 { sorted[n / 2] } else { (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0 }
+}
+
+/// Requests served so far, from nginx's `stub_status` page
+/// ("server accepts handled requests\n 3 3 7").
+pub fn parse_stub_status(page: &str) -> Option<u64> {
+    let mut lines = page.lines();
+    lines.find(|l| l.trim_start().starts_with("server accepts handled requests"))?;
+    lines.next()?.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// Markdown for one workload's interleaved measurement.
+pub fn markdown(workload: &str, wrk: &str, s: &Summary, target: f64, events_lost: u64) -> String {
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "- **{workload}**: {:.3} of the no-tracer throughput (95% interval of the median {:.3} - {:.3}; {} pairs \
+         of windows; no tracer {:.0} req/s). Target at least {target:.2}: **{}**. Events the daemon lost: \
+         {events_lost}. Load: `{wrk}`.",
+        s.median,
+        s.median_low,
+        s.median_high,
+        s.pairs,
+        s.baseline_rps,
+        s.verdict(target),
+    );
+    md
+}
+
+/// Markdown for the same measurement with empty programs on observer's hooks: what the hooks
+/// alone take, and what that leaves of the target's budget.
+pub fn floor_markdown(f: &Summary, target: f64) -> String {
+    let budget = (1.0 - target) * 100.0;
+    let share = if f.median >= 1.0 {
+        "no cost this measurement can see".to_string()
+    } else {
+        format!("of the {budget:.0}% the target allows, the hooks alone take {:.1} points", (1.0 - f.median) * 100.0)
+    };
+    format!(
+        "  - Empty programs on the same three hooks (`--bench-floor`, the least any tracer of these events \
+         costs): {:.3} ({:.3} - {:.3}, {} pairs): {share}.\n",
+        f.median, f.median_low, f.median_high, f.pairs,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(ratios: &[f64]) -> Vec<Pair> {
+        ratios.iter().map(|r| Pair { without: 1000.0, with: 1000.0 * r }).collect()
+    }
+
+    #[test]
+    fn the_median_and_its_interval_come_from_the_ratios_order() {
+        // 100 ratios 0.900, 0.901, ... 0.999: median 0.9495; ranks 50 -+ 9.8 -> 40 and 60.
+        let r: Vec<f64> = (0..100).map(|i| 0.9 + i as f64 / 1000.0).collect();
+        let s = Summary::of(&pairs(&r)).unwrap();
+        assert_eq!(s.pairs, 100);
+        assert!((s.median - 0.9495).abs() < 1e-9, "{}", s.median);
+        assert!((s.median_low - 0.940).abs() < 1e-9, "{}", s.median_low);
+        assert!((s.median_high - 0.960).abs() < 1e-9, "{}", s.median_high);
+        assert_eq!(s.baseline_rps, 1000.0);
+        assert_eq!(s.verdict(0.95), "missed (the interval reaches above)");
+        assert_eq!(s.verdict(0.94), "met");
+        assert_eq!(s.verdict(0.97), "missed");
+        assert_eq!(s.verdict(0.945), "met (the interval reaches below)");
+        assert!(Summary::of(&[]).is_none());
+    }
+
+    #[test]
+    fn the_floor_is_set_against_the_targets_budget() {
+        let f = Summary::of(&pairs(&[0.97, 0.98, 0.99])).unwrap();
+        let md = floor_markdown(&f, 0.95);
+        assert!(
+            md.contains(
+                ": 0.980 (0.970 - 0.990, 3 pairs): of the 5% the target allows, the hooks alone take 2.0 points."
+            ),
+            "{md}"
+        );
+        let free = Summary::of(&pairs(&[1.0, 1.01, 1.02])).unwrap();
+        assert!(floor_markdown(&free, 0.95).contains("3 pairs): no cost this measurement can see."));
+    }
+
+    #[test]
+    fn one_pair_is_its_own_interval() {
+        let s = Summary::of(&pairs(&[0.98])).unwrap();
+        assert_eq!((s.median, s.median_low, s.median_high), (0.98, 0.98, 0.98));
+    }
+
+    #[test]
+    fn reads_nginx_stub_status() {
+        let page = "Active connections: 21 \nserver accepts handled requests\n 1203 1203 88213 \nReading: 0 \
+                    Writing: 1 Waiting: 20 \n";
+        assert_eq!(parse_stub_status(page), Some(88213));
+        assert_eq!(parse_stub_status("not a status page"), None);
+    }
+}
