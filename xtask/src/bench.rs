@@ -592,9 +592,9 @@ impl Bench {
         // Generously bounded: the windows, the switches, and a margin.
         let per_window = interleave::WINDOW + interleave::SETTLE + Duration::from_millis(400);
         let seconds = (per_window * 2 * pairs as u32).as_secs() + 10;
+        let load_ends = Instant::now() + Duration::from_secs(seconds);
         let load = self.spawn_wrk(&url, workload, seconds)?;
         std::thread::sleep(Duration::from_secs(1));
-        let deadline = Instant::now() + Duration::from_secs(seconds);
         let requests = || -> Result<(u64, Instant)> {
             let page = http_get(port, STATUS_PATH)?;
             let n = interleave::parse_stub_status(&page).ok_or_else(|| anyhow!("bad stub_status page: {page}"))?;
@@ -611,7 +611,11 @@ impl Bench {
         };
         let mut measured = Vec::with_capacity(pairs);
         for i in 0..pairs {
-            ensure!(Instant::now() < deadline, "the interleaved measurement overran its {seconds} s load run");
+            // Every window must lie within the load run.
+            ensure!(
+                Instant::now() + per_window * 2 < load_ends,
+                "the interleaved measurement overran its {seconds} s load run after {i} pairs"
+            );
             let pair = if i % 2 == 0 {
                 let without = window(false)?;
                 Pair { without, with: window(true)? }

@@ -11,6 +11,10 @@
 //! in a "no tracer" window its programs are detached and the daemon is stopped (SIGSTOP), so that
 //! neither the kernel nor the daemon spends anything on the traffic. Switching (a signal, the
 //! daemon's acknowledgement, then [`SETTLE`]) is outside every window.
+//!
+//! The error leans against observer: the daemon's periodic work (draining every 20 ms,
+//! housekeeping every second, the TIME_WAIT reconciliation) keeps its wall-clock schedule, so
+//! whatever falls due while it is stopped runs in the next "observer" window.
 
 use std::fmt::Write as _;
 use std::time::Duration;
