@@ -472,13 +472,19 @@ impl Bench {
         })
     }
 
-    /// One bounded wrk run; returns requests per second.
-    fn wrk(&self, url: &str, workload: Workload, seconds: u64) -> Result<f64> {
-        let mut child = Command::new("taskset")
-            .args(["-c", CLIENT_CPU, "wrk"])
+    /// wrk for `seconds` of `workload` against `url`, pinned to the client's CPU.
+    fn load_command(url: &str, workload: Workload, seconds: u64) -> Command {
+        let mut cmd = Command::new("taskset");
+        cmd.args(["-c", CLIENT_CPU, "wrk"])
             .args(["-t", &THREADS.to_string(), "-c", &CONNECTIONS.to_string(), "-d", &format!("{seconds}s")])
             .args(workload.wrk_args())
-            .arg(url)
+            .arg(url);
+        cmd
+    }
+
+    /// One bounded wrk run; returns requests per second.
+    fn wrk(&self, url: &str, workload: Workload, seconds: u64) -> Result<f64> {
+        let mut child = Self::load_command(url, workload, seconds)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -643,11 +649,7 @@ impl Bench {
 
     /// wrk running in the background for at most `seconds` (stopped when the guard drops).
     fn spawn_wrk(&self, url: &str, workload: Workload, seconds: u64) -> Result<Guard> {
-        let child = Command::new("taskset")
-            .args(["-c", CLIENT_CPU, "wrk"])
-            .args(["-t", &THREADS.to_string(), "-c", &CONNECTIONS.to_string(), "-d", &format!("{seconds}s")])
-            .args(workload.wrk_args())
-            .arg(url)
+        let child = Self::load_command(url, workload, seconds)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
