@@ -725,6 +725,37 @@ impl Bench {
     }
 }
 
+/// The targets table `new` (as [`targets_markdown`] writes it), followed by the rows of the
+/// targets section of `old_results` (bench/results.md) for targets this run did not measure,
+/// marked as from an earlier run: a run of one case does not drop the other targets.
+pub fn carry_target_rows(old_results: &str, new: &str) -> String {
+    let rows = |text: &str| -> Vec<(String, String)> {
+        text.lines()
+            .filter(|l| l.starts_with("| ") && !l.starts_with("| target |") && !l.starts_with("| ---"))
+            .filter_map(|l| l.split(" | ").next().map(|k| (k.trim_start_matches("| ").to_string(), l.to_string())))
+            .collect()
+    };
+    let (begin, end) = ("<!-- case:targets -->", "<!-- /case:targets -->");
+    let old_section = match (old_results.find(begin), old_results.find(end)) {
+        (Some(b), Some(e)) if b < e => &old_results[b..e],
+        _ => "",
+    };
+    let measured: Vec<String> = rows(new).into_iter().map(|(k, _)| k).collect();
+    let mut md = new.to_string();
+    for (key, line) in rows(old_section) {
+        if measured.contains(&key) {
+            continue;
+        }
+        let mut cells: Vec<String> = line.split(" | ").map(str::to_string).collect();
+        if cells.len() == 3 && !cells[1].ends_with("(earlier run)") {
+            cells[1].push_str(" (earlier run)");
+        }
+        md.push_str(&cells.join(" | "));
+        md.push('\n');
+    }
+    md
+}
+
 /// bench/results.md with the section `name` replaced by `body`, sections in [`SECTIONS`] order.
 pub fn merge_sections(old: &str, name: &str, body: &str) -> String {
     let mut md = String::from(
@@ -1231,6 +1262,24 @@ mod tests {
         assert!(md.contains("| read the clock (`bpf_ktime_get_ns`) | 140 | 63 |"), "{md}");
         assert!(md.contains("(TLS recognition) | 300 | 223 |"), "{md}");
         assert!(md.contains("| sock_send_length | 4000 | 2.00 | 200 | 400 |"), "{md}");
+    }
+
+    #[test]
+    fn a_partial_run_keeps_the_targets_it_did_not_measure() {
+        let old = "x\n<!-- case:targets -->\n## Targets\n\n| target | measured | met |\n| --- | ---: | :---: |\n\
+                   | keep-alive: ratio | 0.900 (rounds) | **no** |\n| API p99 under 10 ms | 2.14 ms | yes |\n\
+                   <!-- /case:targets -->\n";
+        let new = "| target | measured | met |\n| --- | ---: | :---: |\n| keep-alive: ratio | 0.949 (interleaved) | **no** |\n";
+        let md = carry_target_rows(old, new);
+        assert_eq!(
+            md,
+            "| target | measured | met |\n| --- | ---: | :---: |\n| keep-alive: ratio | 0.949 (interleaved) | **no** |\n\
+             | API p99 under 10 ms | 2.14 ms (earlier run) | yes |\n"
+        );
+        // Carried twice, marked once; nothing to carry without an old section.
+        let again = carry_target_rows(&format!("<!-- case:targets -->\n{md}<!-- /case:targets -->"), new);
+        assert_eq!(again, md);
+        assert_eq!(carry_target_rows("", new), new);
     }
 
     #[test]

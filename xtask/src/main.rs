@@ -326,7 +326,8 @@ fn main() -> Result<()> {
             if !results.is_empty() || scale.is_some() || !interleaved.is_empty() {
                 let judged: Vec<_> = interleaved.iter().map(|(w, s, _)| (*w, s.clone())).collect();
                 let md = bench::targets_markdown(keep, close, &judged, scale.as_ref());
-                written = Some(b.write_section("targets", &md)?);
+                let old = std::fs::read_to_string(root().join("bench/results.md")).unwrap_or_default();
+                written = Some(b.write_section("targets", &bench::carry_target_rows(&old, &md))?);
             }
             if let (Some(_), Some(_), Some(s), false) = (keep, close, scale.as_ref(), interleaved.is_empty()) {
                 // A complete run: the README shows it.
