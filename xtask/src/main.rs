@@ -39,7 +39,7 @@ enum Task {
         args: Vec<String>,
     },
     /// Build, then measure observer's overhead side by side with no tracer, a bpftrace script and
-    /// `ss -tanp` polling (needs root; about 20 minutes for all cases). Writes bench/results.md
+    /// `ss -tanp` polling (needs root; about 17 minutes for all cases). Writes bench/results.md
     /// and bench/results.png. Cases: reuse (keep-alive, observer vs no tracer), keepalive, close
     /// (connection per request), interleaved (observer vs no tracer in alternating half-second
     /// windows, both workloads: the throughput targets are judged on it), scale (10,000
