@@ -713,11 +713,15 @@ impl Bench {
         })
     }
 
+    /// bench/results.md.
+    pub fn results_path(&self) -> PathBuf {
+        self.root.join("bench/results.md")
+    }
+
     /// Replace (or add) one section of bench/results.md, keeping the others from earlier runs.
     pub fn write_section(&self, name: &str, body: &str) -> Result<PathBuf> {
-        let dir = self.root.join("bench");
-        std::fs::create_dir_all(&dir)?;
-        let path = dir.join("results.md");
+        let path = self.results_path();
+        std::fs::create_dir_all(path.parent().expect("bench/"))?;
         let old = std::fs::read_to_string(&path).unwrap_or_default();
         let stamp = format!("_{}._\n\n", stamp());
         std::fs::write(&path, merge_sections(&old, name, &format!("{stamp}{body}")))?;
@@ -735,11 +739,7 @@ pub fn carry_target_rows(old_results: &str, new: &str) -> String {
             .filter_map(|l| l.split(" | ").next().map(|k| (k.trim_start_matches("| ").to_string(), l.to_string())))
             .collect()
     };
-    let (begin, end) = ("<!-- case:targets -->", "<!-- /case:targets -->");
-    let old_section = match (old_results.find(begin), old_results.find(end)) {
-        (Some(b), Some(e)) if b < e => &old_results[b..e],
-        _ => "",
-    };
+    let old_section = section_text(old_results, "targets").unwrap_or("");
     let measured: Vec<String> = rows(new).into_iter().map(|(k, _)| k).collect();
     let mut md = new.to_string();
     for (key, line) in rows(old_section) {
@@ -756,6 +756,13 @@ pub fn carry_target_rows(old_results: &str, new: &str) -> String {
     md
 }
 
+/// The text of section `case` of bench/results.md, between its markers (its heading included).
+fn section_text<'a>(results: &'a str, case: &str) -> Option<&'a str> {
+    let (begin, end) = (format!("<!-- case:{case} -->"), format!("<!-- /case:{case} -->"));
+    let (b, e) = (results.find(&begin)?, results.find(&end)?);
+    (b < e).then(|| &results[b + begin.len()..e])
+}
+
 /// bench/results.md with the section `name` replaced by `body`, sections in [`SECTIONS`] order.
 pub fn merge_sections(old: &str, name: &str, body: &str) -> String {
     let mut md = String::from(
@@ -763,19 +770,16 @@ pub fn merge_sections(old: &str, name: &str, body: &str) -> String {
          section is replaced when its case runs again.\n",
     );
     for (case, heading) in SECTIONS {
-        let begin = format!("<!-- case:{case} -->");
-        let end = format!("<!-- /case:{case} -->");
         let text = if *case == name {
             Some(body.to_string())
         } else {
-            old.find(&begin).zip(old.find(&end)).filter(|(b, e)| b < e).map(|(b, e)| {
-                let inner = &old[b + begin.len()..e];
+            section_text(old, case).map(|inner| {
                 // Drop the heading line written with it.
                 inner.trim_start().split_once('\n').map_or("", |(_, rest)| rest).trim_start().to_string()
             })
         };
         if let Some(text) = text {
-            let _ = write!(md, "\n{begin}\n## {heading}\n\n{}\n{end}\n", text.trim_end());
+            let _ = write!(md, "\n<!-- case:{case} -->\n## {heading}\n\n{}\n<!-- /case:{case} -->\n", text.trim_end());
         }
     }
     md

@@ -283,9 +283,11 @@ fn main() -> Result<()> {
                     results.push(r);
                 }
             }
+            // (workload, observer's summary), and the text of both workloads' results.
             let mut interleaved = Vec::new();
+            let mut interleaved_md = String::new();
             if wants("interleaved") {
-                let mut md = format!(
+                let method = format!(
                     "The same daemon (`--bench-toggle`) under one continuous wrk run, its programs attached and \
                      detached in alternating windows of {} ms (detached: the daemon stopped too), {} ms after each \
                      switch; nginx's request counter over each window. A pair is a window with observer and the \
@@ -301,17 +303,17 @@ fn main() -> Result<()> {
                     step(&format!("bench interleaved: {}, empty programs, {pairs} pairs", workload.name()));
                     let (floor, _) = b.interleaved(workload, pairs, true)?;
                     let f = interleave::Summary::of(&floor).expect("at least one pair");
-                    md.push_str(&interleave::markdown(
+                    interleaved_md.push_str(&interleave::markdown(
                         workload.name(),
                         &workload.wrk_command(),
                         &s,
                         workload.target(),
                         lost,
                     ));
-                    md.push_str(&interleave::floor_markdown(&f, workload.target()));
-                    interleaved.push((workload, s, f));
+                    interleaved_md.push_str(&interleave::floor_markdown(&f, workload.target()));
+                    interleaved.push((workload, s));
                 }
-                written = Some(b.write_section("interleaved", &md)?);
+                written = Some(b.write_section("interleaved", &format!("{method}{interleaved_md}"))?);
             }
             let scale = if wants("scale") {
                 step("bench scale: 10,000 established connections");
@@ -323,13 +325,12 @@ fn main() -> Result<()> {
             };
             let keep = results.iter().find(|r| r.workload == bench::Workload::KeepAlive);
             let close = results.iter().find(|r| r.workload == bench::Workload::ConnectionClose);
+            let targets = bench::targets_markdown(keep, close, &interleaved, scale.as_ref());
             if !results.is_empty() || scale.is_some() || !interleaved.is_empty() {
-                let judged: Vec<_> = interleaved.iter().map(|(w, s, _)| (*w, s.clone())).collect();
-                let md = bench::targets_markdown(keep, close, &judged, scale.as_ref());
-                let old = std::fs::read_to_string(root().join("bench/results.md")).unwrap_or_default();
-                written = Some(b.write_section("targets", &bench::carry_target_rows(&old, &md))?);
+                let old = std::fs::read_to_string(b.results_path()).unwrap_or_default();
+                written = Some(b.write_section("targets", &bench::carry_target_rows(&old, &targets))?);
             }
-            if let (Some(_), Some(_), Some(s), false) = (keep, close, scale.as_ref(), interleaved.is_empty()) {
+            if let (Some(_), Some(_), Some(_), false) = (keep, close, scale.as_ref(), interleaved.is_empty()) {
                 // A complete run: the README shows it.
                 let refs: Vec<&bench::WorkloadResult> = results.iter().collect();
                 let body = format!(
@@ -341,20 +342,8 @@ fn main() -> Result<()> {
                     bench::stamp(),
                     "details in [bench/results.md](bench/results.md)",
                     bench::overview_markdown(&refs, bench::ALL_SETUPS),
-                    interleaved
-                        .iter()
-                        .map(|(w, s, f)| {
-                            interleave::markdown(w.name(), &w.wrk_command(), s, w.target(), 0)
-                                .replace(" Events the daemon lost: 0.", "")
-                                + &interleave::floor_markdown(f, w.target())
-                        })
-                        .collect::<String>(),
-                    bench::targets_markdown(
-                        keep,
-                        close,
-                        &interleaved.iter().map(|(w, s, _)| (*w, s.clone())).collect::<Vec<_>>(),
-                        Some(s)
-                    ),
+                    interleaved_md,
+                    targets,
                 );
                 let path = root().join("README.md");
                 let readme = std::fs::read_to_string(&path)?;
