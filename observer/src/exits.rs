@@ -65,12 +65,7 @@ pub async fn wait(fd: OwnedFd) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn key_of(pid: u32) -> ProcessKey {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        let (_, ticks) = procfs::parse_stat(&stat).unwrap();
-        ProcessKey { pid, start_ns: ticks * 10_000_000 }
-    }
+    use crate::procfs::key_of;
 
     #[tokio::test]
     async fn a_pidfd_turns_readable_when_its_process_exits() {

@@ -218,11 +218,7 @@ impl Probes {
     /// out of the kernel). The programs and maps stay loaded.
     pub fn set_attached(&mut self, attached: bool) -> Result<()> {
         for (prog, link) in &mut self.links {
-            let p: &mut BtfTracePoint = self
-                .ebpf
-                .program_mut(prog)
-                .ok_or_else(|| anyhow!("program {prog} missing from the object"))?
-                .try_into()?;
+            let p = tracepoint_program(&mut self.ebpf, prog)?;
             match (attached, link.take()) {
                 (false, Some(id)) => p.detach(id).with_context(|| format!("detaching {prog}"))?,
                 (true, None) => *link = Some(p.attach().with_context(|| format!("attaching {prog}"))?),
@@ -361,10 +357,14 @@ fn bpf_iter_create(link: &OwnedFd) -> Result<OwnedFd> {
     bpf(BPF_ITER_CREATE, &mut attr).context("creating an iterator")
 }
 
+/// The BTF tracepoint program `prog` of the object.
+fn tracepoint_program<'a>(ebpf: &'a mut Ebpf, prog: &str) -> Result<&'a mut BtfTracePoint> {
+    Ok(ebpf.program_mut(prog).ok_or_else(|| anyhow!("program {prog} missing from the object"))?.try_into()?)
+}
+
 /// Attach program `prog` to the BTF tracepoint `target`.
 fn attach_btf_tracepoint(ebpf: &mut Ebpf, btf: &Btf, prog: &str, target: &str) -> Result<BtfTracePointLinkId> {
-    let p: &mut BtfTracePoint =
-        ebpf.program_mut(prog).ok_or_else(|| anyhow!("program {prog} missing from the object"))?.try_into()?;
+    let p = tracepoint_program(ebpf, prog)?;
     p.load(target, btf)?;
     Ok(p.attach()?)
 }

@@ -54,6 +54,15 @@ pub fn is_alive(key: &ProcessKey) -> bool {
     start_matches(key.start_ns, ticks, clock_ticks_per_second())
 }
 
+/// A live process's key, its start time read from /proc (tests only: the daemon takes start
+/// times from the kernel).
+#[cfg(test)]
+pub fn key_of(pid: u32) -> ProcessKey {
+    let stat = std::fs::read_to_string(proc_path(pid, "stat")).unwrap();
+    let (_, ticks) = parse_stat(&stat).unwrap();
+    ProcessKey { pid, start_ns: ticks * (1_000_000_000 / clock_ticks_per_second()) }
+}
+
 /// Whether a start time in ns since boot (the kernel's `start_boottime`) is the one /proc shows
 /// in clock ticks. An unknown start time (0) matches anything.
 pub fn start_matches(start_ns: u64, ticks: u64, hz: u64) -> bool {
@@ -102,10 +111,7 @@ mod tests {
     #[test]
     fn our_own_process_is_alive_with_its_real_start_time() {
         let pid = std::process::id();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        let (_, ticks) = parse_stat(&stat).unwrap();
-        let hz = clock_ticks_per_second();
-        let start_ns = ticks * (1_000_000_000 / hz);
+        let ProcessKey { start_ns, .. } = key_of(pid);
         assert!(is_alive(&ProcessKey { pid, start_ns }));
         assert!(!is_alive(&ProcessKey { pid, start_ns: start_ns + 10_000_000_000 }));
         assert!(netns_inode(pid).is_some());
