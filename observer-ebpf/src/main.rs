@@ -26,8 +26,8 @@ use aya_ebpf::{
 use aya_log_ebpf::{debug, warn};
 use maps::{EVENTS, LISTENERS, OFFSETS, SOCKS, TLS_CAPTURE, TLS_SCRATCH, count};
 use observer_common::{
-    Closed, Event, IoRecord, KernelOffsets, ListenerKey, ListenerValue, Owner, SockIo, SockState, TlsChunkHeader,
-    Transition, counter, flags, io_dir, kind, tcp_state, tls_capture,
+    Closed, Event, IoRecord, KernelOffsets, ListenerKey, ListenerValue, Owner, SockState, TlsChunkHeader, Transition,
+    counter, flags, io_dir, kind, tcp_state, tls_capture,
 };
 
 /// `bpf_ringbuf_submit` flag. Records never wake the daemon up: it drains the ring buffer on its
@@ -53,17 +53,27 @@ fn reserve_event(event_kind: u8, sk: u64, ts_ns: u64) -> Option<RingBufEntry<Eve
         return None;
     };
     let e = entry.as_mut_ptr();
-    // Word writes: zeroing the struct as a whole would call a memset subprogram.
-    let words = e as *mut u64;
-    for i in 0..size_of::<Event>() / 8 {
-        unsafe { core::ptr::write_volatile(words.add(i), 0) };
-    }
+    unsafe { zero_words(e) };
     unsafe {
         (*e).kind = event_kind;
         (*e).sk = sk;
         (*e).ts_ns = ts_ns;
     }
     Some(entry)
+}
+
+/// Zero `*p` with word writes. Zeroing a struct as a whole, or building one with zero or padding
+/// fields, compiles to a call to a byte-at-a-time memset subprogram: 4 instructions per byte.
+///
+/// # Safety
+/// `p` must be valid for writes of a `T`, whose size is a multiple of 8.
+#[inline(always)]
+unsafe fn zero_words<T>(p: *mut T) {
+    const { assert!(size_of::<T>() % 8 == 0) };
+    let words = p as *mut u64;
+    for i in 0..size_of::<T>() / 8 {
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+    }
 }
 
 #[inline(always)]
@@ -83,6 +93,27 @@ fn emit<T: 'static>(record: T) {
     }
 }
 
+/// Queue a [`Transition`], written in place (built on the stack, its padding would be zeroed by
+/// a memset call).
+#[inline(always)]
+fn emit_transition(ts_ns: u64, sk: u64, old: u8, new: u8, sport: u16) {
+    let Some(mut entry) = EVENTS.reserve::<Transition>(0) else {
+        count(counter::EVENTS_LOST);
+        return;
+    };
+    let t = entry.as_mut_ptr();
+    unsafe {
+        zero_words(t);
+        (*t).ts_ns = ts_ns;
+        (*t).sk = sk;
+        (*t).kind = kind::TRANSITION;
+        (*t).oldstate = old;
+        (*t).newstate = new;
+        (*t).sport = sport;
+    }
+    submit(entry);
+}
+
 /// The socket's record, or null if observer does not track it.
 #[inline(always)]
 fn state_of(sk: *mut c_void) -> *mut SockState {
@@ -93,17 +124,17 @@ fn state_of(sk: *mut c_void) -> *mut SockState {
 /// (A record left by a socket whose CLOSE was never seen is replaced.)
 #[inline(always)]
 fn track(sk: *mut c_void, owner: &Owner, claimed: bool, tls: u32, unannounced: bool) -> bool {
-    // Every field spelled out: a zeroed() constructor compiles to a call to a memset subprogram.
-    let io = SockIo {
-        bytes_sent: 0,
-        bytes_received: 0,
-        send_runs: 0,
-        recv_runs: 0,
-        last_dir: 0,
-        claimed: u32::from(claimed),
+    let mut init = core::mem::MaybeUninit::<SockState>::uninit();
+    let init = unsafe {
+        zero_words(init.as_mut_ptr());
+        let st = &mut *init.as_mut_ptr();
+        st.owner = *owner;
+        st.io.claimed = u32::from(claimed);
+        st.tls = tls;
+        st.unannounced = u32::from(unannounced);
+        init.assume_init_ref()
     };
-    let init = SockState { owner: *owner, io, tls, unannounced: u32::from(unannounced) };
-    if SOCKS.insert(&(sk as u64), &init, 0).is_err() {
+    if SOCKS.insert(&(sk as u64), init, 0).is_err() {
         count(counter::STORAGE_FAILED);
         return false;
     }
@@ -152,20 +183,19 @@ fn on_state(ctx: &BtfTracePointContext) {
     let creation = (old == tcp_state::CLOSE && new == tcp_state::SYN_SENT) || new == tcp_state::LISTEN;
     let st = if creation { core::ptr::null_mut() } else { state_of(sk) };
     // The common cases on every connection, for a socket user space already knows: nothing but
-    // the state changed, or it closed. Full events instead when user space needs the addresses:
-    // the end of SYN_SENT (the port a connect got), of SYN_RECV (an accepted connection's first
-    // record: its peer is only filled in after its creation), and of LISTEN (which listener
-    // closed).
-    if !st.is_null() && old != tcp_state::SYN_SENT && old != tcp_state::SYN_RECV && old != tcp_state::LISTEN {
+    // the state changed (and, when a connect succeeds, the port it got), or it closed. Full
+    // events instead when user space needs the addresses: the other ends of SYN_SENT (a failed
+    // connect's port tells why it failed), of SYN_RECV (an accepted connection's first record:
+    // its peer is only filled in after its creation), and of LISTEN (which listener closed).
+    if st.is_null() {
+        // Not tracked (yet): below.
+    } else if old == tcp_state::SYN_SENT && new == tcp_state::ESTABLISHED {
+        let port = kernel::sock_field::<u16>(sk as u64, OFFSETS.load().sock_num);
+        emit_transition(now(), sk as u64, old, new, port);
+        return;
+    } else if old != tcp_state::SYN_SENT && old != tcp_state::SYN_RECV && old != tcp_state::LISTEN {
         if new != tcp_state::CLOSE {
-            emit(Transition {
-                ts_ns: if new == tcp_state::CLOSE_WAIT { now() } else { 0 },
-                sk: sk as u64,
-                kind: kind::TRANSITION,
-                oldstate: old,
-                newstate: new,
-                _pad: [0; 5],
-            });
+            emit_transition(if new == tcp_state::CLOSE_WAIT { now() } else { 0 }, sk as u64, old, new, 0);
         } else {
             // Read before the record goes (even if the event cannot be queued: every TCP socket
             // passes through CLOSE before it is destroyed).
@@ -257,14 +287,16 @@ fn track_child(ctx: &BtfTracePointContext, sk: *mut c_void) {
         return;
     }
     let mut key = kernel::local_key(&off, sk as u64);
-    let mut listener = unsafe { LISTENERS.get(key).copied() };
+    // (Through the pointers: copying the value out compiles to a memset call.)
+    let mut listener = LISTENERS.get_ptr(&key);
     if listener.is_none() {
-        key.addr = [0; 16];
-        listener = unsafe { LISTENERS.get(key).copied() };
+        // Two word writes (an array literal compiles to a memset call).
+        unsafe { zero_words(&mut key.addr as *mut [u8; 16]) };
+        listener = LISTENERS.get_ptr(&key);
     }
     match listener {
         Some(l) => {
-            track(sk, &l.owner, false, TLS_CAPTURE.load(), true);
+            track(sk, unsafe { &(*l).owner }, false, TLS_CAPTURE.load(), true);
         }
         None => debug!(ctx, "no listener for child socket on port {}", key.port),
     }

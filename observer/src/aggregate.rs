@@ -706,9 +706,12 @@ impl Aggregator {
 
         let rec = self.sockets.get_mut(&ev.sk).expect("tracked above");
         if ev.has_tuple {
-            // Complete now if it was not at creation (a connect's port, an accepted connection's
-            // peer): its close comes without addresses.
+            // Complete now if it was not at creation (an accepted connection's peer, a failed
+            // connect's port): its close comes without addresses.
             (rec.local, rec.remote) = (ev.local, ev.remote);
+        } else if ev.local_port != 0 {
+            // A connect's port, which its first record could not have.
+            rec.local.0.set_port(ev.local_port);
         }
         let (prev, prev_since) = (rec.state, rec.close_wait_since);
         rec.state = (new != Close).then_some(new);

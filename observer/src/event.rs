@@ -100,6 +100,9 @@ pub struct SocketEvent {
     /// Whether `family`, `local`, `remote` and `netns` were reported (a compact transition of a
     /// tracked socket has only its states).
     pub has_tuple: bool,
+    /// A compact SYN_SENT->ESTABLISHED: the local port the connect got (the rest of the tuple
+    /// came with its first record). 0 otherwise.
+    pub local_port: u16,
     /// The first record of a socket the kernel tracked silently since its creation (an accepted
     /// connection, first reported at the end of SYN_RECV): its creation, for user space.
     pub first: bool,
@@ -195,7 +198,9 @@ pub fn from_transition(t: &Transition) -> Result<SocketEvent, DecodeError> {
     if t.kind != kind::TRANSITION {
         return Err(DecodeError::UnknownKind(t.kind));
     }
-    Ok(compact(t.ts_ns, t.sk, state(t.oldstate)?, state(t.newstate)?, 0, IoCounts::default()))
+    let mut ev = compact(t.ts_ns, t.sk, state(t.oldstate)?, state(t.newstate)?, 0, IoCounts::default());
+    ev.local_port = t.sport;
+    Ok(ev)
 }
 
 pub fn from_closed(c: &Closed) -> Result<SocketEvent, DecodeError> {
@@ -221,6 +226,7 @@ fn compact(ts_ns: u64, sk: u64, old: TcpState, new: TcpState, error: i32, io: Io
         netns: None,
         io,
         has_tuple: false,
+        local_port: 0,
         first: false,
     }
 }
@@ -250,6 +256,7 @@ pub fn from_raw(raw: &Event) -> Result<SocketEvent, DecodeError> {
         netns: (raw.flags & flags::NETNS_KNOWN != 0).then_some(raw.netns),
         io: IoCounts::from_kernel(&raw.io),
         has_tuple: raw.kind == kind::STATE,
+        local_port: 0,
         first: raw.flags & flags::FIRST_RECORD != 0,
     })
 }
@@ -306,12 +313,18 @@ mod tests {
 
     #[test]
     fn decodes_a_compact_transition() {
-        let t = Transition { ts_ns: 7, sk: 0xabc, kind: kind::TRANSITION, oldstate: 1, newstate: 4, _pad: [0; 5] };
+        let t =
+            Transition { ts_ns: 7, sk: 0xabc, kind: kind::TRANSITION, oldstate: 1, newstate: 4, ..Default::default() };
         let p = (&t as *const Transition).cast::<u8>();
         let b = unsafe { std::slice::from_raw_parts(p, size_of::<Transition>()) };
         let ev = decode(b).unwrap();
         assert_eq!(ev.kind, EventKind::State { old: TcpState::Established, new: TcpState::FinWait1 });
-        assert_eq!((ev.sk, ev.ts_ns, ev.has_tuple, ev.owner), (0xabc, 7, false, None));
+        assert_eq!((ev.sk, ev.ts_ns, ev.has_tuple, ev.owner, ev.local_port), (0xabc, 7, false, None, 0));
+        let t = Transition { ts_ns: 8, sk: 0xabc, kind: kind::TRANSITION, oldstate: 2, newstate: 1, sport: 41234, ..t };
+        let p = (&t as *const Transition).cast::<u8>();
+        let ev = decode(unsafe { std::slice::from_raw_parts(p, size_of::<Transition>()) }).unwrap();
+        assert_eq!(ev.kind, EventKind::State { old: TcpState::SynSent, new: TcpState::Established });
+        assert_eq!((ev.ts_ns, ev.local_port, ev.has_tuple), (8, 41234, false));
     }
 
     #[test]

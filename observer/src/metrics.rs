@@ -651,6 +651,7 @@ mod tests {
                 netns: Some(1),
                 io: IoCounts::default(),
                 has_tuple: true,
+                local_port: 0,
                 first: false,
             });
         }

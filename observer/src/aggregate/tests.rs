@@ -54,6 +54,7 @@ impl Sock {
             // The kernel hands the final counters over with the close.
             io: if matches!(kind, EventKind::State { new: Close, .. }) { self.io } else { IoCounts::default() },
             has_tuple: true,
+            local_port: 0,
             first: false,
         }
     }
@@ -74,6 +75,14 @@ impl Sock {
         let mut e = self.ev(EventKind::State { old, new }, 0);
         let none = Endpoint::from_kernel(0, &[0; 16], 0);
         (e.owner, e.local, e.remote, e.netns, e.has_tuple) = (None, none, none, None, false);
+        a.apply(&e);
+    }
+
+    /// A connect's SYN_SENT->ESTABLISHED as the kernel sends it: compact, with the port.
+    fn connected(&mut self, a: &mut Aggregator, port: u16) {
+        let mut e = self.ev(EventKind::State { old: SynSent, new: Established }, 0);
+        let none = Endpoint::from_kernel(0, &[0; 16], 0);
+        (e.owner, e.local, e.remote, e.netns, e.has_tuple, e.local_port) = (None, none, none, None, false, port);
         a.apply(&e);
     }
 
@@ -401,16 +410,16 @@ fn time_wait_follows_reconciliation() {
 }
 
 /// The records the kernel really sends for a connection each way: the addresses are complete
-/// only at establishment (a connect has no port yet at SYN_SENT, an accepted connection no peer
-/// at SYN_RECV), and the close carries none. TIME_WAIT is keyed by the complete ones: the
-/// kernel's table confirms both.
+/// only at establishment (a connect has no port yet at SYN_SENT, and gets it in a compact
+/// record; an accepted connection has no peer at SYN_RECV, and gets it in a full one), and the
+/// close carries none. TIME_WAIT is keyed by the complete ones: the kernel's table confirms
+/// both.
 #[test]
 fn time_wait_is_keyed_by_the_addresses_known_at_establishment() {
     let mut a = Aggregator::default();
-    let mut c = Sock::new(1, 100, "0.0.0.0:0", "127.0.0.1:8080");
+    let mut c = Sock::new(1, 100, "127.0.0.1:0", "127.0.0.1:8080");
     c.state(&mut a, Close, SynSent);
-    c.local = ep("127.0.0.1:40000");
-    c.state(&mut a, SynSent, Established);
+    c.connected(&mut a, 40000);
     c.compact(&mut a, Established, FinWait1);
     c.compact(&mut a, FinWait1, FinWait2);
     c.compact(&mut a, FinWait2, Close);
