@@ -220,7 +220,7 @@ impl ObserverCollector {
             let mut other: [Option<Row>; 2] = [None, None];
             for (direction, peer, stats) in peers {
                 let mut sockets = stats.sockets;
-                if let Some(tw) = agg.timewait().counts().get(&TwOwner { process: p.key, direction, peer: *peer }) {
+                if let Some(tw) = agg.timewait().counts(&TwOwner { process: p.key, direction, peer: *peer }) {
                     sockets.merge(tw);
                 }
                 let key = (direction, *peer);

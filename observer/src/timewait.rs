@@ -99,13 +99,12 @@ pub struct KernelTimeWait {
 #[derive(Default)]
 pub struct TimeWaitTable {
     entries: HashMap<PackedKey, TwEntry>,
-    /// Owners by index, for the entries (a slot is reused once no entry is charged to its owner).
-    owners: Vec<TwOwner>,
+    /// By index, each owner that entries are charged to and its live counts, kept in step with
+    /// `entries` (a slot is reused once no entry is charged to its owner).
+    owners: Vec<(TwOwner, StateCounts)>,
+    /// The index of each owner that entries are charged to now.
     owner_ids: HashMap<TwOwner, u32>,
     free_ids: Vec<u32>,
-    /// Live counts per owner, kept in step with `entries`. An owner is here (and in
-    /// `owner_ids`) exactly while entries are charged to it.
-    counts: HashMap<TwOwner, StateCounts>,
     /// Per netns: kernel TIME_WAIT entries that no derived entry matched at the last
     /// reconciliation (created before the daemon started, or by sockets it could not attribute).
     unattributed: HashMap<u32, u64>,
@@ -137,11 +136,11 @@ impl TimeWaitTable {
         }
         let id = match self.free_ids.pop() {
             Some(id) => {
-                self.owners[id as usize] = owner;
+                self.owners[id as usize] = (owner, StateCounts::default());
                 id
             }
             None => {
-                self.owners.push(owner);
+                self.owners.push((owner, StateCounts::default()));
                 (self.owners.len() - 1) as u32
             }
         };
@@ -150,23 +149,19 @@ impl TimeWaitTable {
     }
 
     fn owner(&self, e: &TwEntry) -> &TwOwner {
-        &self.owners[e.owner as usize]
+        &self.owners[e.owner as usize].0
     }
 
     fn count(&mut self, e: &TwEntry) {
-        let owner = self.owners[e.owner as usize];
-        self.counts.entry(owner).or_default().add(e.substate, 1);
+        self.owners[e.owner as usize].1.add(e.substate, 1);
     }
 
     fn uncount(&mut self, e: &TwEntry) {
-        let owner = self.owners[e.owner as usize];
-        if let Some(c) = self.counts.get_mut(&owner) {
-            c.sub(e.substate, 1);
-            if c.total() == 0 {
-                self.counts.remove(&owner);
-                self.owner_ids.remove(&owner);
-                self.free_ids.push(e.owner);
-            }
+        let (owner, counts) = &mut self.owners[e.owner as usize];
+        counts.sub(e.substate, 1);
+        if counts.total() == 0 {
+            self.owner_ids.remove(owner);
+            self.free_ids.push(e.owner);
         }
     }
 
@@ -190,7 +185,7 @@ impl TimeWaitTable {
         let mut gone = Vec::new();
         let owners = &self.owners;
         self.entries.retain(|_, e| {
-            let keep = owners[e.owner as usize].process != *process;
+            let keep = owners[e.owner as usize].0.process != *process;
             if !keep {
                 gone.push(*e);
             }
@@ -261,9 +256,10 @@ impl TimeWaitTable {
         out
     }
 
-    /// Live timewait sockets (TIME_WAIT and FIN_WAIT2 sub-states) charged to each owner.
-    pub fn counts(&self) -> &HashMap<TwOwner, StateCounts> {
-        &self.counts
+    /// Live timewait sockets (TIME_WAIT and FIN_WAIT2 sub-states) charged to `owner`; None when
+    /// there are none.
+    pub fn counts(&self, owner: &TwOwner) -> Option<&StateCounts> {
+        self.owner_ids.get(owner).map(|&id| &self.owners[id as usize].1)
     }
 
     /// Kernel TIME_WAIT sockets not charged to any process, over all namespaces.
@@ -310,11 +306,11 @@ mod tests {
         for p in 0..50 {
             t.add(key(40000 + p), owner(1), 1_000);
         }
-        assert_eq!(t.counts()[&owner(1)].get(TcpState::TimeWait), 50);
+        assert_eq!(t.counts(&owner(1)).unwrap().get(TcpState::TimeWait), 50);
         t.expire(1_000 + TIME_WAIT_NS);
-        assert_eq!(t.counts()[&owner(1)].get(TcpState::TimeWait), 50, "kept through the slack");
+        assert_eq!(t.counts(&owner(1)).unwrap().get(TcpState::TimeWait), 50, "kept through the slack");
         t.expire(1_000 + TIME_WAIT_NS + SLACK_NS);
-        assert!(t.counts().get(&owner(1)).is_none());
+        assert!(t.counts(&owner(1)).is_none());
         assert_eq!(t.len(), 0);
     }
 
@@ -327,7 +323,7 @@ mod tests {
         t.add(key(4), owner(1), 500); // created after the dump started: kept
         let k = [kernel(1, TcpState::TimeWait), kernel(2, TcpState::FinWait2), kernel(9, TcpState::TimeWait)];
         t.reconcile(7, 100, &k, 1_000);
-        let c = t.counts()[&owner(1)];
+        let c = *t.counts(&owner(1)).unwrap();
         assert_eq!(c.get(TcpState::TimeWait), 2);
         assert_eq!(c.get(TcpState::FinWait2), 1);
         assert_eq!(t.len(), 3);
@@ -347,8 +343,8 @@ mod tests {
         let mut t = TimeWaitTable::default();
         t.add(key(1), owner(1), 10);
         t.add(key(1), owner(2), 20);
-        assert!(t.counts().get(&owner(1)).is_none());
-        assert_eq!(t.counts()[&owner(2)].get(TcpState::TimeWait), 1);
+        assert!(t.counts(&owner(1)).is_none());
+        assert_eq!(t.counts(&owner(2)).unwrap().get(TcpState::TimeWait), 1);
     }
 
     #[test]
@@ -356,12 +352,12 @@ mod tests {
         let mut t = TimeWaitTable::default();
         t.add(key(1), owner(1), 10);
         t.reconcile(7, 100, &[kernel(1, TcpState::FinWait2)], 1_000);
-        assert_eq!(t.counts()[&owner(1)].get(TcpState::FinWait2), 1);
-        assert_eq!(t.counts()[&owner(1)].get(TcpState::TimeWait), 0);
+        assert_eq!(t.counts(&owner(1)).unwrap().get(TcpState::FinWait2), 1);
+        assert_eq!(t.counts(&owner(1)).unwrap().get(TcpState::TimeWait), 0);
         // A new owner must not take the index of one that still has entries.
         t.add(key(2), owner(2), 1_100);
-        assert_eq!(t.counts()[&owner(1)].total(), 1);
-        assert_eq!(t.counts()[&owner(2)].total(), 1);
+        assert_eq!(t.counts(&owner(1)).unwrap().total(), 1);
+        assert_eq!(t.counts(&owner(2)).unwrap().total(), 1);
         let mut ns = t.namespaces()[&7].clone();
         ns.sort_by_key(|p| p.pid);
         assert_eq!(ns, vec![owner(1).process, owner(2).process]);
@@ -372,11 +368,11 @@ mod tests {
         let mut t = TimeWaitTable::default();
         t.add(key(1), owner(1), 10);
         t.add(key(1), owner(2), 20); // the same tuple, reused: owner 1 has nothing left
-        assert!(t.counts().get(&owner(1)).is_none());
+        assert!(t.counts(&owner(1)).is_none());
         t.add(key(2), owner(3), 30);
         t.add(key(3), owner(2), 40);
-        assert_eq!(t.counts()[&owner(2)].get(TcpState::TimeWait), 2);
-        assert_eq!(t.counts()[&owner(3)].get(TcpState::TimeWait), 1);
+        assert_eq!(t.counts(&owner(2)).unwrap().get(TcpState::TimeWait), 2);
+        assert_eq!(t.counts(&owner(3)).unwrap().get(TcpState::TimeWait), 1);
         assert!(t.owners.len() <= 2, "index of owner 1 reused: {} owners", t.owners.len());
         t.remove_process(&owner(2).process);
         assert_eq!(t.len(), 1);
@@ -384,7 +380,7 @@ mod tests {
         // IPv4 and IPv6 tuples are different keys, whatever their bits.
         let v6 = TwKey { netns: 7, local: sa("[::1]:2"), remote: sa("[::1]:80") };
         t.add(v6, owner(3), 50);
-        assert_eq!(t.counts()[&owner(3)].get(TcpState::TimeWait), 2);
+        assert_eq!(t.counts(&owner(3)).unwrap().get(TcpState::TimeWait), 2);
     }
 
     #[test]
@@ -394,7 +390,7 @@ mod tests {
         t.add(key(2), owner(2), 10);
         t.remove_process(&owner(1).process);
         assert_eq!(t.len(), 1);
-        assert!(t.counts().get(&owner(1)).is_none());
+        assert!(t.counts(&owner(1)).is_none());
         assert_eq!(t.namespaces()[&7], vec![owner(2).process]);
     }
 }

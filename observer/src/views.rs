@@ -304,7 +304,7 @@ fn errors(p: &PeerStats) -> BTreeMap<String, u64> {
 /// Live sockets of a peer: the tracked ones plus its timewait entries.
 fn peer_sockets(agg: &Aggregator, p: &Process, direction: Direction, peer: Endpoint, stats: &PeerStats) -> StateCounts {
     let mut s = stats.sockets;
-    if let Some(tw) = agg.timewait().counts().get(&TwOwner { process: p.key, direction, peer }) {
+    if let Some(tw) = agg.timewait().counts(&TwOwner { process: p.key, direction, peer }) {
         s.merge(tw);
     }
     s

@@ -102,7 +102,7 @@ fn inb<'a>(a: &'a Aggregator, pid: u32, local: &str) -> &'a PeerStats {
 
 fn tw(a: &Aggregator, pid: u32, direction: Direction, peer: &str) -> u64 {
     let o = TwOwner { process: key(pid), direction, peer: ep(peer) };
-    a.timewait().counts().get(&o).map_or(0, |c| c.get(TimeWait))
+    a.timewait().counts(&o).map_or(0, |c| c.get(TimeWait))
 }
 
 /// A client connection closed by the client: opened, closed by local, TIME_WAIT.
