@@ -141,14 +141,6 @@ pub struct TlsChunk {
     pub data: [u8; tls_capture::MAX_BYTES],
 }
 
-/// One record of the socket-table iterator (`dump_sock_io`): a socket and its counters.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct IoRecord {
-    pub sk: u64,
-    pub io: SockIo,
-}
-
 /// Kinds of [`Event`] (and of [`Transition`]).
 pub mod kind {
     /// A TCP state change of a socket (`sock/inet_sock_set_state`), with the socket's addresses,
@@ -411,7 +403,6 @@ mod pod {
     unsafe impl aya::Pod for super::ListenerKey {}
     unsafe impl aya::Pod for super::ListenerValue {}
     unsafe impl aya::Pod for super::SockIo {}
-    unsafe impl aya::Pod for super::IoRecord {}
     unsafe impl aya::Pod for super::SockState {}
     unsafe impl aya::Pod for super::Transition {}
 }

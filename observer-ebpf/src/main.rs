@@ -20,14 +20,13 @@ use core::ffi::c_void;
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns, helpers::generated::bpf_seq_write, macros::btf_tracepoint, maps::ring_buf::RingBufEntry,
-    programs::BtfTracePointContext,
+    helpers::bpf_ktime_get_ns, macros::btf_tracepoint, maps::ring_buf::RingBufEntry, programs::BtfTracePointContext,
 };
 use aya_log_ebpf::{debug, warn};
 use maps::{EVENTS, LISTENERS, OFFSETS, SOCKS, TLS_CAPTURE, TLS_SCRATCH, count};
 use observer_common::{
-    Closed, Event, IoRecord, KernelOffsets, ListenerKey, ListenerValue, Owner, SockState, TlsChunkHeader, Transition,
-    counter, flags, io_dir, kind, tcp_state, tls_capture,
+    Closed, Event, KernelOffsets, ListenerKey, ListenerValue, Owner, SockState, TlsChunkHeader, Transition, counter,
+    flags, io_dir, kind, tcp_state, tls_capture,
 };
 
 /// `bpf_ringbuf_submit` flag. Records never wake the daemon up: it drains the ring buffer on its
@@ -467,31 +466,6 @@ pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> u32 {
 #[btf_tracepoint(function = "inet_sk_error_report")]
 pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> u32 {
     socket_event(&ctx, kind::ERROR_REPORT);
-    0
-}
-
-// ---------------------------------------------------------------------------------------------
-// Iterator over the socket table (`iter/bpf_map_elem`): one [`IoRecord`] per socket, for the
-// daemon's periodic read of open connections.
-// The context is `struct bpf_iter__bpf_map_elem { meta; map; key; value; }`.
-// ---------------------------------------------------------------------------------------------
-
-#[unsafe(link_section = "iter/bpf_map_elem")]
-#[unsafe(no_mangle)]
-pub fn dump_sock_io(ctx: *mut c_void) -> i32 {
-    let ctx = ctx as *const u64;
-    unsafe {
-        let key = *ctx.add(2) as *const u64;
-        let value = *ctx.add(3) as *const SockState;
-        if key.is_null() || value.is_null() {
-            return 0;
-        }
-        let sk = *key;
-        let meta = *ctx as *const u64;
-        let seq = *meta as *mut c_void;
-        let rec = IoRecord { sk, io: (*value).io };
-        bpf_seq_write(seq.cast(), core::ptr::from_ref(&rec).cast_mut().cast(), size_of::<IoRecord>() as u32);
-    }
     0
 }
 

@@ -1,15 +1,15 @@
 //! Loading the kernel programs, attaching them to their tracepoints, and reading the kernel
 //! side's counters. Dropping [`Probes`] detaches and unloads everything.
 
-use std::os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd};
+use std::os::fd::{AsFd as _, AsRawFd as _, RawFd};
 use std::path::Path;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::maps::Map;
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::{BtfTracePoint, Iter, tp_btf::BtfTracePointLinkId};
+use aya::programs::{BtfTracePoint, tp_btf::BtfTracePointLinkId};
 use aya::{Btf, Ebpf, EbpfLoader};
-use observer_common::{AF_INET, AF_INET6, IoRecord, ListenerKey, ListenerValue, Owner, counter, names, tls_capture};
+use observer_common::{AF_INET, AF_INET6, ListenerKey, ListenerValue, Owner, SockState, counter, names, tls_capture};
 
 use crate::aggregate::SeedSocket;
 use crate::event::Comm;
@@ -55,7 +55,7 @@ pub struct Features {
     /// (Linux 5.3+). Without, exits are found by polling /proc every 5 s.
     pub process_exits: bool,
     /// Requests and bytes per connection, and accepted connections charged to the process that
-    /// uses them (`sock_send_length`, `sock_recv_length`, the socket-table iterator).
+    /// uses them (`sock_send_length`, `sock_recv_length`).
     pub requests: bool,
     /// TLS handshakes, read from the first bytes of each connection (needs `requests`; x86-64).
     pub tls: bool,
@@ -87,8 +87,6 @@ pub struct KernelCounters {
 pub struct Probes {
     ebpf: Ebpf,
     pub features: Features,
-    /// Link of the socket-table iterator (reads the I/O counters of open connections).
-    io_iter: Option<OwnedFd>,
     /// The attached tracepoint programs and their links (none while detached, see
     /// [`Probes::set_attached`]).
     links: Vec<(&'static str, Option<BtfTracePointLinkId>)>,
@@ -164,7 +162,7 @@ impl Probes {
                 links.push((prog, Some(attach_btf_tracepoint(&mut ebpf, &btf, prog, target)?)));
             }
             log::warn!("--bench-floor: only empty programs are attached, nothing is observed");
-            return Ok(Probes { ebpf, features, io_iter: None, links });
+            return Ok(Probes { ebpf, features, links });
         }
         // The one hook observer cannot work without.
         let link = attach_btf_tracepoint(&mut ebpf, &btf, "inet_sock_set_state", "inet_sock_set_state")
@@ -190,15 +188,6 @@ impl Probes {
         let lost = "requests and bytes are not counted, accepted connections stay charged to the listener's owner";
         features.requests = optional("sock_send_length", lost) && optional("sock_recv_length", lost);
         features.tls = features.requests && tls_capture != 0;
-        let mut io_iter = None;
-        if features.requests {
-            match attach_io_iterator(&mut ebpf, &btf) {
-                Ok(fd) => io_iter = Some(fd),
-                Err(e) => log::warn!(
-                    "socket table iterator unavailable ({e:#}): requests on open connections are only counted when they close"
-                ),
-            }
-        }
         features.process_exits = exits::supported();
         if features.process_exits {
             exits::raise_fd_limit();
@@ -210,7 +199,7 @@ impl Probes {
                 links.push((prog, Some(link)));
             }
         }
-        Ok(Probes { ebpf, features, io_iter, links })
+        Ok(Probes { ebpf, features, links })
     }
 
     /// Detach every tracepoint program, or attach them again (`cargo xtask bench` only, through
@@ -283,21 +272,19 @@ impl Probes {
         n
     }
 
-    /// The I/O counters of every socket that has them, read in one pass of the socket-table
-    /// iterator.
+    /// The I/O counters of every socket the kernel tracks, read from its table in batches
+    /// (`BPF_MAP_LOOKUP_BATCH`: one system call per few thousand sockets). (A BPF iterator over
+    /// the table would do it in the kernel, but some kernels refuse iterator programs, as they
+    /// refuse fentry.)
     pub fn io_counters(&self) -> Result<Vec<(u64, IoCounts)>> {
-        let link = self.io_iter.as_ref().ok_or_else(|| anyhow!("no socket table iterator"))?;
-        let mut file = std::fs::File::from(bpf_iter_create(link)?);
-        let mut buf = Vec::new();
-        std::io::Read::read_to_end(&mut file, &mut buf).context("reading the socket table iterator")?;
-        Ok(buf
-            .chunks_exact(size_of::<IoRecord>())
-            .map(|c| {
-                // SAFETY: IoRecord is plain old data; read_unaligned copes with any alignment.
-                let r: IoRecord = unsafe { std::ptr::read_unaligned(c.as_ptr().cast()) };
-                (r.sk, IoCounts::from_kernel(&r.io))
-            })
-            .collect())
+        let map_fd = match self.ebpf.map(names::SOCKS) {
+            Some(Map::HashMap(m)) => m.fd().as_fd().as_raw_fd(),
+            _ => bail!("SOCKS map missing"),
+        };
+        let mut out = Vec::new();
+        read_batches::<u64, SockState>(map_fd, |sk, st| out.push((*sk, IoCounts::from_kernel(&st.io))))
+            .context("reading the socket table")?;
+        Ok(out)
     }
 
     /// Entries in the kernel's listener map now (walks the map).
@@ -312,49 +299,60 @@ fn kernel_owner(key: &ProcessKey, comm: &Comm) -> Owner {
     Owner { tgid: key.pid, _pad: 0, start_ns: key.start_ns, comm: comm.0 }
 }
 
-const BPF_LINK_CREATE: libc::c_long = 28;
-const BPF_ITER_CREATE: libc::c_long = 33;
-const BPF_TRACE_ITER: u32 = 28;
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 /// Size of the `union bpf_attr` we pass (the kernel checks that the unused tail is zero).
 const BPF_ATTR_SIZE: usize = 128;
 
-fn bpf(cmd: libc::c_long, attr: &mut [u8; BPF_ATTR_SIZE]) -> std::io::Result<OwnedFd> {
-    // SAFETY: a bpf_attr-sized, zero-padded buffer for the command.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), BPF_ATTR_SIZE as u32) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
+/// Every entry of a hash map, in batches. `K` and `V` must be the map's key and value types
+/// (plain old data).
+fn read_batches<K: Copy, V: Copy>(map_fd: RawFd, mut each: impl FnMut(&K, &V)) -> std::io::Result<()> {
+    // A batch must hold a whole hash bucket: it grows if the kernel says one does not fit.
+    let mut capacity = 4096usize;
+    // The kernel's position in the table (a bucket index for hash maps).
+    let mut position = [0u64; 1];
+    let mut next = [0u64; 1];
+    let mut started = false;
+    loop {
+        let mut keys = Vec::<K>::with_capacity(capacity);
+        let mut values = Vec::<V>::with_capacity(capacity);
+        // struct { in_batch, out_batch, keys, values: u64; count, map_fd: u32; elem_flags, flags: u64 }
+        let mut attr = [0u8; BPF_ATTR_SIZE];
+        let in_batch = if started { position.as_ptr() as u64 } else { 0 };
+        attr[0..8].copy_from_slice(&in_batch.to_ne_bytes());
+        attr[8..16].copy_from_slice(&(next.as_mut_ptr() as u64).to_ne_bytes());
+        attr[16..24].copy_from_slice(&(keys.as_mut_ptr() as u64).to_ne_bytes());
+        attr[24..32].copy_from_slice(&(values.as_mut_ptr() as u64).to_ne_bytes());
+        attr[32..36].copy_from_slice(&(capacity as u32).to_ne_bytes());
+        attr[36..40].copy_from_slice(&(map_fd as u32).to_ne_bytes());
+        // SAFETY: a bpf_attr-sized, zero-padded buffer whose pointers point to buffers of
+        // `capacity` keys and values, and to the two batch positions, all live across the call.
+        let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, attr.as_mut_ptr(), BPF_ATTR_SIZE as u32) };
+        let err = (rc < 0).then(std::io::Error::last_os_error);
+        match err.as_ref().and_then(|e| e.raw_os_error()) {
+            Some(libc::ENOSPC) if capacity < 1 << 20 => {
+                capacity *= 4;
+                continue;
+            }
+            None | Some(libc::ENOENT) => {}
+            _ => return Err(err.expect("an error")),
+        }
+        // The kernel wrote back how many entries it copied (some, even with ENOENT: the last).
+        let count = (u32::from_ne_bytes(attr[32..36].try_into().expect("4 bytes")) as usize).min(capacity);
+        // SAFETY: the kernel initialised the first `count` keys and values.
+        unsafe {
+            keys.set_len(count);
+            values.set_len(count);
+        }
+        for (k, v) in keys.iter().zip(&values) {
+            each(k, v);
+        }
+        if err.is_some() {
+            // ENOENT: the end of the table.
+            return Ok(());
+        }
+        position = next;
+        started = true;
     }
-    // SAFETY: the kernel returned a new file descriptor that we now own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// Load the socket-table iterator and link it to the `SOCKS` map. aya's `Iter::attach`
-/// cannot pass a map to the link, so the link is created with the bpf() syscall directly:
-/// `link_create { prog_fd, target_fd, attach_type, flags, iter_info, iter_info_len }`.
-fn attach_io_iterator(ebpf: &mut Ebpf, btf: &Btf) -> Result<OwnedFd> {
-    let map_fd = match ebpf.map(names::SOCKS) {
-        Some(Map::HashMap(m)) => m.fd().as_fd().as_raw_fd(),
-        _ => bail!("SOCKS map missing"),
-    };
-    let p: &mut Iter =
-        ebpf.program_mut("dump_sock_io").ok_or_else(|| anyhow!("program dump_sock_io missing"))?.try_into()?;
-    p.load("bpf_map_elem", btf)?;
-    let prog_fd = p.fd()?.as_fd().as_raw_fd();
-    // union bpf_iter_link_info { struct { __u32 map_fd; } map; ... }
-    let link_info: [u32; 4] = [map_fd as u32, 0, 0, 0];
-    let mut attr = [0u8; BPF_ATTR_SIZE];
-    attr[0..4].copy_from_slice(&(prog_fd as u32).to_ne_bytes());
-    attr[8..12].copy_from_slice(&BPF_TRACE_ITER.to_ne_bytes());
-    attr[16..24].copy_from_slice(&(link_info.as_ptr() as u64).to_ne_bytes());
-    attr[24..28].copy_from_slice(&(size_of::<u32>() as u32).to_ne_bytes());
-    bpf(BPF_LINK_CREATE, &mut attr).context("creating the iterator link")
-}
-
-/// A new pass of an iterator: a file that reads its output to the end.
-fn bpf_iter_create(link: &OwnedFd) -> Result<OwnedFd> {
-    let mut attr = [0u8; BPF_ATTR_SIZE];
-    attr[0..4].copy_from_slice(&(link.as_raw_fd() as u32).to_ne_bytes());
-    bpf(BPF_ITER_CREATE, &mut attr).context("creating an iterator")
 }
 
 /// The BTF tracepoint program `prog` of the object.

@@ -59,7 +59,6 @@ const PROGRAMS: &[&str] = &[
     "tcp_send_reset",
     "tcp_receive_reset",
     "inet_sk_error_report",
-    "dump_sock_io",
 ];
 
 /// Programs that only calibrate the cost figures (the daemon attaches them to `sock_send_length`
