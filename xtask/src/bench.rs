@@ -195,6 +195,8 @@ pub struct Cost {
     pub rare: Vec<(String, u64, u64)>,
     /// ns per run of the [`CALIBRATION`] programs during the round (0 if they did not run).
     pub floor_ns: [f64; CALIBRATION.len()],
+    /// Busy fraction of each CPU during the round (`/proc/stat`).
+    pub cpu_busy: Vec<f64>,
 }
 
 impl Cost {
@@ -545,9 +547,11 @@ impl Bench {
             let pid = daemon.0.id();
             let before = prog_stats()?;
             let cpu0 = process_cpu_seconds(pid)?;
+            let times0 = cpu_times()?;
             let t0 = Instant::now();
             let rps = self.wrk(&local_url(port), workload, ROUND_SECONDS)?;
             let elapsed = t0.elapsed().as_secs_f64();
+            let cpu_busy = busy_fractions(&times0, &cpu_times()?);
             let cpu1 = process_cpu_seconds(pid)?;
             let after = prog_stats()?;
             exercise_rare_paths(port)?;
@@ -575,6 +579,7 @@ impl Bench {
                 programs: diff(&before, &after),
                 rare: diff(&after, &after_rare),
                 floor_ns,
+                cpu_busy,
             })
         })();
         set_bpf_stats(false)?;
@@ -929,6 +934,30 @@ fn cost_markdown(c: &Cost, baseline_rps: f64) -> String {
         (c.bpf_ns_per_request() + c.daemon_ns_per_request()) / cpu_per_req * 100.0,
         c.daemon_peak_rss_kib as f64 / 1024.0
     );
+    if !c.cpu_busy.is_empty() {
+        let busy: Vec<String> = c
+            .cpu_busy
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let who = match i.to_string().as_str() {
+                    SERVER_CPU => " (nginx)",
+                    CLIENT_CPU => " (wrk)",
+                    _ => "",
+                };
+                format!("CPU {i}{who} {:.0}%", b * 100.0)
+            })
+            .collect();
+        let _ = writeln!(
+            md,
+            "CPUs busy during the round: {}. The throughput is bound by the busiest one: {:.0} ns of it per \
+             request. (On loopback the kernel processes a packet on the CPU that sends it: wrk's CPU also runs the \
+             server's side of the handshake and of the client's close, and observer's programs there; where its \
+             work runs decides what it costs.)\n",
+            busy.join(", "),
+            1e9 / c.rps
+        );
+    }
     md
 }
 
@@ -1162,6 +1191,32 @@ fn prog_stats() -> Result<HashMap<String, (u64, u64)>> {
     Ok(stats)
 }
 
+/// (busy, total) clock ticks of each CPU since boot: the `cpuN` lines of `/proc/stat`.
+fn cpu_times() -> Result<Vec<(u64, u64)>> {
+    Ok(parse_cpu_times(&std::fs::read_to_string("/proc/stat")?))
+}
+
+/// Busy is everything but idle and iowait (user, nice, system, irq, softirq, steal).
+pub fn parse_cpu_times(stat: &str) -> Vec<(u64, u64)> {
+    stat.lines()
+        .filter(|l| l.strip_prefix("cpu").is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit())))
+        .map(|l| {
+            let v: Vec<u64> = l.split_whitespace().skip(1).take(8).filter_map(|x| x.parse().ok()).collect();
+            let total: u64 = v.iter().sum();
+            let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+            (total - idle, total)
+        })
+        .collect()
+}
+
+/// Busy fraction of each CPU between two [`cpu_times`] readings.
+pub fn busy_fractions(from: &[(u64, u64)], to: &[(u64, u64)]) -> Vec<f64> {
+    from.iter()
+        .zip(to)
+        .map(|((b0, t0), (b1, t1))| if t1 > t0 { (b1 - b0) as f64 / (t1 - t0) as f64 } else { 0.0 })
+        .collect()
+}
+
 fn process_cpu_seconds(pid: u32) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let rest = &stat[stat.rfind(')').ok_or_else(|| anyhow!("bad stat"))? + 1..];
@@ -1189,6 +1244,18 @@ fn status_field(api: u16, key: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_cpu_busy_time_from_proc_stat() {
+        let before = "cpu  300 0 100 1000 0 0 0 0 0 0\ncpu0 100 0 50 800 20 0 0 0 0 0\n\
+                      cpu1 200 0 50 200 0 0 0 0 0 0\nintr 1 2 3\ncpufreq 9\n";
+        let after = "cpu  0 0 0 0 0 0 0 0 0 0\ncpu0 150 0 50 840 30 0 0 0 0 0\n\
+                     cpu1 290 0 50 200 0 0 10 0 0 0\n";
+        let (t0, t1) = (parse_cpu_times(before), parse_cpu_times(after));
+        assert_eq!(t0, vec![(150, 970), (250, 450)]);
+        let busy = busy_fractions(&t0, &t1);
+        assert_eq!(busy, vec![0.5, 1.0], "idle and iowait are not busy; softirq is");
+    }
 
     #[test]
     fn reads_wrk_output() {
@@ -1230,6 +1297,7 @@ mod tests {
             programs: vec![],
             rare: vec![],
             floor_ns: [0.0; 5],
+            cpu_busy: vec![],
         };
         let r =
             WorkloadResult { workload: Workload::KeepAlive, rounds: 3, rps, cost, cost_no_tls: None, events_lost: 0 };
@@ -1255,6 +1323,7 @@ mod tests {
             programs: vec![p("sock_send_length", 4000, 800_000), p("tcp_send_reset", 2, 4000)],
             rare: vec![p("sock_send_length", 0, 0), p("tcp_send_reset", 198, 196_000)],
             floor_ns: [77.4, 140.0, 120.0, 150.0, 300.0],
+            cpu_busy: vec![0.55, 0.99],
         };
         assert_eq!(cost.per_run("tcp_send_reset"), (200, 1000.0));
         assert_eq!(cost.per_run("sock_send_length"), (4000, 200.0));
