@@ -308,18 +308,22 @@ const BPF_ATTR_SIZE: usize = 128;
 fn read_batches<K: Copy, V: Copy>(map_fd: RawFd, mut each: impl FnMut(&K, &V)) -> std::io::Result<()> {
     // A batch must hold a whole hash bucket: it grows if the kernel says one does not fit.
     let mut capacity = 4096usize;
-    // The kernel's position in the table (a bucket index for hash maps).
-    let mut position = [0u64; 1];
-    let mut next = [0u64; 1];
-    let mut started = false;
+    let mut keys = Vec::<K>::with_capacity(capacity);
+    let mut values = Vec::<V>::with_capacity(capacity);
+    // The kernel's position in the table (a bucket index for hash maps): none before the first
+    // batch, then where the previous one ended.
+    let mut position: Option<u64> = None;
+    let mut next = 0u64;
     loop {
-        let mut keys = Vec::<K>::with_capacity(capacity);
-        let mut values = Vec::<V>::with_capacity(capacity);
+        keys.clear();
+        values.clear();
+        keys.reserve(capacity);
+        values.reserve(capacity);
         // struct { in_batch, out_batch, keys, values: u64; count, map_fd: u32; elem_flags, flags: u64 }
         let mut attr = [0u8; BPF_ATTR_SIZE];
-        let in_batch = if started { position.as_ptr() as u64 } else { 0 };
+        let in_batch = position.as_ref().map_or(0, |p| std::ptr::from_ref(p) as u64);
         attr[0..8].copy_from_slice(&in_batch.to_ne_bytes());
-        attr[8..16].copy_from_slice(&(next.as_mut_ptr() as u64).to_ne_bytes());
+        attr[8..16].copy_from_slice(&(std::ptr::from_mut(&mut next) as u64).to_ne_bytes());
         attr[16..24].copy_from_slice(&(keys.as_mut_ptr() as u64).to_ne_bytes());
         attr[24..32].copy_from_slice(&(values.as_mut_ptr() as u64).to_ne_bytes());
         attr[32..36].copy_from_slice(&(capacity as u32).to_ne_bytes());
@@ -350,8 +354,7 @@ fn read_batches<K: Copy, V: Copy>(map_fd: RawFd, mut each: impl FnMut(&K, &V)) -
             // ENOENT: the end of the table.
             return Ok(());
         }
-        position = next;
-        started = true;
+        position = Some(next);
     }
 }
 
