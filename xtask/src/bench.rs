@@ -924,9 +924,10 @@ fn cost_markdown(c: &Cost, baseline_rps: f64) -> String {
     let cpu_per_req = cpus * 1e9 / baseline_rps;
     let _ = writeln!(
         md,
-        "\nPer request: {:.0} ns in the kernel programs and {:.0} ns in the daemon ({:.2} CPU-seconds over {:.1} s), \
-         out of {cpu_per_req:.0} ns of CPU per request without a tracer: {:.1}% of it (upper bounds, see above). \
-         Daemon peak RSS: {:.1} MiB.\n",
+        "\nPer request: {:.0} ns in the kernel programs and {:.0} ns in the daemon ({:.2} CPU-seconds over {:.1} s). \
+         Without a tracer a request takes {cpu_per_req:.0} ns of the {cpus:.0} CPUs' time: observer's work is \
+         {:.1}% of that (upper bounds, see above), an average that understates its cost when one CPU bounds the \
+         throughput (below). Daemon peak RSS: {:.1} MiB.\n",
         c.bpf_ns_per_request(),
         c.daemon_ns_per_request(),
         c.daemon_cpu,
@@ -951,11 +952,13 @@ fn cost_markdown(c: &Cost, baseline_rps: f64) -> String {
         let _ = writeln!(
             md,
             "CPUs busy during the round: {}. The throughput is bound by the busiest one: {:.0} ns of it per \
-             request. (On loopback the kernel processes a packet on the CPU that sends it: wrk's CPU also runs the \
-             server's side of the handshake and of the client's close, and observer's programs there; where its \
-             work runs decides what it costs.)\n",
+             request; observer's kernel programs, if they all ran there, would take {:.1}% of it. (On loopback the \
+             kernel processes a packet on the CPU that sends it: wrk's CPU also runs the server's side of the \
+             handshake and of the client's close, and observer's programs there; where its work runs decides what \
+             it costs.)\n",
             busy.join(", "),
-            1e9 / c.rps
+            1e9 / c.rps,
+            c.bpf_ns_per_request() * c.rps / 1e9 * 100.0
         );
     }
     md
@@ -1334,6 +1337,16 @@ mod tests {
         assert!(md.contains("| read the clock (`bpf_ktime_get_ns`) | 140 | 63 |"), "{md}");
         assert!(md.contains("(TLS recognition) | 300 | 223 |"), "{md}");
         assert!(md.contains("| sock_send_length | 4000 | 2.00 | 200 | 400 |"), "{md}");
+        // 402 ns of programs per request; 2 CPUs at 1000 req/s without a tracer: 2,000,000 ns per request.
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let avg = format!("takes {} ns of the {cpus} CPUs' time: observer's work is", cpus * 1_000_000);
+        assert!(md.contains(&avg), "{md}");
+        assert!(
+            md.contains(
+                "1000000 ns of it per request; observer's kernel programs, if they all ran there, would take 0.0%"
+            ),
+            "{md}"
+        );
     }
 
     #[test]
