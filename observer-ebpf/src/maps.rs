@@ -3,22 +3,32 @@
 use aya_ebpf::{
     Global,
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use observer_common::{KernelOffsets, ListenerKey, ListenerValue, SockState, TlsChunk, counter};
+use observer_common::{
+    KernelOffsets, ListenerKey, ListenerValue, SOCK_BUCKET_WAYS, SockBucket, SockSlot, SockState, TlsChunk, counter,
+};
 
 /// The one ring buffer to user space. Its size can be changed by the daemon at load time.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
-/// Per socket (keyed by its address): its owner, I/O counters and TLS capture budget. A
-/// preallocated hash map: an insert takes a free element from a per-CPU list (socket-local
-/// storage would allocate and charge memory for every new socket, and free it through RCU), and
-/// the entry is deleted when the socket reaches CLOSE, which every TCP socket does before it is
-/// destroyed. Its size is set by the daemon (`--max-sockets`); a socket that finds it full is not
-/// tracked and is counted.
+/// `BPF_F_MMAPABLE`: user space reads the socket table's arrays in place.
+const MMAPABLE: u32 = 1 << 10;
+
+/// The socket table (see `observer_common::SockBucket` and the `sockets` module): per socket, its
+/// owner, I/O counters and TLS capture budget, from its creation until it reaches CLOSE, which
+/// every TCP socket does before it is destroyed. Sized by the daemon (`--max-sockets`); a socket
+/// that finds its bucket and the overflow map full is not tracked and is counted.
 #[map]
-pub static SOCKS: HashMap<u64, SockState> = HashMap::with_max_entries(131072, 0);
+pub static SOCK_BUCKETS: Array<SockBucket> = Array::with_max_entries(32768, MMAPABLE);
+
+#[map]
+pub static SOCK_SLOTS: Array<SockSlot> = Array::with_max_entries(32768 * SOCK_BUCKET_WAYS as u32, MMAPABLE);
+
+/// Sockets whose bucket was full, keyed by the socket's address (preallocated).
+#[map]
+pub static SOCK_OVERFLOW: HashMap<u64, SockState> = HashMap::with_max_entries(32768, 0);
 
 /// Listening endpoints -> owner, to attribute the children created in softirq.
 #[map]
@@ -28,6 +38,11 @@ pub static LISTENERS: LruHashMap<ListenerKey, ListenerValue> = LruHashMap::with_
 #[map]
 pub static TLS_SCRATCH: PerCpuArray<TlsChunk> = PerCpuArray::with_max_entries(1, 0);
 
+/// Per CPU, 1 from `inet_sock_set_state_enter` until a program handled the state change (see
+/// `inet_sock_set_state_enter`).
+#[map]
+pub static STATE_PENDING: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
 /// Counters (see `observer_common::counter`).
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
@@ -35,6 +50,10 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::C
 /// Kernel struct offsets from BTF, set by the daemon at load time.
 #[unsafe(no_mangle)]
 pub static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets::zeroed());
+
+/// The socket table's number of buckets. Set by the daemon at load time.
+#[unsafe(no_mangle)]
+pub static SOCK_BUCKET_COUNT: Global<u32> = Global::new(32768);
 
 /// The TLS capture budget of new connections (`observer_common::tls_capture::INITIAL`), or 0
 /// when TLS capture is off. Set by the daemon at load time.

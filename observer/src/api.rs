@@ -100,6 +100,8 @@ async fn status(State(s): State<AppState>) -> Response {
         "listener_map_entries": k.listener_map_entries,
         "listener_map_evictions": k.listener_map_evictions,
         "socket_storage_failures": k.counters.storage_failed,
+        "socket_table_overflows": k.counters.sock_overflow,
+        "nested_state_changes": k.counters.state_nested,
         "tracked_processes": processes,
         "tracked_sockets": sockets,
         "unattributed_events": unattributed,

@@ -86,6 +86,7 @@ pub fn compute(btf: &Btf) -> Result<KernelOffsets> {
         sock_dport: o("sock", &["__sk_common", "skc_dport"])?,
         inet_sport: o("inet_sock", &["inet_sport"])?,
         sock_num: o("sock", &["__sk_common", "skc_num"])?,
+        sock_cookie: o("sock", &["__sk_common", "skc_cookie"])?,
         sock_v6_daddr: o("sock", &["__sk_common", "skc_v6_daddr"])?,
         sock_v6_saddr: o("sock", &["__sk_common", "skc_v6_rcv_saddr"])?,
         task_group_leader: o("task_struct", &["group_leader"])?,

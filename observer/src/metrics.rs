@@ -549,6 +549,22 @@ impl Collector for ObserverCollector {
         )?;
         single(
             &mut enc,
+            "observer_socket_table_overflows",
+            "Sockets kept in the kernel socket table's overflow map because their bucket was full (a table \
+             near its size, --max-sockets)",
+            Counter,
+            c.sock_overflow,
+        )?;
+        single(
+            &mut enc,
+            "observer_nested_state_changes",
+            "TCP state changes the kernel skipped observer's state program for (they interrupted it on the \
+             same CPU), handled by a second program",
+            Counter,
+            c.state_nested,
+        )?;
+        single(
+            &mut enc,
             "observer_unattributed_events",
             "Socket events whose owner was unknown (sockets older than the daemon, or evicted)",
             Counter,

@@ -9,7 +9,9 @@ use aya::maps::Map;
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::{BtfTracePoint, tp_btf::BtfTracePointLinkId};
 use aya::{Btf, Ebpf, EbpfLoader};
-use observer_common::{AF_INET, AF_INET6, ListenerKey, ListenerValue, Owner, SockState, counter, names, tls_capture};
+use observer_common::{
+    AF_INET, AF_INET6, ListenerKey, ListenerValue, Owner, SockBucket, SockSlot, SockState, counter, names, tls_capture,
+};
 
 use crate::aggregate::SeedSocket;
 use crate::event::Comm;
@@ -17,6 +19,7 @@ use crate::model::{IoCounts, ProcessKey, TcpState};
 
 use crate::btf_offsets;
 use crate::exits;
+use crate::socket_table::{self, MappedArray};
 
 /// The eBPF object built by build.rs (empty when built with AYA_BUILD_SKIP=1).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
@@ -39,6 +42,9 @@ pub struct Options {
 /// The benchmark's calibration programs (see the kernel programs), all on `sock_send_length`.
 pub const CALIBRATION_PROGRAMS: [&str; 5] =
     ["calibrate_empty", "calibrate_clock", "calibrate_lookup", "calibrate_record", "calibrate_user_read"];
+
+/// The programs on `sock/inet_sock_set_state`, in the order they must run.
+const STATE_PROGRAMS: [&str; 3] = ["inet_sock_set_state_enter", "inet_sock_set_state", "inet_sock_set_state_nested"];
 
 /// The benchmark's empty programs and their tracepoints.
 const FLOOR_PROGRAMS: [(&str, &str); 3] =
@@ -79,6 +85,11 @@ impl Features {
 pub struct KernelCounters {
     pub events_lost: u64,
     pub storage_failed: u64,
+    /// Sockets that went to the socket table's overflow map (their bucket was full).
+    pub sock_overflow: u64,
+    /// State changes the kernel skipped the state program for (they interrupted it on the same
+    /// CPU), handled by the third state program.
+    pub state_nested: u64,
     pub listener_inserted: u64,
     pub listener_deleted: u64,
     pub listener_insert_failed: u64,
@@ -90,6 +101,9 @@ pub struct Probes {
     /// The attached tracepoint programs and their links (none while detached, see
     /// [`Probes::set_attached`]).
     links: Vec<(&'static str, Option<BtfTracePointLinkId>)>,
+    /// The socket table's arrays, mapped into the daemon.
+    sock_buckets: MappedArray<SockBucket>,
+    sock_slots: MappedArray<SockSlot>,
 }
 
 /// Refuse early, with one clear line, when we cannot possibly load programs.
@@ -146,15 +160,28 @@ impl Probes {
         if opts.tls && tls_capture == 0 {
             log::warn!("TLS handshakes are only recognised on x86-64");
         }
+        let table = socket_table::Size::for_max_sockets(opts.max_sockets);
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
             .override_global(names::OFFSETS, &offsets, true)
             .override_global(names::TLS_CAPTURE, &tls_capture, true)
             .override_global("AYA_LOG_LEVEL", &opts.kernel_log_level, false)
             .map_max_entries(names::EVENTS, opts.ring_buffer_bytes)
-            .map_max_entries(names::SOCKS, opts.max_sockets)
+            .override_global(names::SOCK_BUCKET_COUNT, &table.buckets, true)
+            .map_max_entries(names::SOCK_BUCKETS, table.buckets)
+            .map_max_entries(names::SOCK_SLOTS, table.slots)
+            .map_max_entries(names::SOCK_OVERFLOW, table.overflow)
             .load(EBPF_OBJECT)
             .map_err(|e| anyhow!("loading the eBPF programs failed: {e}"))?;
+
+        let array_fd = |name: &str| -> Result<RawFd> {
+            match ebpf.map(name) {
+                Some(Map::Array(m)) => Ok(m.fd().as_fd().as_raw_fd()),
+                _ => bail!("{name} map missing"),
+            }
+        };
+        let sock_buckets = MappedArray::new(array_fd(names::SOCK_BUCKETS)?, table.buckets)?;
+        let sock_slots = MappedArray::new(array_fd(names::SOCK_SLOTS)?, table.slots)?;
 
         let mut links = Vec::new();
         if opts.bench_floor {
@@ -162,12 +189,15 @@ impl Probes {
                 links.push((prog, Some(attach_btf_tracepoint(&mut ebpf, &btf, prog, target)?)));
             }
             log::warn!("--bench-floor: only empty programs are attached, nothing is observed");
-            return Ok(Probes { ebpf, features, links });
+            return Ok(Probes { ebpf, features, links, sock_buckets, sock_slots });
         }
-        // The one hook observer cannot work without.
-        let link = attach_btf_tracepoint(&mut ebpf, &btf, "inet_sock_set_state", "inet_sock_set_state")
-            .context("the kernel has no usable sock/inet_sock_set_state tracepoint")?;
-        links.push(("inet_sock_set_state", Some(link)));
+        // The one hook observer cannot work without: three programs, attached (and so run) in this
+        // order, for each state change to be handled exactly once (see the kernel programs).
+        for prog in STATE_PROGRAMS {
+            let link = attach_btf_tracepoint(&mut ebpf, &btf, prog, "inet_sock_set_state")
+                .context("the kernel has no usable sock/inet_sock_set_state tracepoint")?;
+            links.push((prog, Some(link)));
+        }
 
         let mut optional = |prog: &'static str, what: &str| -> bool {
             match attach_btf_tracepoint(&mut ebpf, &btf, prog, prog) {
@@ -199,7 +229,7 @@ impl Probes {
                 links.push((prog, Some(link)));
             }
         }
-        Ok(Probes { ebpf, features, links })
+        Ok(Probes { ebpf, features, links, sock_buckets, sock_slots })
     }
 
     /// Detach every tracepoint program, or attach them again (`cargo xtask bench` only, through
@@ -241,6 +271,8 @@ impl Probes {
         Ok(KernelCounters {
             events_lost: get(counter::EVENTS_LOST)?,
             storage_failed: get(counter::STORAGE_FAILED)?,
+            sock_overflow: get(counter::SOCK_OVERFLOW)?,
+            state_nested: get(counter::STATE_NESTED)?,
             listener_inserted: get(counter::LISTENER_INSERTED)?,
             listener_deleted: get(counter::LISTENER_DELETED)?,
             listener_insert_failed: get(counter::LISTENER_INSERT_FAILED)?,
@@ -272,18 +304,23 @@ impl Probes {
         n
     }
 
-    /// The I/O counters of every socket the kernel tracks, read from its table in batches
-    /// (`BPF_MAP_LOOKUP_BATCH`: one system call per few thousand sockets). (A BPF iterator over
-    /// the table would do it in the kernel, but some kernels refuse iterator programs, as they
-    /// refuse fentry.)
+    /// The I/O counters of every socket the kernel tracks: read in place from the socket table's
+    /// mapped arrays, and in batches from its overflow map (`BPF_MAP_LOOKUP_BATCH`: one system
+    /// call per few thousand sockets). (A BPF iterator would do it in the kernel, but some kernels
+    /// refuse iterator programs, as they refuse fentry.)
     pub fn io_counters(&self) -> Result<Vec<(u64, IoCounts)>> {
-        let map_fd = match self.ebpf.map(names::SOCKS) {
-            Some(Map::HashMap(m)) => m.fd().as_fd().as_raw_fd(),
-            _ => bail!("SOCKS map missing"),
-        };
         let mut out = Vec::new();
+        socket_table::live_slots(
+            |b| self.sock_buckets.get(b),
+            |i| self.sock_slots.get(i),
+            |sk, st| out.push((sk, IoCounts::from_kernel(&st.io))),
+        );
+        let map_fd = match self.ebpf.map(names::SOCK_OVERFLOW) {
+            Some(Map::HashMap(m)) => m.fd().as_fd().as_raw_fd(),
+            _ => bail!("SOCK_OVERFLOW map missing"),
+        };
         read_batches::<u64, SockState>(map_fd, |sk, st| out.push((*sk, IoCounts::from_kernel(&st.io))))
-            .context("reading the socket table")?;
+            .context("reading the socket table's overflow map")?;
         Ok(out)
     }
 

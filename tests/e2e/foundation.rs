@@ -281,3 +281,43 @@ fn accepted_connections_belong_to_the_worker_that_accepts_them() {
     assert_eq!(num(p, "closed_by_peer") + num(p, "closed_by_local"), 0, "{parent}");
     drop(c);
 }
+
+/// A state change in a softirq that interrupts observer's state program running in process
+/// context on the same CPU is skipped by the kernel for that program (its recursion guard); a
+/// second program handles exactly those. Under a churn where the server closes first and the
+/// clients hold their sockets (a delayed ACK completes each server close from a timer's softirq,
+/// while the process closes and opens other connections), every state change the kernel skipped
+/// is handled, and every connection is opened, accepted and ended once.
+#[test]
+fn state_changes_that_interrupt_the_state_program_are_not_lost() {
+    let d = shared_daemon();
+    let busy: Vec<Proc> = (0..2).map(|_| busy_loop()).collect();
+    let (c, result) = client(None, &["close_first_churn", "8", "20000"]);
+    let pid = result["pid"].as_u64().unwrap() as u32;
+    let n = result["connections"].as_u64().unwrap();
+    assert!(n >= 1000, "too few connections to mean anything: {result}");
+    let addr = format!("127.0.0.1:{}", result["port"]);
+    let in_flight = |entry: &Value| -> u64 {
+        let s = entry["sockets"].as_object().unwrap();
+        s.iter()
+            .filter(|(k, _)| !["TIME_WAIT", "FIN_WAIT2"].contains(&k.as_str()))
+            .map(|(_, v)| v.as_u64().unwrap())
+            .sum()
+    };
+    let doc = d.wait_process(pid, WAIT, "every client connection ended", |doc| {
+        outbound(doc, &addr).is_some_and(|o| num(o, "connection_lifetime_seconds/count") == n && in_flight(o) == 0)
+    });
+    let o = outbound(&doc, &addr).unwrap();
+    assert_eq!(num(o, "connections_opened"), n, "{o}");
+    assert_eq!((num(o, "closed_by_peer"), num(o, "closed_by_local")), (n, 0), "{o}");
+    let i = inbound(&doc, &addr).unwrap();
+    assert_eq!(num(i, "connections_accepted"), n, "{i}");
+    assert_eq!((num(i, "closed_by_local"), num(i, "closed_by_peer")), (n, 0), "{i}");
+    // Every run the kernel skipped the state program for, the second program handled.
+    let skipped = recursion_misses(d.pid(), "inet_sock_set_state");
+    let (_, status) = d.get("/api/v1/status");
+    assert_eq!(num(&status, "nested_state_changes"), skipped, "{status}");
+    eprintln!("{n} connections; state changes the kernel skipped the state program for: {skipped}");
+    c.finish();
+    drop(busy);
+}

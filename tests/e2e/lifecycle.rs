@@ -6,23 +6,6 @@ use std::time::Duration;
 
 use observer_e2e::*;
 
-/// Ids of the BPF objects of one kind (`prog_id`, `link_id`) that process `pid` holds open,
-/// from its file descriptors.
-fn bpf_ids_of(pid: u32, key: &str) -> Vec<u64> {
-    let mut ids = Vec::new();
-    for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).expect("fdinfo").flatten() {
-        let Ok(info) = std::fs::read_to_string(fd.path()) else { continue };
-        for line in info.lines() {
-            if let Some(v) = line.strip_prefix(&format!("{key}:")) {
-                ids.push(v.trim().parse().unwrap());
-            }
-        }
-    }
-    ids.sort();
-    ids.dedup();
-    ids
-}
-
 fn bpf_object_exists(kind: &str, id: u64) -> bool {
     Command::new("bpftool").args([kind, "show", "id", &id.to_string()]).output().unwrap().status.success()
 }
@@ -32,8 +15,8 @@ fn detaches_cleanly_on(signal: libc::c_int) {
     let pid = d.pid();
     let progs = bpf_ids_of(pid, "prog_id");
     let links = bpf_ids_of(pid, "link_id");
-    assert_eq!(progs.len(), 6, "6 programs loaded: {progs:?}");
-    assert_eq!(links.len(), 6, "one link per program: {links:?}");
+    assert_eq!(progs.len(), 8, "8 programs loaded: {progs:?}");
+    assert_eq!(links.len(), 8, "one link per program: {links:?}");
     assert!(progs.iter().all(|id| bpf_object_exists("prog", *id)));
     let (status, log) = d.stop_with(signal);
     assert!(status.success(), "exit status {status:?}\n{log}");

@@ -126,7 +126,69 @@ def pool_overflow(url, threads, per_thread, maxsize):
 
 
 KEEP = []
+def close_first_churn(seconds, limit):
+    """A server that answers and closes first, and clients that hold each connection a while
+    (the client's ACK of the server's FIN is delayed: it completes the server's close from a
+    timer's softirq, which can interrupt observer's program running for another connection on
+    the same CPU). At most `limit` connections over `seconds`; every socket is closed at the end.
+    Returns how many connections were made."""
+    import threading
+    import time
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1024)
+    port = listener.getsockname()[1]
+    stop = time.time() + float(seconds)
+    made = [0]
+    lock = threading.Lock()
+
+    def serve():
+        listener.settimeout(0.2)
+        while True:
+            try:
+                s, _ = listener.accept()
+            except socket.timeout:
+                if time.time() > stop + 2:
+                    return
+                continue
+            s.recv(16)
+            s.send(b"x")
+            s.close()
+
+    def connect():
+        held = []
+        while time.time() < stop:
+            with lock:
+                if made[0] >= int(limit):
+                    break
+                made[0] += 1
+            c = socket.create_connection(("127.0.0.1", port))
+            c.send(b"q")
+            # The answer, then the server's FIN: the server closed first.
+            while c.recv(16):
+                pass
+            held.append(c)
+            if len(held) >= 200:
+                for h in held[:100]:
+                    h.close()
+                del held[:100]
+        for h in held:
+            h.close()
+
+    server = threading.Thread(target=serve)
+    server.start()
+    clients = [threading.Thread(target=connect) for _ in range(4)]
+    for t in clients:
+        t.start()
+    for t in clients:
+        t.join()
+    server.join()
+    listener.close()
+    return {"connections": made[0], "port": port}
+
+
 SCENARIOS = {
+    "close_first_churn": close_first_churn,
     "requests_no_session": requests_no_session,
     "requests_session": requests_session,
     "retry_refused": retry_refused,

@@ -351,6 +351,37 @@ pub fn busy_loop() -> Proc {
     Proc::spawn(cmd)
 }
 
+/// Ids of the BPF objects of one kind (`prog_id`, `link_id`) that process `pid` holds open,
+/// from its file descriptors.
+pub fn bpf_ids_of(pid: u32, key: &str) -> Vec<u64> {
+    let mut ids = Vec::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).expect("fdinfo").flatten() {
+        let Ok(info) = std::fs::read_to_string(fd.path()) else { continue };
+        for line in info.lines() {
+            if let Some(v) = line.strip_prefix(&format!("{key}:")) {
+                ids.push(v.trim().parse().unwrap());
+            }
+        }
+    }
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+/// `recursion_misses` of the BPF program named `name` that process `pid` holds: the runs the
+/// kernel skipped because the program was already running on the CPU.
+pub fn recursion_misses(pid: u32, name: &str) -> u64 {
+    for id in bpf_ids_of(pid, "prog_id") {
+        let out =
+            Command::new("bpftool").args(["-j", "prog", "show", "id", &id.to_string()]).output().expect("bpftool");
+        let Ok(prog) = serde_json::from_slice::<Value>(&out.stdout) else { continue };
+        if prog["name"] == name {
+            return prog["recursion_misses"].as_u64().unwrap_or(0);
+        }
+    }
+    panic!("process {pid} holds no BPF program named {name}");
+}
+
 /// Number of sockets `ss -Htan <filter>` lists.
 pub fn ss_count(filter: &[&str]) -> usize {
     let out = Command::new("ss").arg("-Htan").args(filter).output().expect("ss");

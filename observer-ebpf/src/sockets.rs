@@ -1,0 +1,126 @@
+//! The socket table: finding a socket's record, taking a slot for a new socket, freeing it at
+//! CLOSE. See `observer_common::SockBucket` for its layout.
+
+use core::ffi::c_void;
+use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd, atomic_xsub};
+
+use aya_ebpf::helpers::generated::bpf_get_socket_cookie;
+use observer_common::{KernelOffsets, Owner, SOCK_BUCKET_WAYS, SockBucket, SockState, counter, sock_bucket};
+
+use crate::kernel;
+use crate::maps::{SOCK_BUCKET_COUNT, SOCK_BUCKETS, SOCK_OVERFLOW, SOCK_SLOTS, count};
+
+/// A tracked socket's record, and where it lives.
+pub struct Tracked {
+    pub state: *mut SockState,
+    /// The slot's cookie word in its bucket; null for a record in the overflow map.
+    cookie: *mut u64,
+    bucket: *mut SockBucket,
+}
+
+/// The record of `sk`, if observer tracks it. No lock, no helper call: the socket's cookie (0
+/// for a socket that never had one asked for, which observer does not track), one bucket.
+#[inline(always)]
+pub fn find(off: &KernelOffsets, sk: *mut c_void) -> Option<Tracked> {
+    let cookie: u64 = kernel::sock_field(sk as u64, off.sock_cookie);
+    if cookie == 0 {
+        return None;
+    }
+    let index = sock_bucket(cookie, SOCK_BUCKET_COUNT.load());
+    let bucket = SOCK_BUCKETS.get_ptr_mut(index)?;
+    for way in 0..SOCK_BUCKET_WAYS {
+        let word = unsafe { &mut (*bucket).cookies[way] as *mut u64 };
+        if unsafe { core::ptr::read_volatile(word) } == cookie {
+            let slot = SOCK_SLOTS.get_ptr_mut(index * SOCK_BUCKET_WAYS as u32 + way as u32)?;
+            return Some(Tracked { state: unsafe { &mut (*slot).state }, cookie: word, bucket });
+        }
+    }
+    if unsafe { core::ptr::read_volatile(&(*bucket).overflow) } == 0 {
+        return None;
+    }
+    let state = SOCK_OVERFLOW.get_ptr_mut(&(sk as u64))?;
+    Some(Tracked { state, cookie: core::ptr::null_mut(), bucket })
+}
+
+/// Start tracking a new socket, owned by `owner`; `unannounced`: no record reports its creation.
+/// (A record left by a socket whose CLOSE was never seen is replaced.)
+#[inline(always)]
+pub fn track(sk: *mut c_void, owner: &Owner, claimed: bool, tls: u32, unannounced: bool) -> bool {
+    // Hands out the socket's cookie the first time (a per-CPU counter).
+    let cookie = unsafe { bpf_get_socket_cookie(sk) };
+    let index = sock_bucket(cookie, SOCK_BUCKET_COUNT.load());
+    let Some(bucket) = SOCK_BUCKETS.get_ptr_mut(index) else {
+        count(counter::STORAGE_FAILED);
+        return false;
+    };
+    let mut taken = None;
+    for way in 0..SOCK_BUCKET_WAYS {
+        if unsafe { core::ptr::read_volatile(&(*bucket).cookies[way]) } == cookie {
+            taken = Some(way);
+            break;
+        }
+    }
+    if taken.is_none() {
+        for way in 0..SOCK_BUCKET_WAYS {
+            let word = unsafe { &mut (*bucket).cookies[way] };
+            let (_, won) =
+                unsafe { atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(word, 0, cookie) };
+            if won {
+                taken = Some(way);
+                break;
+            }
+        }
+    }
+    let has_overflow = unsafe { core::ptr::read_volatile(&(*bucket).overflow) } != 0;
+    if let Some(way) = taken {
+        // A stale overflow record of this socket would shadow nothing, but would stay.
+        if has_overflow && SOCK_OVERFLOW.remove(&(sk as u64)).is_ok() {
+            unsafe { atomic_xsub::<u64, u64, { AtomicOrdering::Relaxed }>(&mut (*bucket).overflow, 1) };
+        }
+        let Some(slot) = SOCK_SLOTS.get_ptr_mut(index * SOCK_BUCKET_WAYS as u32 + way as u32) else {
+            return false;
+        };
+        unsafe {
+            crate::zero_words(&mut (*slot).state);
+            fill(&mut (*slot).state, owner, claimed, tls, unannounced);
+            (*slot).sk = sk as u64;
+            core::ptr::write_volatile(&mut (*slot).cookie, cookie);
+        }
+        return true;
+    }
+    // The bucket is full: the overflow map.
+    let mut init = core::mem::MaybeUninit::<SockState>::uninit();
+    let init = unsafe {
+        crate::zero_words(init.as_mut_ptr());
+        fill(&mut *init.as_mut_ptr(), owner, claimed, tls, unannounced);
+        init.assume_init_ref()
+    };
+    let fresh = !(has_overflow && SOCK_OVERFLOW.get_ptr(&(sk as u64)).is_some());
+    if SOCK_OVERFLOW.insert(&(sk as u64), init, 0).is_err() {
+        count(counter::STORAGE_FAILED);
+        return false;
+    }
+    if fresh {
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&mut (*bucket).overflow, 1) };
+        count(counter::SOCK_OVERFLOW);
+    }
+    true
+}
+
+#[inline(always)]
+fn fill(st: &mut SockState, owner: &Owner, claimed: bool, tls: u32, unannounced: bool) {
+    st.owner = *owner;
+    st.io.claimed = u32::from(claimed);
+    st.tls = tls;
+    st.unannounced = u32::from(unannounced);
+}
+
+/// Stop tracking `sk` (its record must have been read already: the slot may be taken at once).
+#[inline(always)]
+pub fn forget(sk: *mut c_void, t: &Tracked) {
+    if !t.cookie.is_null() {
+        unsafe { core::ptr::write_volatile(t.cookie, 0) };
+    } else if SOCK_OVERFLOW.remove(&(sk as u64)).is_ok() {
+        unsafe { atomic_xsub::<u64, u64, { AtomicOrdering::Relaxed }>(&mut (*t.bucket).overflow, 1) };
+    }
+}

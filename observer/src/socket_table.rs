@@ -1,0 +1,150 @@
+//! The kernel's socket table, seen from user space: its size for `--max-sockets`, and reading the
+//! records of every open connection in place (its two arrays are memory-mapped: no system call
+//! per read). See `observer_common::SockBucket` for the layout.
+
+use std::os::fd::RawFd;
+
+use anyhow::{Result, bail};
+use observer_common::{SOCK_BUCKET_WAYS, SockBucket, SockSlot, SockState};
+
+/// The table's dimensions for `max_sockets`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Size {
+    pub buckets: u32,
+    /// `buckets` * ways.
+    pub slots: u32,
+    /// Entries of the overflow map.
+    pub overflow: u32,
+}
+
+impl Size {
+    /// At least `max_sockets` slots. Sockets hash unevenly over the buckets: with as many
+    /// sockets as slots, a Poisson spread of mean 7 per bucket leaves about 15% of them in the
+    /// overflow map, sized for a quarter of `max_sockets`.
+    pub fn for_max_sockets(max_sockets: u32) -> Size {
+        let buckets = max_sockets.div_ceil(SOCK_BUCKET_WAYS as u32);
+        Size { buckets, slots: buckets * SOCK_BUCKET_WAYS as u32, overflow: (max_sockets / 4).max(1024) }
+    }
+}
+
+/// Every tracked socket's address and record in the table's arrays (`bucket` and `slot` copy
+/// one element out), taken as they are while the kernel changes them. A slot counts only while
+/// its own cookie matches its bucket's: a slot being taken is skipped until filled in, and a slot
+/// freed and taken again while it was read is dropped (its socket is gone).
+pub fn live_slots(
+    bucket: impl Fn(usize) -> Option<SockBucket>,
+    slot: impl Fn(usize) -> Option<SockSlot>,
+    mut each: impl FnMut(u64, &SockState),
+) {
+    let mut b = 0;
+    while let Some(bucket) = bucket(b) {
+        for (way, &cookie) in bucket.cookies.iter().enumerate() {
+            if cookie == 0 {
+                continue;
+            }
+            if let Some(s) = slot(b * SOCK_BUCKET_WAYS + way)
+                && s.cookie == cookie
+            {
+                each(s.sk, &s.state);
+            }
+        }
+        b += 1;
+    }
+}
+
+/// An array map mapped read-only into the daemon (the map must be `BPF_F_MMAPABLE`).
+pub struct MappedArray<T> {
+    ptr: *const T,
+    len: usize,
+    bytes: usize,
+}
+
+// SAFETY: a read-only shared mapping, read through volatile copies only.
+unsafe impl<T> Send for MappedArray<T> {}
+unsafe impl<T> Sync for MappedArray<T> {}
+
+impl<T: Copy> MappedArray<T> {
+    pub fn new(fd: RawFd, len: u32) -> Result<MappedArray<T>> {
+        // The kernel lays array values out 8-byte aligned, from the start of the mapping.
+        if !size_of::<T>().is_multiple_of(8) {
+            bail!("array value size {} is not a multiple of 8", size_of::<T>());
+        }
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let bytes = (len as usize * size_of::<T>()).div_ceil(page) * page;
+        // SAFETY: a fresh shared read-only mapping of the map's fd; checked below.
+        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), bytes, libc::PROT_READ, libc::MAP_SHARED, fd, 0) };
+        if ptr == libc::MAP_FAILED {
+            bail!("mapping the socket table: {}", std::io::Error::last_os_error());
+        }
+        Ok(MappedArray { ptr: ptr as *const T, len: len as usize, bytes })
+    }
+
+    /// A copy of element `i`.
+    pub fn get(&self, i: usize) -> Option<T> {
+        // SAFETY: checked against len, within the mapping.
+        (i < self.len).then(|| unsafe { std::ptr::read_volatile(self.ptr.add(i)) })
+    }
+}
+
+impl<T> Drop for MappedArray<T> {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once.
+        unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.bytes) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_holds_at_least_max_sockets_slots() {
+        assert_eq!(Size::for_max_sockets(131072), Size { buckets: 18725, slots: 131075, overflow: 32768 });
+        assert_eq!(Size::for_max_sockets(1024), Size { buckets: 147, slots: 1029, overflow: 1024 });
+        assert_eq!(Size::for_max_sockets(7 * 1024).slots, 7 * 1024);
+    }
+
+    #[test]
+    fn cookies_spread_over_every_bucket() {
+        // Cookies come in per-CPU runs of consecutive numbers: 70,000 of them over 10,000 buckets.
+        let buckets = 10_000u32;
+        let mut load = vec![0u32; buckets as usize];
+        for run in 0..70u64 {
+            for i in 0..1000u64 {
+                let b = observer_common::sock_bucket((run << 20) + i + 1, buckets);
+                load[b as usize] += 1;
+            }
+        }
+        // Mean 7: a Poisson spread puts about 15% of sockets beyond the 7 ways of their bucket
+        // (the overflow map takes them) and leaves about 0.1% of buckets empty.
+        let beyond: u32 = load.iter().map(|&n| n.saturating_sub(SOCK_BUCKET_WAYS as u32)).sum();
+        let empty = load.iter().filter(|&&n| n == 0).count();
+        assert!(beyond < 70_000 / 5, "{beyond} sockets beyond their bucket");
+        assert!(empty < 100, "{empty} empty buckets");
+    }
+
+    fn slot(cookie: u64, sk: u64, sent: u64) -> SockSlot {
+        let mut s = SockSlot { cookie, sk, ..Default::default() };
+        s.state.io.bytes_sent = sent;
+        s
+    }
+
+    #[test]
+    fn only_slots_matching_their_bucket_are_read() {
+        let mut buckets = [SockBucket::default(); 2];
+        let mut slots = vec![SockSlot::default(); 2 * SOCK_BUCKET_WAYS];
+        // Bucket 0: a live socket in way 0, a slot being taken in way 3 (cookie claimed, slot not
+        // yet filled in), a free slot with stale contents in way 5.
+        buckets[0].cookies[0] = 11;
+        slots[0] = slot(11, 0x1000, 5);
+        buckets[0].cookies[3] = 12;
+        slots[3] = slot(99, 0x2000, 6);
+        slots[5] = slot(13, 0x3000, 7);
+        // Bucket 1, last way.
+        buckets[1].cookies[6] = 21;
+        slots[SOCK_BUCKET_WAYS + 6] = slot(21, 0x4000, 8);
+        let mut seen = Vec::new();
+        live_slots(|b| buckets.get(b).copied(), |i| slots.get(i).copied(), |sk, st| seen.push((sk, st.io.bytes_sent)));
+        assert_eq!(seen, vec![(0x1000, 5), (0x4000, 8)]);
+    }
+}
