@@ -53,7 +53,9 @@ const SECTIONS: &[(&str, &str)] = &[
 
 /// The programs observer loads.
 const PROGRAMS: &[&str] = &[
+    "inet_sock_set_state_enter",
     "inet_sock_set_state",
+    "inet_sock_set_state_nested",
     "sock_send_length",
     "sock_recv_length",
     "tcp_send_reset",
