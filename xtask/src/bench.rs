@@ -71,7 +71,7 @@ const PROGRAMS: &[&str] = &[
 const CALIBRATION: [(&str, &str); 5] = [
     ("calibrate_empty", "nothing (the floor)"),
     ("calibrate_clock", "read the clock (`bpf_ktime_get_ns`)"),
-    ("calibrate_lookup", "find the socket's record (hash map lookup)"),
+    ("calibrate_lookup", "find the socket's record (its slot in the socket table)"),
     ("calibrate_record", "reserve a 24-byte ring-buffer record (and discard it)"),
     ("calibrate_user_read", "read the first byte the application sent (TLS recognition)"),
 ];
