@@ -18,9 +18,9 @@ pub struct Size {
 }
 
 impl Size {
-    /// At least `max_sockets` slots. Sockets hash unevenly over the buckets: with as many
-    /// sockets as slots, a Poisson spread of mean 7 per bucket leaves about 15% of them in the
-    /// overflow map, sized for a quarter of `max_sockets`.
+    /// At least `max_sockets` slots. Sockets spread over the buckets like groups of 64 thrown at
+    /// random (see `sock_bucket`): with as many sockets as slots, a spread of mean 7 per bucket
+    /// leaves about 15% of them in the overflow map, sized for a quarter of `max_sockets`.
     pub fn for_max_sockets(max_sockets: u32) -> Size {
         let buckets = max_sockets.div_ceil(SOCK_BUCKET_WAYS as u32);
         Size { buckets, slots: buckets * SOCK_BUCKET_WAYS as u32, overflow: (max_sockets / 4).max(1024) }
@@ -115,12 +115,39 @@ mod tests {
                 load[b as usize] += 1;
             }
         }
-        // Mean 7: a Poisson spread puts about 15% of sockets beyond the 7 ways of their bucket
-        // (the overflow map takes them) and leaves about 0.1% of buckets empty.
+        // Mean 7: even a Poisson spread would put only about 15% of sockets beyond the 7 ways of
+        // their bucket (the overflow map takes them) and leave about 0.1% of buckets empty.
         let beyond: u32 = load.iter().map(|&n| n.saturating_sub(SOCK_BUCKET_WAYS as u32)).sum();
         let empty = load.iter().filter(|&&n| n == 0).count();
         assert!(beyond < 70_000 / 5, "{beyond} sockets beyond their bucket");
         assert!(empty < 100, "{empty} empty buckets");
+    }
+
+    #[test]
+    fn consecutive_cookies_take_adjacent_buckets() {
+        // A CPU's new sockets one after the other: adjacent cache lines, 64 at a time (wrapping
+        // at the table's end); the next 64 start somewhere else.
+        let buckets = 18725u32;
+        let bucket = |c: u64| observer_common::sock_bucket(c, buckets);
+        for group in [1u64 << 20, 7 << 32, 123_456] {
+            let first = group * 64;
+            let start = bucket(first);
+            let got: Vec<u32> = (0..64).map(|i| bucket(first + i)).collect();
+            let want: Vec<u32> = (0..64).map(|i| (start + i) % buckets).collect();
+            assert_eq!(got, want);
+            assert_ne!(bucket(first + 64), (start + 64) % buckets, "the next group starts elsewhere");
+        }
+        // A group placed at the very end wraps to the first bucket.
+        let end = (0..100_000u64).find(|g| bucket(g * 64) >= buckets - 8).expect("a group near the end");
+        assert!((0..64).any(|i| bucket(end * 64 + i) == 0));
+        assert!((0..64).all(|i| bucket(end * 64 + i) < buckets));
+        // Tiny tables, and an empty one, stay in bounds.
+        assert!((0..1000).all(|c| bucket_of(c, 5) < 5));
+        assert_eq!(observer_common::sock_bucket(42, 0), 0);
+    }
+
+    fn bucket_of(cookie: u64, buckets: u32) -> u32 {
+        observer_common::sock_bucket(cookie, buckets)
     }
 
     fn slot(cookie: u64, sk: u64, sent: u64) -> SockSlot {
