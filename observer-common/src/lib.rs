@@ -142,6 +142,13 @@ pub fn sock_bucket(cookie: u64, buckets: u32) -> u32 {
     if index < buckets as u64 { index as u32 } else { (index % u64::from(buckets.max(1))) as u32 }
 }
 
+/// The index in the slot array of way `way` of bucket `bucket` (the slot of the socket whose
+/// cookie is in that way).
+#[inline(always)]
+pub fn sock_slot_index(bucket: u32, way: usize) -> u32 {
+    bucket * SOCK_BUCKET_WAYS as u32 + way as u32
+}
+
 /// Capture of a connection's first bytes, to recognise and parse its TLS handshake in user
 /// space. [`SockState::tls`] holds the budget: the low byte counts the sends still to copy, the
 /// next byte the receives, and [`tls_capture::CLASSIFIED`] is set once the first byte was seen to

@@ -5,7 +5,9 @@ use core::ffi::c_void;
 use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd, atomic_xsub};
 
 use aya_ebpf::helpers::generated::bpf_get_socket_cookie;
-use observer_common::{KernelOffsets, Owner, SOCK_BUCKET_WAYS, SockBucket, SockState, counter, sock_bucket};
+use observer_common::{
+    KernelOffsets, Owner, SOCK_BUCKET_WAYS, SockBucket, SockState, counter, sock_bucket, sock_slot_index,
+};
 
 use crate::kernel;
 use crate::maps::{SOCK_BUCKET_COUNT, SOCK_BUCKETS, SOCK_OVERFLOW, SOCK_SLOTS, count};
@@ -31,7 +33,7 @@ pub fn find(off: &KernelOffsets, sk: *mut c_void) -> Option<Tracked> {
     for way in 0..SOCK_BUCKET_WAYS {
         let word = unsafe { &mut (*bucket).cookies[way] as *mut u64 };
         if unsafe { core::ptr::read_volatile(word) } == cookie {
-            let slot = SOCK_SLOTS.get_ptr_mut(index * SOCK_BUCKET_WAYS as u32 + way as u32)?;
+            let slot = SOCK_SLOTS.get_ptr_mut(sock_slot_index(index, way))?;
             return Some(Tracked { state: unsafe { &mut (*slot).state }, cookie: word, bucket });
         }
     }
@@ -77,7 +79,7 @@ pub fn track(sk: *mut c_void, owner: &Owner, claimed: bool, tls: u32, unannounce
         if has_overflow && SOCK_OVERFLOW.remove(&(sk as u64)).is_ok() {
             unsafe { atomic_xsub::<u64, u64, { AtomicOrdering::Relaxed }>(&mut (*bucket).overflow, 1) };
         }
-        let Some(slot) = SOCK_SLOTS.get_ptr_mut(index * SOCK_BUCKET_WAYS as u32 + way as u32) else {
+        let Some(slot) = SOCK_SLOTS.get_ptr_mut(sock_slot_index(index, way)) else {
             return false;
         };
         unsafe {

@@ -42,7 +42,7 @@ pub fn live_slots(
             if cookie == 0 {
                 continue;
             }
-            if let Some(s) = slot(b * SOCK_BUCKET_WAYS + way)
+            if let Some(s) = slot(observer_common::sock_slot_index(b as u32, way) as usize)
                 && s.cookie == cookie
             {
                 each(s.sk, &s.state);
@@ -142,12 +142,8 @@ mod tests {
         assert!((0..64).any(|i| bucket(end * 64 + i) == 0));
         assert!((0..64).all(|i| bucket(end * 64 + i) < buckets));
         // Tiny tables, and an empty one, stay in bounds.
-        assert!((0..1000).all(|c| bucket_of(c, 5) < 5));
+        assert!((0..1000).all(|c| observer_common::sock_bucket(c, 5) < 5));
         assert_eq!(observer_common::sock_bucket(42, 0), 0);
-    }
-
-    fn bucket_of(cookie: u64, buckets: u32) -> u32 {
-        observer_common::sock_bucket(cookie, buckets)
     }
 
     fn slot(cookie: u64, sk: u64, sent: u64) -> SockSlot {
