@@ -461,6 +461,9 @@ pub mod names {
     pub const OFFSETS: &str = "OFFSETS";
     /// Global: the initial [`super::SockState::tls`] of new connections (0: TLS capture off).
     pub const TLS_CAPTURE: &str = "TLS_CAPTURE";
+    /// Global: 1 for `cargo xtask bench` only (the daemon's hidden `--bench-table-only`): the
+    /// programs queue no records.
+    pub const NO_RECORDS: &str = "NO_RECORDS";
 }
 
 #[cfg(feature = "user")]

@@ -24,7 +24,7 @@ use aya_ebpf::{
     helpers::bpf_ktime_get_ns, macros::btf_tracepoint, maps::ring_buf::RingBufEntry, programs::BtfTracePointContext,
 };
 use aya_log_ebpf::{debug, warn};
-use maps::{EVENTS, LISTENERS, OFFSETS, STATE_PENDING, TLS_CAPTURE, TLS_SCRATCH, count};
+use maps::{EVENTS, LISTENERS, NO_RECORDS, OFFSETS, STATE_PENDING, TLS_CAPTURE, TLS_SCRATCH, count};
 use observer_common::{
     Closed, Event, KernelOffsets, ListenerKey, ListenerValue, Owner, SockState, TlsChunkHeader, Transition, counter,
     flags, io_dir, kind, tcp_state, tls_capture,
@@ -48,10 +48,7 @@ fn now() -> u64 {
 /// a stack struct), then submitted with [`submit`].
 #[inline(always)]
 fn reserve_event(event_kind: u8, sk: u64, ts_ns: u64) -> Option<RingBufEntry<Event>> {
-    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
-        count(counter::EVENTS_LOST);
-        return None;
-    };
+    let mut entry = reserve::<Event>()?;
     let e = entry.as_mut_ptr();
     unsafe { zero_words(e) };
     unsafe {
@@ -60,6 +57,19 @@ fn reserve_event(event_kind: u8, sk: u64, ts_ns: u64) -> Option<RingBufEntry<Eve
         (*e).ts_ns = ts_ns;
     }
     Some(entry)
+}
+
+/// Reserve a record in the ring buffer (counted as lost if it is full).
+#[inline(always)]
+fn reserve<T: 'static>() -> Option<RingBufEntry<T>> {
+    if NO_RECORDS.load() != 0 {
+        return None;
+    }
+    let entry = EVENTS.reserve::<T>(0);
+    if entry.is_none() {
+        count(counter::EVENTS_LOST);
+    }
+    entry
 }
 
 /// Zero `*p` with word writes. Zeroing a struct as a whole, or building one with zero or padding
@@ -84,12 +94,9 @@ fn submit<T>(entry: RingBufEntry<T>) {
 /// Queue a small fixed-size record (counted as lost if the ring buffer is full).
 #[inline(always)]
 fn emit<T: 'static>(record: T) {
-    match EVENTS.reserve::<T>(0) {
-        Some(mut entry) => {
-            entry.write(record);
-            submit(entry);
-        }
-        None => count(counter::EVENTS_LOST),
+    if let Some(mut entry) = reserve::<T>() {
+        entry.write(record);
+        submit(entry);
     }
 }
 
@@ -97,10 +104,7 @@ fn emit<T: 'static>(record: T) {
 /// a memset call).
 #[inline(always)]
 fn emit_transition(ts_ns: u64, sk: u64, old: u8, new: u8, sport: u16) {
-    let Some(mut entry) = EVENTS.reserve::<Transition>(0) else {
-        count(counter::EVENTS_LOST);
-        return;
-    };
+    let Some(mut entry) = reserve::<Transition>() else { return };
     let t = entry.as_mut_ptr();
     unsafe {
         zero_words(t);
@@ -435,7 +439,7 @@ fn capture_tls(sk: *mut c_void, st: *mut SockState, dir: u32, ret: u32, tls: u32
             return;
         }
         let bytes = core::slice::from_raw_parts(chunk as *const u8, len);
-        if EVENTS.output::<[u8]>(bytes, BPF_RB_NO_WAKEUP).is_err() {
+        if NO_RECORDS.load() == 0 && EVENTS.output::<[u8]>(bytes, BPF_RB_NO_WAKEUP).is_err() {
             count(counter::EVENTS_LOST);
         }
     }

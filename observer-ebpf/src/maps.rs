@@ -60,6 +60,12 @@ pub static SOCK_BUCKET_COUNT: Global<u32> = Global::new(32768);
 #[unsafe(no_mangle)]
 pub static TLS_CAPTURE: Global<u32> = Global::new(0);
 
+/// 1 for `cargo xtask bench` only (the daemon's hidden `--bench-table-only`): the programs keep
+/// the socket table as always but queue no records, to measure what the table alone costs. A
+/// read-only global: the verifier removes the branches it decides, so it costs nothing otherwise.
+#[unsafe(no_mangle)]
+pub static NO_RECORDS: Global<u32> = Global::new(0);
+
 #[inline(always)]
 pub fn count(index: u32) {
     if let Some(p) = COUNTERS.get_ptr_mut(index) {

@@ -34,6 +34,7 @@ pub struct DaemonOptions {
     pub bench_calibration: bool,
     /// Attach empty programs instead of observer's (the benchmark's floor).
     pub bench_floor: bool,
+    pub bench_table_only: bool,
     /// Let the benchmark detach and attach the kernel programs with SIGUSR1 and SIGUSR2.
     pub bench_toggle: bool,
     pub max_sockets: u32,
@@ -62,6 +63,7 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
         tls: opts.tls,
         bench_calibration: opts.bench_calibration,
         bench_floor: opts.bench_floor,
+        bench_table_only: opts.bench_table_only,
         max_sockets: opts.max_sockets,
     })?;
     let ring = probes.take_events()?;

@@ -123,6 +123,11 @@ enum Command {
         /// observer's own (nothing is observed).
         #[arg(long, hide = true)]
         bench_floor: bool,
+        /// `cargo xtask bench` only: observer's programs keep the socket table but queue no
+        /// records, and state changes are not handled exactly once (nothing is reported): the
+        /// least a tracer that records each socket's owner costs.
+        #[arg(long, hide = true, conflicts_with = "bench_floor")]
+        bench_table_only: bool,
         /// `cargo xtask bench` only: SIGUSR1 detaches the kernel programs, SIGUSR2 attaches them
         /// again (each logged at warn level once done).
         #[arg(long, hide = true)]
@@ -191,6 +196,7 @@ fn main() {
             no_tls,
             bench_calibration,
             bench_floor,
+            bench_table_only,
             bench_toggle,
             max_sockets,
             close_wait_floor,
@@ -243,6 +249,7 @@ fn main() {
                         tls: !no_tls,
                         bench_calibration,
                         bench_floor,
+                        bench_table_only,
                         bench_toggle,
                         max_sockets,
                     }))

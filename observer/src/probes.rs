@@ -37,6 +37,10 @@ pub struct Options {
     pub bench_calibration: bool,
     /// Attach the benchmark's empty programs ([`FLOOR_PROGRAMS`]) instead of observer's.
     pub bench_floor: bool,
+    /// The benchmark's lower bound of observer's design: its programs queue no records, and only
+    /// the main one of [`STATE_PROGRAMS`] is attached (the socket table is kept as always; state
+    /// changes are not handled exactly once). Nothing is reported.
+    pub bench_table_only: bool,
 }
 
 /// The benchmark's calibration programs (see the kernel programs), all on `sock_send_length`.
@@ -165,6 +169,7 @@ impl Probes {
             .btf(Some(&btf))
             .override_global(names::OFFSETS, &offsets, true)
             .override_global(names::TLS_CAPTURE, &tls_capture, true)
+            .override_global(names::NO_RECORDS, &u32::from(opts.bench_table_only), true)
             .override_global("AYA_LOG_LEVEL", &opts.kernel_log_level, false)
             .map_max_entries(names::EVENTS, opts.ring_buffer_bytes)
             .override_global(names::SOCK_BUCKET_COUNT, &table.buckets, true)
@@ -193,7 +198,13 @@ impl Probes {
         }
         // The one hook observer cannot work without: three programs, attached (and so run) in this
         // order, for each state change to be handled exactly once (see the kernel programs).
+        if opts.bench_table_only {
+            log::warn!("--bench-table-only: the kernel programs queue no records, nothing is reported");
+        }
         for prog in STATE_PROGRAMS {
+            if opts.bench_table_only && prog != "inet_sock_set_state" {
+                continue;
+            }
             let link = attach_btf_tracepoint(&mut ebpf, &btf, prog, "inet_sock_set_state")
                 .context("the kernel has no usable sock/inet_sock_set_state tracepoint")?;
             links.push((prog, Some(link)));

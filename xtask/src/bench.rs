@@ -262,6 +262,21 @@ pub struct Bench {
     work: PathBuf,
 }
 
+/// What the daemon attaches in an interleaved measurement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Programs {
+    /// Its own programs, as in production.
+    Observer,
+    /// Its own programs, queueing no records, and only the main one of the three on state
+    /// changes (`--bench-table-only`): what keeping the socket table alone costs, the least any
+    /// tracer that records each socket's owner pays (without even handling every state change
+    /// exactly once).
+    TableOnly,
+    /// Empty programs on the same three hooks (`--bench-floor`): what any tracer of these events
+    /// costs at least.
+    Floor,
+}
+
 /// Switches a daemon started with `--bench-toggle` between running with its programs attached
 /// and stopped with them detached.
 struct Toggle {
@@ -589,16 +604,19 @@ impl Bench {
     }
 
     /// Observer against no tracer in alternating windows of one load run (see [`interleave`]):
-    /// `pairs` pairs, the order within each pair alternating.
-    /// `floor`: the daemon attaches empty programs instead of its own (`--bench-floor`), what any
-    /// tracer on these hooks costs at least.
-    pub fn interleaved(&self, workload: Workload, pairs: usize, floor: bool) -> Result<(Vec<Pair>, u64)> {
+    /// `pairs` pairs, the order within each pair alternating, with the daemon's programs as
+    /// `programs` says.
+    pub fn interleaved(&self, workload: Workload, pairs: usize, programs: Programs) -> Result<(Vec<Pair>, u64)> {
         let port = free_port()?;
         let _nginx = self.start_nginx(port, 4096)?;
         let url = local_url(port);
         self.wrk(&url, workload, 2)?; // warm-up
         let log = self.work.join("observer-toggle.log");
-        let args: &[&str] = if floor { &["--bench-toggle", "--bench-floor"] } else { &["--bench-toggle"] };
+        let args: &[&str] = match programs {
+            Programs::Observer => &["--bench-toggle"],
+            Programs::TableOnly => &["--bench-toggle", "--bench-table-only"],
+            Programs::Floor => &["--bench-toggle", "--bench-floor"],
+        };
         let (daemon, api) = self.start_observer_logging(args, Some(&log))?;
         let mut toggle = Toggle { pid: daemon.0.id(), log, acks: 0, stopped: false };
         // Generously bounded: the windows, the switches, and a margin.
@@ -644,7 +662,11 @@ impl Bench {
         eprintln!(
             "xtask: {} interleaved{}: {:.3} ({:.3} - {:.3}) over {} pairs",
             workload.name(),
-            if floor { " (empty programs)" } else { "" },
+            match programs {
+                Programs::Observer => "",
+                Programs::TableOnly => " (socket table only)",
+                Programs::Floor => " (empty programs)",
+            },
             s.median,
             s.median_low,
             s.median_high,

@@ -298,11 +298,19 @@ fn main() -> Result<()> {
                 );
                 for workload in [bench::Workload::KeepAlive, bench::Workload::ConnectionClose] {
                     step(&format!("bench interleaved: {}, {pairs} pairs of windows", workload.name()));
-                    let (measured, lost) = b.interleaved(workload, pairs, false)?;
+                    let (measured, lost) = b.interleaved(workload, pairs, bench::Programs::Observer)?;
                     let s = interleave::Summary::of(&measured).expect("at least one pair");
                     step(&format!("bench interleaved: {}, empty programs, {pairs} pairs", workload.name()));
-                    let (floor, _) = b.interleaved(workload, pairs, true)?;
+                    let (floor, _) = b.interleaved(workload, pairs, bench::Programs::Floor)?;
                     let f = interleave::Summary::of(&floor).expect("at least one pair");
+                    // Where the target is missed: what the least of observer's design would cost.
+                    let table_only = if workload == bench::Workload::ConnectionClose {
+                        step(&format!("bench interleaved: {}, socket table only, {pairs} pairs", workload.name()));
+                        let (t, _) = b.interleaved(workload, pairs, bench::Programs::TableOnly)?;
+                        interleave::Summary::of(&t)
+                    } else {
+                        None
+                    };
                     interleaved_md.push_str(&interleave::markdown(
                         workload.name(),
                         &workload.wrk_command(),
@@ -310,6 +318,9 @@ fn main() -> Result<()> {
                         workload.target(),
                         lost,
                     ));
+                    if let Some(t) = &table_only {
+                        interleaved_md.push_str(&interleave::table_only_markdown(t, workload.target()));
+                    }
                     interleaved_md.push_str(&interleave::floor_markdown(&f, workload.target()));
                     interleaved.push((workload, s));
                 }
