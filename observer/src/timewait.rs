@@ -20,6 +20,10 @@ const SLACK_NS: u64 = 2_000_000_000;
 /// An entry the kernel still had at a reconciliation is kept at least this long after it
 /// (a FIN_WAIT2 timewait entry restarts its 60 s when the peer's FIN arrives).
 const RECONCILED_GRACE_NS: u64 = 10_000_000_000;
+/// Reconciliation passes in a row that must miss an entry before it goes. A netlink dump is not
+/// atomic: under churn, a socket can move in the kernel's hash table while it is dumped and be
+/// listed in no batch, so one miss is not proof that the kernel dropped the entry.
+const MISSES_TO_DROP: u8 = 2;
 
 /// A timewait entry in the kernel, as the 4-tuple the socket had.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,6 +87,8 @@ struct TwEntry {
     substate: TcpState,
     /// The reconciliation pass that last found it in the kernel's table.
     seen_pass: u32,
+    /// Passes in a row that did not find it (see [`MISSES_TO_DROP`]).
+    missed: u8,
     created_ns: u64,
     expires_ns: u64,
 }
@@ -119,6 +125,7 @@ impl TimeWaitTable {
             owner: self.intern(owner),
             substate: TcpState::TimeWait,
             seen_pass: 0,
+            missed: 0,
             created_ns: ts_ns,
             expires_ns: ts_ns + TIME_WAIT_NS + SLACK_NS,
         };
@@ -197,7 +204,8 @@ impl TimeWaitTable {
     }
 
     /// Match the entries of network namespace `netns` with the kernel's table, dumped starting
-    /// at `dump_started_ns`. Entries created after the dump started are left alone.
+    /// at `dump_started_ns`. Entries created after the dump started are left alone; an entry goes
+    /// once [`MISSES_TO_DROP`] passes in a row did not list it.
     pub fn reconcile(&mut self, netns: u32, dump_started_ns: u64, kernel: &[KernelTimeWait], now_ns: u64) {
         // Each kernel entry is looked up where it is (no second table of the kernel's tens of
         // thousands of entries), then one sweep drops what no lookup marked.
@@ -217,6 +225,7 @@ impl TimeWaitTable {
             matched += u64::from(is_tw);
             let before = *e;
             e.seen_pass = pass;
+            e.missed = 0;
             e.substate = k.substate;
             e.expires_ns = e.expires_ns.max(now_ns + RECONCILED_GRACE_NS);
             if before.substate != e.substate {
@@ -225,7 +234,11 @@ impl TimeWaitTable {
         }
         let mut gone = Vec::new();
         self.entries.retain(|key, e| {
-            let stale = key.netns == netns && e.seen_pass != pass && e.created_ns < dump_started_ns;
+            if key.netns != netns || e.seen_pass == pass || e.created_ns >= dump_started_ns {
+                return true;
+            }
+            e.missed = e.missed.saturating_add(1);
+            let stale = e.missed >= MISSES_TO_DROP;
             if stale {
                 gone.push(*e);
             }
@@ -323,11 +336,31 @@ mod tests {
         t.add(key(4), owner(1), 500); // created after the dump started: kept
         let k = [kernel(1, TcpState::TimeWait), kernel(2, TcpState::FinWait2), kernel(9, TcpState::TimeWait)];
         t.reconcile(7, 100, &k, 1_000);
+        assert_eq!(t.len(), 4, "one miss is not enough to drop an entry");
+        t.reconcile(7, 100, &k, 2_000);
         let c = *t.counts(&owner(1)).unwrap();
         assert_eq!(c.get(TcpState::TimeWait), 2);
         assert_eq!(c.get(TcpState::FinWait2), 1);
         assert_eq!(t.len(), 3);
         assert_eq!(t.unattributed(), 1, "port 9 is in the kernel but was never derived");
+    }
+
+    /// A netlink dump under churn can miss a socket that stays in the kernel's table: one pass
+    /// that does not list an entry keeps it, a pass that lists it again starts the count over.
+    #[test]
+    fn an_entry_goes_only_after_two_passes_in_a_row_miss_it() {
+        let mut t = TimeWaitTable::default();
+        t.add(key(1), owner(1), 10);
+        let listed = [kernel(1, TcpState::TimeWait)];
+        t.reconcile(7, 100, &[], 1_000);
+        assert_eq!(t.counts(&owner(1)).unwrap().get(TcpState::TimeWait), 1, "missed once: kept");
+        t.reconcile(7, 200, &listed, 2_000);
+        t.reconcile(7, 300, &[], 3_000);
+        assert_eq!(t.counts(&owner(1)).unwrap().get(TcpState::TimeWait), 1, "listed in between: kept");
+        t.reconcile(7, 400, &[], 4_000);
+        assert!(t.counts(&owner(1)).is_none(), "missed twice in a row: gone");
+        assert_eq!(t.len(), 0);
+        assert_eq!(t.unattributed(), 0);
     }
 
     #[test]

@@ -406,6 +406,8 @@ fn time_wait_follows_reconciliation() {
         substate: TimeWait,
     };
     a.reconcile_time_wait(7, 10 * MS, &[k], 11 * MS);
+    assert_eq!(tw(&a, 100, Direction::Outbound, "127.0.0.1:8080"), 2, "one miss is not enough");
+    a.reconcile_time_wait(7, 12 * MS, &[k], 13 * MS);
     assert_eq!(tw(&a, 100, Direction::Outbound, "127.0.0.1:8080"), 1);
 }
 
@@ -445,8 +447,9 @@ fn time_wait_is_keyed_by_the_addresses_known_at_establishment() {
     a.reconcile_time_wait(7, 10 * MS, &table, 11 * MS);
     assert_eq!(tw(&a, 100, Direction::Outbound, "127.0.0.1:8080"), 1);
     assert_eq!(tw(&a, 200, Direction::Inbound, "127.0.0.1:9090"), 1);
-    // And an entry the kernel no longer has goes.
+    // And an entry the kernel no longer has goes (at the second pass that misses it).
     a.reconcile_time_wait(7, 12 * MS, &table[..1], 13 * MS);
+    a.reconcile_time_wait(7, 14 * MS, &table[..1], 15 * MS);
     assert_eq!(tw(&a, 200, Direction::Inbound, "127.0.0.1:9090"), 0);
 }
 
