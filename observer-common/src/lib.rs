@@ -208,7 +208,8 @@ pub mod kind {
     /// LISTEN): a [`super::Closed`], with its error and final I/O counters.
     pub const CLOSED: u8 = 10;
     /// The first process to send or receive on a connection accepted from a listener (the
-    /// process that accepted it) claims it: the socket's owner is now that process.
+    /// process that accepted it) claims it: the socket's owner is now that process. A
+    /// [`super::Claimed`].
     pub const CLAIM: u8 = 2;
     /// The kernel reported an error on the socket (`sock/inet_sk_error_report`).
     pub const ERROR_REPORT: u8 = 4;
@@ -329,6 +330,24 @@ pub struct Closed {
     /// The socket's final I/O counters.
     pub io: SockIo,
 }
+
+/// A process claimed a connection accepted from a listener ([`kind::CLAIM`]): 56 bytes instead of
+/// an [`Event`]'s 136, on the path of every accepted connection. The same size as a [`Closed`],
+/// told apart by `kind` at the same offset.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Claimed {
+    pub ts_ns: u64,
+    pub sk: u64,
+    /// [`kind::CLAIM`].
+    pub kind: u8,
+    pub _pad: [u8; 7],
+    /// The process that sent or received first on the connection: its owner from now on.
+    pub owner: Owner,
+}
+
+const _: () = assert!(core::mem::size_of::<Claimed>() == core::mem::size_of::<Closed>());
+const _: () = assert!(core::mem::offset_of!(Claimed, kind) == core::mem::offset_of!(Closed, kind));
 
 /// Offsets of kernel struct members, computed by the daemon from the running kernel's BTF
 /// (`/sys/kernel/btf/vmlinux`) and handed to the kernel programs as the `OFFSETS` global.
@@ -478,4 +497,5 @@ mod pod {
     unsafe impl aya::Pod for super::SockBucket {}
     unsafe impl aya::Pod for super::SockSlot {}
     unsafe impl aya::Pod for super::Transition {}
+    unsafe impl aya::Pod for super::Claimed {}
 }

@@ -26,8 +26,8 @@ use aya_ebpf::{
 use aya_log_ebpf::{debug, warn};
 use maps::{EVENTS, LISTENERS, NO_RECORDS, OFFSETS, STATE_PENDING, TLS_CAPTURE, TLS_SCRATCH, count};
 use observer_common::{
-    Closed, Event, KernelOffsets, ListenerKey, ListenerValue, Owner, SockState, TlsChunkHeader, Transition, counter,
-    flags, io_dir, kind, tcp_state, tls_capture,
+    Claimed, Closed, Event, KernelOffsets, ListenerKey, ListenerValue, Owner, SockState, TlsChunkHeader, Transition,
+    counter, flags, io_dir, kind, tcp_state, tls_capture,
 };
 
 /// `bpf_ringbuf_submit` flag. Records never wake the daemon up: it drains the ring buffer on its
@@ -455,8 +455,15 @@ fn claim_socket(sk: *mut c_void, st: *mut SockState) {
     let off = OFFSETS.load();
     let owner = kernel::current_owner(&off);
     unsafe { (*st).owner = owner };
-    let Some(mut entry) = reserve_event(kind::CLAIM, sk as u64, now()) else { return };
-    with_owner(unsafe { &mut *entry.as_mut_ptr() }, &owner);
+    let Some(mut entry) = reserve::<Claimed>() else { return };
+    let c = entry.as_mut_ptr();
+    unsafe {
+        zero_words(c);
+        (*c).ts_ns = now();
+        (*c).sk = sk as u64;
+        (*c).kind = kind::CLAIM;
+        (*c).owner = owner;
+    }
     submit(entry);
 }
 

@@ -1,6 +1,6 @@
 //! Decoding of the kernel's ring-buffer records into typed events.
 
-use observer_common::{Closed, Event, TlsChunkHeader, Transition, flags, io_dir, kind, tls_capture};
+use observer_common::{Claimed, Closed, Event, TlsChunkHeader, Transition, flags, io_dir, kind, tls_capture};
 
 use crate::model::{Endpoint, IoCounts, ProcessKey, TICK_NS, TcpState};
 
@@ -177,6 +177,12 @@ pub fn decode(bytes: &[u8]) -> Result<SocketEvent, DecodeError> {
         return from_transition(&t);
     }
     if bytes.len() == size_of::<Closed>() {
+        // A Claimed has the same size, and its kind at the same offset.
+        if bytes[std::mem::offset_of!(Closed, kind)] == kind::CLAIM {
+            // SAFETY: Claimed is plain old data of this size.
+            let c: Claimed = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Claimed>()) };
+            return Ok(from_claimed(&c));
+        }
         // SAFETY: Closed is plain old data of this size.
         let c: Closed = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Closed>()) };
         return from_closed(&c);
@@ -210,6 +216,33 @@ pub fn from_closed(c: &Closed) -> Result<SocketEvent, DecodeError> {
     Ok(compact(c.ts_ns, c.sk, state(c.oldstate)?, TcpState::Close, c.error, IoCounts::from_kernel(&c.io)))
 }
 
+pub fn from_claimed(c: &Claimed) -> SocketEvent {
+    let none = Endpoint::from_kernel(0, &[0; 16], 0);
+    SocketEvent {
+        ts_ns: c.ts_ns,
+        sk: c.sk,
+        owner: owner_of(&c.owner),
+        kind: EventKind::Claim,
+        family: 0,
+        local: none,
+        remote: none,
+        error: 0,
+        netns: None,
+        io: IoCounts::default(),
+        has_tuple: false,
+        local_port: 0,
+        first: false,
+    }
+}
+
+/// The owner the kernel recorded (None for tgid 0: unknown).
+fn owner_of(o: &observer_common::Owner) -> Option<Owner> {
+    (o.tgid != 0).then(|| Owner {
+        key: ProcessKey { pid: o.tgid, start_ns: o.start_ns / TICK_NS * TICK_NS },
+        comm: Comm(o.comm),
+    })
+}
+
 /// A state change of a socket user space already knows: the kernel sends neither its owner nor
 /// its addresses.
 fn compact(ts_ns: u64, sk: u64, old: TcpState, new: TcpState, error: i32, io: IoCounts) -> SocketEvent {
@@ -240,10 +273,7 @@ pub fn from_raw(raw: &Event) -> Result<SocketEvent, DecodeError> {
         kind::RESET_RECEIVED => EventKind::ResetReceived,
         k => return Err(DecodeError::UnknownKind(k)),
     };
-    let owner = (raw.flags & flags::OWNER_KNOWN != 0 && raw.owner.tgid != 0).then(|| Owner {
-        key: ProcessKey { pid: raw.owner.tgid, start_ns: raw.owner.start_ns / TICK_NS * TICK_NS },
-        comm: Comm(raw.owner.comm),
-    });
+    let owner = if raw.flags & flags::OWNER_KNOWN != 0 { owner_of(&raw.owner) } else { None };
     Ok(SocketEvent {
         ts_ns: raw.ts_ns,
         sk: raw.sk,
@@ -325,6 +355,25 @@ mod tests {
         let ev = decode(unsafe { std::slice::from_raw_parts(p, size_of::<Transition>()) }).unwrap();
         assert_eq!(ev.kind, EventKind::State { old: TcpState::SynSent, new: TcpState::Established });
         assert_eq!((ev.ts_ns, ev.local_port, ev.has_tuple), (8, 41234, false));
+    }
+
+    #[test]
+    fn decodes_a_compact_claim_told_apart_from_a_close_of_the_same_size() {
+        let mut owner = observer_common::Owner { tgid: 4321, start_ns: 2_345_678_901, ..Default::default() };
+        owner.comm[..5].copy_from_slice(b"nginx");
+        let c = Claimed { ts_ns: 9, sk: 0xdef, kind: kind::CLAIM, owner, ..Default::default() };
+        let p = (&c as *const Claimed).cast::<u8>();
+        let b = unsafe { std::slice::from_raw_parts(p, size_of::<Claimed>()) };
+        assert_eq!(b.len(), size_of::<Closed>());
+        let ev = decode(b).unwrap();
+        assert_eq!(ev.kind, EventKind::Claim);
+        assert_eq!((ev.sk, ev.ts_ns, ev.has_tuple, ev.netns), (0xdef, 9, false, None));
+        let o = ev.owner.unwrap();
+        assert_eq!(o.key, ProcessKey { pid: 4321, start_ns: 2_340_000_000 });
+        assert_eq!(o.comm.to_string(), "nginx");
+        let unknown = Claimed { owner: observer_common::Owner::default(), ..c };
+        let p = (&unknown as *const Claimed).cast::<u8>();
+        assert_eq!(decode(unsafe { std::slice::from_raw_parts(p, size_of::<Claimed>()) }).unwrap().owner, None);
     }
 
     #[test]
