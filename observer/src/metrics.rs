@@ -559,7 +559,7 @@ impl Collector for ObserverCollector {
             &mut enc,
             "observer_nested_state_changes",
             "TCP state changes the kernel skipped observer's state program for (they interrupted it on the \
-             same CPU), handled by a second program",
+             same CPU), handled by another of its programs",
             Counter,
             c.state_nested,
         )?;
