@@ -44,8 +44,14 @@ pub struct Options {
 }
 
 /// The benchmark's calibration programs (see the kernel programs), all on `sock_send_length`.
-pub const CALIBRATION_PROGRAMS: [&str; 5] =
-    ["calibrate_empty", "calibrate_clock", "calibrate_lookup", "calibrate_record", "calibrate_user_read"];
+pub const CALIBRATION_PROGRAMS: [&str; 6] = [
+    "calibrate_empty",
+    "calibrate_clock",
+    "calibrate_lookup",
+    "calibrate_record",
+    "calibrate_cpu_region",
+    "calibrate_user_read",
+];
 
 /// The programs on `sock/inet_sock_set_state`, in the order they must run.
 const STATE_PROGRAMS: [&str; 3] = ["inet_sock_set_state_enter", "inet_sock_set_state", "inet_sock_set_state_nested"];
@@ -176,6 +182,7 @@ impl Probes {
             .map_max_entries(names::SOCK_BUCKETS, table.buckets)
             .map_max_entries(names::SOCK_SLOTS, table.slots)
             .map_max_entries(names::SOCK_OVERFLOW, table.overflow)
+            .map_max_entries("CALIBRATION_REGIONS", if opts.bench_calibration { 8 } else { 1 })
             .load(EBPF_OBJECT)
             .map_err(|e| anyhow!("loading the eBPF programs failed: {e}"))?;
 

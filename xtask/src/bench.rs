@@ -68,11 +68,15 @@ const PROGRAMS: &[&str] = &[
 /// for it is the floor of every ns-per-run figure on this machine; each other one does one of the
 /// operations observer's programs are made of, and its difference with the first is the price of
 /// that operation here.
-const CALIBRATION: [(&str, &str); 5] = [
+const CALIBRATION: [(&str, &str); 6] = [
     ("calibrate_empty", "nothing (the floor)"),
     ("calibrate_clock", "read the clock (`bpf_ktime_get_ns`)"),
     ("calibrate_lookup", "find the socket's record (its slot in the socket table)"),
     ("calibrate_record", "reserve a 24-byte ring-buffer record (and discard it)"),
+    (
+        "calibrate_cpu_region",
+        "write a 24-byte record in this CPU's region of a shared array instead (a compare-and-swap, three stores)",
+    ),
     ("calibrate_user_read", "read the first byte the application sent (TLS recognition)"),
 ];
 
@@ -1323,7 +1327,7 @@ mod tests {
             daemon_peak_rss_kib: 0,
             programs: vec![],
             rare: vec![],
-            floor_ns: [0.0; 5],
+            floor_ns: [0.0; 6],
             cpu_busy: vec![],
         };
         let r =
@@ -1349,7 +1353,7 @@ mod tests {
             daemon_peak_rss_kib: 0,
             programs: vec![p("sock_send_length", 4000, 800_000), p("tcp_send_reset", 2, 4000)],
             rare: vec![p("sock_send_length", 0, 0), p("tcp_send_reset", 198, 196_000)],
-            floor_ns: [77.4, 140.0, 120.0, 150.0, 300.0],
+            floor_ns: [77.4, 140.0, 120.0, 150.0, 100.0, 300.0],
             cpu_busy: vec![0.55, 0.99],
         };
         assert_eq!(cost.per_run("tcp_send_reset"), (200, 1000.0));
@@ -1360,6 +1364,7 @@ mod tests {
         assert!(md.contains("| nothing (the floor) | 77 | - |"), "{md}");
         assert!(md.contains("| read the clock (`bpf_ktime_get_ns`) | 140 | 63 |"), "{md}");
         assert!(md.contains("(TLS recognition) | 300 | 223 |"), "{md}");
+        assert!(md.contains("(a compare-and-swap, three stores) | 100 | 23 |"), "{md}");
         assert!(md.contains("| sock_send_length | 4000 | 2.00 | 200 | 400 |"), "{md}");
         // 402 ns of programs per request; 2 CPUs at 1000 req/s without a tracer: 2,000,000 ns per request.
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
