@@ -483,6 +483,9 @@ pub mod names {
     /// Global: 1 for `cargo xtask bench` only (the daemon's hidden `--bench-table-only`): the
     /// programs queue no records.
     pub const NO_RECORDS: &str = "NO_RECORDS";
+    /// The benchmark's calibration regions (one entry unless the calibration programs are
+    /// attached).
+    pub const CALIBRATION_REGIONS: &str = "CALIBRATION_REGIONS";
 }
 
 #[cfg(feature = "user")]

@@ -204,35 +204,20 @@ pub fn from_transition(t: &Transition) -> Result<SocketEvent, DecodeError> {
     if t.kind != kind::TRANSITION {
         return Err(DecodeError::UnknownKind(t.kind));
     }
-    let mut ev = compact(t.ts_ns, t.sk, state(t.oldstate)?, state(t.newstate)?, 0, IoCounts::default());
-    ev.local_port = t.sport;
-    Ok(ev)
+    let kind = EventKind::State { old: state(t.oldstate)?, new: state(t.newstate)? };
+    Ok(SocketEvent { local_port: t.sport, ..compact(t.ts_ns, t.sk, kind) })
 }
 
 pub fn from_closed(c: &Closed) -> Result<SocketEvent, DecodeError> {
     if c.kind != kind::CLOSED {
         return Err(DecodeError::UnknownKind(c.kind));
     }
-    Ok(compact(c.ts_ns, c.sk, state(c.oldstate)?, TcpState::Close, c.error, IoCounts::from_kernel(&c.io)))
+    let kind = EventKind::State { old: state(c.oldstate)?, new: TcpState::Close };
+    Ok(SocketEvent { error: c.error, io: IoCounts::from_kernel(&c.io), ..compact(c.ts_ns, c.sk, kind) })
 }
 
 pub fn from_claimed(c: &Claimed) -> SocketEvent {
-    let none = Endpoint::from_kernel(0, &[0; 16], 0);
-    SocketEvent {
-        ts_ns: c.ts_ns,
-        sk: c.sk,
-        owner: owner_of(&c.owner),
-        kind: EventKind::Claim,
-        family: 0,
-        local: none,
-        remote: none,
-        error: 0,
-        netns: None,
-        io: IoCounts::default(),
-        has_tuple: false,
-        local_port: 0,
-        first: false,
-    }
+    SocketEvent { owner: owner_of(&c.owner), ..compact(c.ts_ns, c.sk, EventKind::Claim) }
 }
 
 /// The owner the kernel recorded (None for tgid 0: unknown).
@@ -243,21 +228,21 @@ fn owner_of(o: &observer_common::Owner) -> Option<Owner> {
     })
 }
 
-/// A state change of a socket user space already knows: the kernel sends neither its owner nor
-/// its addresses.
-fn compact(ts_ns: u64, sk: u64, old: TcpState, new: TcpState, error: i32, io: IoCounts) -> SocketEvent {
+/// A record of a socket user space already knows (a compact one): the kernel sends neither its
+/// addresses nor, but for a claim, its owner.
+fn compact(ts_ns: u64, sk: u64, kind: EventKind) -> SocketEvent {
     let none = Endpoint::from_kernel(0, &[0; 16], 0);
     SocketEvent {
         ts_ns,
         sk,
         owner: None,
-        kind: EventKind::State { old, new },
+        kind,
         family: 0,
         local: none,
         remote: none,
-        error,
+        error: 0,
         netns: None,
-        io,
+        io: IoCounts::default(),
         has_tuple: false,
         local_port: 0,
         first: false,

@@ -182,7 +182,7 @@ impl Probes {
             .map_max_entries(names::SOCK_BUCKETS, table.buckets)
             .map_max_entries(names::SOCK_SLOTS, table.slots)
             .map_max_entries(names::SOCK_OVERFLOW, table.overflow)
-            .map_max_entries("CALIBRATION_REGIONS", if opts.bench_calibration { 8 } else { 1 })
+            .map_max_entries(names::CALIBRATION_REGIONS, if opts.bench_calibration { 8 } else { 1 })
             .load(EBPF_OBJECT)
             .map_err(|e| anyhow!("loading the eBPF programs failed: {e}"))?;
 

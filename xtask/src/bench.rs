@@ -281,6 +281,26 @@ pub enum Programs {
     Floor,
 }
 
+impl Programs {
+    /// The daemon's flags for it.
+    fn daemon_args(self) -> &'static [&'static str] {
+        match self {
+            Programs::Observer => &["--bench-toggle"],
+            Programs::TableOnly => &["--bench-toggle", "--bench-table-only"],
+            Programs::Floor => &["--bench-toggle", "--bench-floor"],
+        }
+    }
+
+    /// How the bench's progress lines name it.
+    fn label(self) -> &'static str {
+        match self {
+            Programs::Observer => "",
+            Programs::TableOnly => " (socket table only)",
+            Programs::Floor => " (empty programs)",
+        }
+    }
+}
+
 /// Switches a daemon started with `--bench-toggle` between running with its programs attached
 /// and stopped with them detached.
 struct Toggle {
@@ -616,12 +636,7 @@ impl Bench {
         let url = local_url(port);
         self.wrk(&url, workload, 2)?; // warm-up
         let log = self.work.join("observer-toggle.log");
-        let args: &[&str] = match programs {
-            Programs::Observer => &["--bench-toggle"],
-            Programs::TableOnly => &["--bench-toggle", "--bench-table-only"],
-            Programs::Floor => &["--bench-toggle", "--bench-floor"],
-        };
-        let (daemon, api) = self.start_observer_logging(args, Some(&log))?;
+        let (daemon, api) = self.start_observer_logging(programs.daemon_args(), Some(&log))?;
         let mut toggle = Toggle { pid: daemon.0.id(), log, acks: 0, stopped: false };
         // Generously bounded: the windows, the switches, and a margin.
         let per_window = interleave::WINDOW + interleave::SETTLE + Duration::from_millis(400);
@@ -666,11 +681,7 @@ impl Bench {
         eprintln!(
             "xtask: {} interleaved{}: {:.3} ({:.3} - {:.3}) over {} pairs",
             workload.name(),
-            match programs {
-                Programs::Observer => "",
-                Programs::TableOnly => " (socket table only)",
-                Programs::Floor => " (empty programs)",
-            },
+            programs.label(),
             s.median,
             s.median_low,
             s.median_high,
