@@ -480,12 +480,24 @@ pub mod names {
     pub const OFFSETS: &str = "OFFSETS";
     /// Global: the initial [`super::SockState::tls`] of new connections (0: TLS capture off).
     pub const TLS_CAPTURE: &str = "TLS_CAPTURE";
-    /// Global: 1 for `cargo xtask bench` only (the daemon's hidden `--bench-table-only`): the
-    /// programs queue no records.
-    pub const NO_RECORDS: &str = "NO_RECORDS";
-    /// The benchmark's calibration regions (one entry unless the calibration programs are
-    /// attached).
-    pub const CALIBRATION_REGIONS: &str = "CALIBRATION_REGIONS";
+    /// Global: where the programs write their records ([`super::record_sink`]).
+    pub const RECORD_SINK: &str = "RECORD_SINK";
+    /// The benchmark's per-CPU regions (one entry unless the benchmark's calibration programs or
+    /// its `--bench-region-records` need them).
+    pub const BENCH_REGIONS: &str = "BENCH_REGIONS";
+}
+
+/// Where the kernel programs write their records (a read-only global, fixed at load time: the
+/// verifier removes the branches it decides).
+pub mod record_sink {
+    /// The ring buffer the daemon reads: always, but in the benchmark's measurements below.
+    pub const RING: u32 = 0;
+    /// Nowhere (the daemon's hidden `--bench-table-only`).
+    pub const NONE: u32 = 1;
+    /// This CPU's region of the benchmark's shared array, which nobody reads (the daemon's hidden
+    /// `--bench-region-records`): what the records would cost with the cheapest write this
+    /// machine prices instead of a ring-buffer reservation.
+    pub const CPU_REGIONS: u32 = 2;
 }
 
 #[cfg(feature = "user")]

@@ -15,25 +15,20 @@
 
 mod kernel;
 mod maps;
+mod records;
 mod sockets;
 
 use core::ffi::c_void;
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use aya_ebpf::{
-    helpers::bpf_ktime_get_ns, macros::btf_tracepoint, maps::ring_buf::RingBufEntry, programs::BtfTracePointContext,
-};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
 use aya_log_ebpf::{debug, warn};
-use maps::{EVENTS, LISTENERS, NO_RECORDS, OFFSETS, STATE_PENDING, TLS_CAPTURE, TLS_SCRATCH, count};
+use maps::{EVENTS, LISTENERS, OFFSETS, STATE_PENDING, TLS_CAPTURE, TLS_SCRATCH, count};
 use observer_common::{
     Claimed, Closed, Event, KernelOffsets, ListenerKey, ListenerValue, Owner, SockState, TlsChunkHeader, Transition,
     counter, flags, io_dir, kind, tcp_state, tls_capture,
 };
-
-/// `bpf_ringbuf_submit` flag. Records never wake the daemon up: it drains the ring buffer on its
-/// own timer (every 20 ms). A wake-up per record costs an inter-processor interrupt (a VM exit on
-/// virtual machines): microseconds on the traced task's path.
-const BPF_RB_NO_WAKEUP: u64 = 1;
+use records::{BPF_RB_NO_WAKEUP, Record, emit, reserve};
 
 const MSG_PEEK: i64 = 2;
 
@@ -44,10 +39,10 @@ fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// Reserve an [`Event`] in the ring buffer, zeroed, with its header: filled in place (no copy of
-/// a stack struct), then submitted with [`submit`].
+/// Reserve an [`Event`], zeroed, with its header: filled in place (no copy of a stack struct),
+/// then submitted.
 #[inline(always)]
-fn reserve_event(event_kind: u8, sk: u64, ts_ns: u64) -> Option<RingBufEntry<Event>> {
+fn reserve_event(event_kind: u8, sk: u64, ts_ns: u64) -> Option<Record<Event>> {
     let mut entry = reserve::<Event>()?;
     let e = entry.as_mut_ptr();
     unsafe { zero_words(e) };
@@ -57,19 +52,6 @@ fn reserve_event(event_kind: u8, sk: u64, ts_ns: u64) -> Option<RingBufEntry<Eve
         (*e).ts_ns = ts_ns;
     }
     Some(entry)
-}
-
-/// Reserve a record in the ring buffer (counted as lost if it is full).
-#[inline(always)]
-fn reserve<T: 'static>() -> Option<RingBufEntry<T>> {
-    if NO_RECORDS.load() != 0 {
-        return None;
-    }
-    let entry = EVENTS.reserve::<T>(0);
-    if entry.is_none() {
-        count(counter::EVENTS_LOST);
-    }
-    entry
 }
 
 /// Zero `*p` with word writes. Zeroing a struct as a whole, or building one with zero or padding
@@ -83,20 +65,6 @@ pub(crate) unsafe fn zero_words<T>(p: *mut T) {
     let words = p as *mut u64;
     for i in 0..size_of::<T>() / 8 {
         unsafe { core::ptr::write_volatile(words.add(i), 0) };
-    }
-}
-
-#[inline(always)]
-fn submit<T>(entry: RingBufEntry<T>) {
-    entry.submit(BPF_RB_NO_WAKEUP);
-}
-
-/// Queue a small fixed-size record (counted as lost if the ring buffer is full).
-#[inline(always)]
-fn emit<T: 'static>(record: T) {
-    if let Some(mut entry) = reserve::<T>() {
-        entry.write(record);
-        submit(entry);
     }
 }
 
@@ -115,7 +83,7 @@ fn emit_transition(ts_ns: u64, sk: u64, old: u8, new: u8, sport: u16) {
         (*t).newstate = new;
         (*t).sport = sport;
     }
-    submit(entry);
+    entry.submit();
 }
 
 /// The socket's record, or null if observer does not track it.
@@ -300,7 +268,7 @@ fn on_state(ctx: &BtfTracePointContext) {
             }
         }
     }
-    submit(entry);
+    entry.submit();
 }
 
 /// A child of a listener, created in softirq: owned by the listener's owner until a process
@@ -439,7 +407,7 @@ fn capture_tls(sk: *mut c_void, st: *mut SockState, dir: u32, ret: u32, tls: u32
             return;
         }
         let bytes = core::slice::from_raw_parts(chunk as *const u8, len);
-        if NO_RECORDS.load() == 0 && EVENTS.output::<[u8]>(bytes, BPF_RB_NO_WAKEUP).is_err() {
+        if records::to_ring() && EVENTS.output::<[u8]>(bytes, BPF_RB_NO_WAKEUP).is_err() {
             count(counter::EVENTS_LOST);
         }
     }
@@ -464,7 +432,7 @@ fn claim_socket(sk: *mut c_void, st: *mut SockState) {
         (*c).kind = kind::CLAIM;
         (*c).owner = owner;
     }
-    submit(entry);
+    entry.submit();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -483,7 +451,7 @@ fn socket_event(ctx: &BtfTracePointContext, event_kind: u8) {
     let error = if event_kind == kind::ERROR_REPORT { kernel::sock_err(&OFFSETS.load(), sk as u64) } else { 0 };
     let Some(mut entry) = reserve_event(event_kind, sk as u64, now()) else { return };
     unsafe { (*entry.as_mut_ptr()).error = error };
-    submit(entry);
+    entry.submit();
 }
 
 #[btf_tracepoint(function = "tcp_send_reset")]
@@ -545,22 +513,11 @@ pub fn calibrate_record(_ctx: BtfTracePointContext) -> u32 {
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn calibrate_cpu_region(ctx: BtfTracePointContext) -> u32 {
     let sk: u64 = ctx.arg(0);
-    let cpu = unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() } & 7;
-    let Some(r) = maps::CALIBRATION_REGIONS.get_ptr_mut(cpu) else { return 0 };
-    unsafe {
-        let head = core::ptr::read_volatile(&(*r).head);
-        // (A fetch-and-add whose result is used needs a newer BPF instruction set than the one
-        // built for; a compare-and-swap does not.)
-        let (at, _) = core::intrinsics::atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
-            &mut (*r).head,
-            head,
-            head + 3,
-        );
-        let i = (at & 2047) as usize;
-        if i + 3 <= 2047 {
-            let w = (*r).words.as_mut_ptr().add(i);
+    if let Some(w) = records::cpu_region::<[u64; 3]>() {
+        unsafe {
+            let w = w as *mut u64;
             core::ptr::write_volatile(w, sk);
-            core::ptr::write_volatile(w.add(1), at);
+            core::ptr::write_volatile(w.add(1), 0);
             core::ptr::write_volatile(w.add(2), 9);
         }
     }

@@ -60,24 +60,25 @@ pub static SOCK_BUCKET_COUNT: Global<u32> = Global::new(32768);
 #[unsafe(no_mangle)]
 pub static TLS_CAPTURE: Global<u32> = Global::new(0);
 
-/// A region of [`CALIBRATION_REGIONS`]: a head, and room for records after it (16 KiB in all).
+/// A region of [`BENCH_REGIONS`]: a head, and room for records after it (16 KiB in all).
 #[repr(C)]
-pub struct CalibrationRegion {
+pub struct BenchRegion {
     pub head: u64,
     pub words: [u64; 2047],
 }
 
-/// For `cargo xtask bench` only (`calibrate_cpu_region`): one region per CPU of a shared,
-/// memory-mapped array, written with plain stores, to price a record without the ring buffer.
-/// The daemon sizes it to 1 entry unless it attaches the calibration programs.
+/// For `cargo xtask bench` only: one region per CPU of a shared, memory-mapped array, written with
+/// plain stores and read by nobody, to price a record without the ring buffer
+/// (`calibrate_cpu_region`, and every record with `--bench-region-records`). The daemon sizes it
+/// to 1 entry unless it needs them.
 #[map]
-pub static CALIBRATION_REGIONS: Array<CalibrationRegion> = Array::with_max_entries(8, MMAPABLE);
+pub static BENCH_REGIONS: Array<BenchRegion> = Array::with_max_entries(8, MMAPABLE);
 
-/// 1 for `cargo xtask bench` only (the daemon's hidden `--bench-table-only`): the programs keep
-/// the socket table as always but queue no records, to measure what the table alone costs. A
-/// read-only global: the verifier removes the branches it decides, so it costs nothing otherwise.
+/// Where the programs write their records (`observer_common::record_sink`): the ring buffer but
+/// for `cargo xtask bench`'s measurements. A read-only global: the verifier removes the branches
+/// it decides, so it costs nothing.
 #[unsafe(no_mangle)]
-pub static NO_RECORDS: Global<u32> = Global::new(0);
+pub static RECORD_SINK: Global<u32> = Global::new(0);
 
 #[inline(always)]
 pub fn count(index: u32) {

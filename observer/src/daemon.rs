@@ -34,7 +34,10 @@ pub struct DaemonOptions {
     pub bench_calibration: bool,
     /// Attach empty programs instead of observer's (the benchmark's floor).
     pub bench_floor: bool,
+    /// Keep the socket table but queue no records (the benchmark's bound of the design).
     pub bench_table_only: bool,
+    /// Write records to per-CPU regions nobody reads (the benchmark's bound of the reports).
+    pub bench_region_records: bool,
     /// Let the benchmark detach and attach the kernel programs with SIGUSR1 and SIGUSR2.
     pub bench_toggle: bool,
     pub max_sockets: u32,
@@ -64,6 +67,7 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
         bench_calibration: opts.bench_calibration,
         bench_floor: opts.bench_floor,
         bench_table_only: opts.bench_table_only,
+        bench_region_records: opts.bench_region_records,
         max_sockets: opts.max_sockets,
     })?;
     let ring = probes.take_events()?;

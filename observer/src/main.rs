@@ -128,6 +128,11 @@ enum Command {
         /// least a tracer that records each socket's owner costs.
         #[arg(long, hide = true, conflicts_with = "bench_floor")]
         bench_table_only: bool,
+        /// `cargo xtask bench` only: observer's programs write their records to a per-CPU region
+        /// of a shared array that nobody reads instead of the ring buffer (nothing is reported):
+        /// the least observer's records cost with the cheapest write.
+        #[arg(long, hide = true, conflicts_with_all = ["bench_floor", "bench_table_only"])]
+        bench_region_records: bool,
         /// `cargo xtask bench` only: SIGUSR1 detaches the kernel programs, SIGUSR2 attaches them
         /// again (each logged at warn level once done).
         #[arg(long, hide = true)]
@@ -197,6 +202,7 @@ fn main() {
             bench_calibration,
             bench_floor,
             bench_table_only,
+            bench_region_records,
             bench_toggle,
             max_sockets,
             close_wait_floor,
@@ -250,6 +256,7 @@ fn main() {
                         bench_calibration,
                         bench_floor,
                         bench_table_only,
+                        bench_region_records,
                         bench_toggle,
                         max_sockets,
                     }))

@@ -10,7 +10,8 @@ use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::{BtfTracePoint, tp_btf::BtfTracePointLinkId};
 use aya::{Btf, Ebpf, EbpfLoader};
 use observer_common::{
-    AF_INET, AF_INET6, ListenerKey, ListenerValue, Owner, SockBucket, SockSlot, SockState, counter, names, tls_capture,
+    AF_INET, AF_INET6, ListenerKey, ListenerValue, Owner, SockBucket, SockSlot, SockState, counter, names, record_sink,
+    tls_capture,
 };
 
 use crate::aggregate::SeedSocket;
@@ -41,6 +42,10 @@ pub struct Options {
     /// the main one of [`STATE_PROGRAMS`] is attached (the socket table is kept as always; state
     /// changes are not handled exactly once). Nothing is reported.
     pub bench_table_only: bool,
+    /// The benchmark's bound of observer's reports: its programs write their records to a
+    /// per-CPU region of a shared array that nobody reads, instead of the ring buffer (all of
+    /// them attached: state changes handled exactly once). Nothing is reported.
+    pub bench_region_records: bool,
 }
 
 /// The benchmark's calibration programs (see the kernel programs), all on `sock_send_length`.
@@ -171,18 +176,26 @@ impl Probes {
             log::warn!("TLS handshakes are only recognised on x86-64");
         }
         let table = socket_table::Size::for_max_sockets(opts.max_sockets);
+        let record_sink = match (opts.bench_table_only, opts.bench_region_records) {
+            (true, _) => record_sink::NONE,
+            (false, true) => record_sink::CPU_REGIONS,
+            (false, false) => record_sink::RING,
+        };
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
             .override_global(names::OFFSETS, &offsets, true)
             .override_global(names::TLS_CAPTURE, &tls_capture, true)
-            .override_global(names::NO_RECORDS, &u32::from(opts.bench_table_only), true)
+            .override_global(names::RECORD_SINK, &record_sink, true)
             .override_global("AYA_LOG_LEVEL", &opts.kernel_log_level, false)
             .map_max_entries(names::EVENTS, opts.ring_buffer_bytes)
             .override_global(names::SOCK_BUCKET_COUNT, &table.buckets, true)
             .map_max_entries(names::SOCK_BUCKETS, table.buckets)
             .map_max_entries(names::SOCK_SLOTS, table.slots)
             .map_max_entries(names::SOCK_OVERFLOW, table.overflow)
-            .map_max_entries(names::CALIBRATION_REGIONS, if opts.bench_calibration { 8 } else { 1 })
+            .map_max_entries(
+                names::BENCH_REGIONS,
+                if opts.bench_calibration || opts.bench_region_records { 8 } else { 1 },
+            )
             .load(EBPF_OBJECT)
             .map_err(|e| anyhow!("loading the eBPF programs failed: {e}"))?;
 
@@ -207,6 +220,9 @@ impl Probes {
         // order, for each state change to be handled exactly once (see the kernel programs).
         if opts.bench_table_only {
             log::warn!("--bench-table-only: the kernel programs queue no records, nothing is reported");
+        }
+        if opts.bench_region_records {
+            log::warn!("--bench-region-records: the kernel programs write records nobody reads, nothing is reported");
         }
         for prog in STATE_PROGRAMS {
             if opts.bench_table_only && prog != "inet_sock_set_state" {

@@ -1,6 +1,7 @@
 //! The daemon's hidden flags for `cargo xtask bench`: `--bench-toggle` (the interleaved
-//! measurement detaches and attaches the kernel programs between windows) and `--bench-floor`
-//! (empty programs on observer's hooks instead of its own). The bench's figures are only worth
+//! measurement detaches and attaches the kernel programs between windows), `--bench-floor`
+//! (empty programs on observer's hooks instead of its own) and `--bench-region-records`
+//! (observer's programs writing their records where nobody reads them). The bench's figures are only worth
 //! something if the "without" windows really observe nothing and the "with" windows everything.
 
 use std::time::{Duration, Instant};
@@ -79,4 +80,46 @@ fn the_floor_attaches_empty_programs_only() {
     for name in ["floor_state", "floor_send", "floor_recv"] {
         assert!(progs.contains(name), "{name} is loaded:\n{progs}");
     }
+}
+
+/// The words written so far in the benchmark's per-CPU regions of the daemons that have them
+/// (8 entries; 1 otherwise, never written): the sum of their heads.
+fn region_words() -> u64 {
+    let maps: Value = serde_json::from_str(&sh(&["bpftool", "-j", "map", "show"])).expect("bpftool json");
+    let mut words = 0;
+    for m in maps.as_array().expect("maps") {
+        if m["name"] != "BENCH_REGIONS" || m["max_entries"] != 8 {
+            continue;
+        }
+        let id = m["id"].as_u64().expect("map id").to_string();
+        let dump: Value =
+            serde_json::from_str(&sh(&["bpftool", "-j", "map", "dump", "id", &id])).expect("bpftool dump json");
+        for entry in dump.as_array().expect("entries") {
+            let bytes: Vec<u8> = entry["value"].as_array().expect("value bytes")[..8]
+                .iter()
+                .map(|b| u8::from_str_radix(b.as_str().expect("hex").trim_start_matches("0x"), 16).expect("hex byte"))
+                .collect();
+            words += u64::from_le_bytes(bytes.try_into().expect("8 bytes"));
+        }
+    }
+    words
+}
+
+#[test]
+fn region_records_are_written_where_nobody_reads_them() {
+    let d = Daemon::start(&["--bench-region-records"]);
+    wait_log(&d, "--bench-region-records: the kernel programs write records nobody reads", 1);
+    let progs = sh(&["bpftool", "prog", "show"]);
+    for name in ["inet_sock_set_state_enter", "inet_sock_set_state_nested", "sock_recv_length"] {
+        assert!(progs.contains(name), "{name} is loaded (all of observer's programs are):\n{progs}");
+    }
+    let (_server, port) = http_server("127.0.0.1", "keepalive");
+    let before = region_words();
+    let (_a, a) = five_connections(&format!("127.0.0.1:{port}"));
+    std::thread::sleep(UNSEEN);
+    assert!(d.process(a).is_none(), "nothing reaches the daemon");
+    // Per client connection at least its creation (17 words), its connect's success (3) and its
+    // close (7); the server's side adds its own.
+    let written = region_words() - before;
+    assert!(written >= 5 * (17 + 3 + 7), "{written} words written in the regions for 5 connections");
 }

@@ -276,6 +276,11 @@ pub enum Programs {
     /// tracer that records each socket's owner pays (without even handling every state change
     /// exactly once).
     TableOnly,
+    /// Its own programs, all of them, writing their records to a per-CPU region of a shared
+    /// array that nobody reads instead of the ring buffer (`--bench-region-records`): what
+    /// observer's records would cost with the cheapest write this machine prices, and without
+    /// the daemon reading them.
+    RegionRecords,
     /// Empty programs on the same three hooks (`--bench-floor`): what any tracer of these events
     /// costs at least.
     Floor,
@@ -287,6 +292,7 @@ impl Programs {
         match self {
             Programs::Observer => &["--bench-toggle"],
             Programs::TableOnly => &["--bench-toggle", "--bench-table-only"],
+            Programs::RegionRecords => &["--bench-toggle", "--bench-region-records"],
             Programs::Floor => &["--bench-toggle", "--bench-floor"],
         }
     }
@@ -296,6 +302,7 @@ impl Programs {
         match self {
             Programs::Observer => "",
             Programs::TableOnly => " (socket table only)",
+            Programs::RegionRecords => " (records in per-CPU regions)",
             Programs::Floor => " (empty programs)",
         }
     }

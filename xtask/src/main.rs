@@ -303,13 +303,19 @@ fn main() -> Result<()> {
                     step(&format!("bench interleaved: {}, empty programs, {pairs} pairs", workload.name()));
                     let (floor, _) = b.interleaved(workload, pairs, bench::Programs::Floor)?;
                     let f = interleave::Summary::of(&floor).expect("at least one pair");
-                    // Where the target is missed: what the least of observer's design would cost.
-                    let table_only = if workload == bench::Workload::ConnectionClose {
+                    // Where the target is missed: what the least of observer's design would cost, and
+                    // the least of its records.
+                    let (table_only, region_records) = if workload == bench::Workload::ConnectionClose {
                         step(&format!("bench interleaved: {}, socket table only, {pairs} pairs", workload.name()));
                         let (t, _) = b.interleaved(workload, pairs, bench::Programs::TableOnly)?;
-                        interleave::Summary::of(&t)
+                        step(&format!(
+                            "bench interleaved: {}, records in per-CPU regions, {pairs} pairs",
+                            workload.name()
+                        ));
+                        let (r, _) = b.interleaved(workload, pairs, bench::Programs::RegionRecords)?;
+                        (interleave::Summary::of(&t), interleave::Summary::of(&r))
                     } else {
-                        None
+                        (None, None)
                     };
                     interleaved_md.push_str(&interleave::markdown(
                         workload.name(),
@@ -318,6 +324,9 @@ fn main() -> Result<()> {
                         workload.target(),
                         lost,
                     ));
+                    if let Some(r) = &region_records {
+                        interleaved_md.push_str(&interleave::region_records_markdown(r, &s, workload.target()));
+                    }
                     if let Some(t) = &table_only {
                         interleaved_md.push_str(&interleave::table_only_markdown(t, workload.target()));
                     }
