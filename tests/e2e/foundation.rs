@@ -307,8 +307,11 @@ fn state_changes_that_interrupt_the_state_program_are_not_lost() {
             .map(|(_, v)| v.as_u64().unwrap())
             .sum()
     };
-    let doc = d.wait_process(pid, WAIT, "every client connection ended", |doc| {
+    // Both ends of every connection reached CLOSE: the server's (it closed first) when the
+    // client's FIN came, as it went into TIME_WAIT.
+    let doc = d.wait_process(pid, WAIT, "every connection ended on both sides", |doc| {
         outbound(doc, &addr).is_some_and(|o| num(o, "connection_lifetime_seconds/count") == n && in_flight(o) == 0)
+            && inbound(doc, &addr).is_some_and(|i| num(i, "connection_lifetime_seconds/count") == n)
     });
     let o = outbound(&doc, &addr).unwrap();
     assert_eq!(num(o, "connections_opened"), n, "{o}");
@@ -316,6 +319,8 @@ fn state_changes_that_interrupt_the_state_program_are_not_lost() {
     let i = inbound(&doc, &addr).unwrap();
     assert_eq!(num(i, "connections_accepted"), n, "{i}");
     assert_eq!((num(i, "closed_by_local"), num(i, "closed_by_peer")), (n, 0), "{i}");
+    assert_eq!(num(i, "connection_lifetime_seconds/count"), n, "{i}");
+    assert_eq!(in_flight(i), 1, "only the listener is left: {i}");
     // Every run the kernel skipped the state program for, the second program handled.
     let skipped = recursion_misses(d.pid(), "inet_sock_set_state");
     let (_, status) = d.get("/api/v1/status");
