@@ -87,9 +87,9 @@ async fn alerts(State(s): State<AppState>) -> Response {
 /// The daemon itself: version, which optional features work, kernel-side counters.
 async fn status(State(s): State<AppState>) -> Response {
     let k = s.kernel.lock().expect("kernel status lock").clone();
-    let (processes, sockets, unattributed) = {
+    let (processes, sockets, unattributed, closes_not_seen) = {
         let a = s.agg.lock().expect("aggregator lock");
-        (a.processes().count(), a.tracked_sockets(), a.stats.unattributed_events)
+        (a.processes().count(), a.tracked_sockets(), a.stats.unattributed_events, a.stats.closes_not_seen)
     };
     let features: serde_json::Map<String, serde_json::Value> =
         k.features.list().iter().map(|(n, on)| (n.to_string(), json!(on))).collect();
@@ -105,6 +105,7 @@ async fn status(State(s): State<AppState>) -> Response {
         "tracked_processes": processes,
         "tracked_sockets": sockets,
         "unattributed_events": unattributed,
+        "closes_not_seen": closes_not_seen,
     }))
     .into_response()
 }

@@ -572,6 +572,14 @@ impl Collector for ObserverCollector {
         )?;
         single(
             &mut enc,
+            "observer_closes_not_seen",
+            "Sockets whose end the kernel never reported (a new socket took their address): their lifetime \
+             and last counters are missing",
+            Counter,
+            agg.stats.closes_not_seen,
+        )?;
+        single(
+            &mut enc,
             "observer_decode_errors",
             "Ring-buffer records that could not be decoded",
             Counter,
