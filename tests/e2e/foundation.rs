@@ -295,6 +295,7 @@ fn accepted_connections_belong_to_the_worker_that_accepts_them() {
 fn state_changes_that_interrupt_the_state_program_are_not_lost() {
     let d = shared_daemon();
     let busy: Vec<Proc> = (0..2).map(|_| busy_loop()).collect();
+    let unseen_before = num(&d.get("/api/v1/status").1, "closes_not_seen");
     let (c, result) = client(None, &["close_first_churn", "8", "20000"]);
     let pid = result["pid"].as_u64().unwrap() as u32;
     let n = result["connections"].as_u64().unwrap();
@@ -307,11 +308,15 @@ fn state_changes_that_interrupt_the_state_program_are_not_lost() {
             .map(|(_, v)| v.as_u64().unwrap())
             .sum()
     };
-    // Both ends of every connection reached CLOSE: the server's (it closed first) when the
-    // client's FIN came, as it went into TIME_WAIT.
+    // The server's sockets (it closed first) reach CLOSE when the client's ACK or FIN comes. On
+    // 6.18 the kernel never reports that for a small share of them (none of observer's programs
+    // runs, see docs/api.md, "Known gaps"): they stay in FIN_WAIT1 until a new socket takes their
+    // address, and are then counted in closes_not_seen. Every connection is in one of the three.
+    let unseen = || num(&d.get("/api/v1/status").1, "closes_not_seen") - unseen_before;
+    let accounted = |i: &Value| num(i, "connection_lifetime_seconds/count") + sockets(i, "FIN_WAIT1");
     let doc = d.wait_process(pid, WAIT, "every connection ended on both sides", |doc| {
         outbound(doc, &addr).is_some_and(|o| num(o, "connection_lifetime_seconds/count") == n && in_flight(o) == 0)
-            && inbound(doc, &addr).is_some_and(|i| num(i, "connection_lifetime_seconds/count") == n)
+            && inbound(doc, &addr).is_some_and(|i| accounted(i) + unseen() >= n)
     });
     let o = outbound(&doc, &addr).unwrap();
     assert_eq!(num(o, "connections_opened"), n, "{o}");
@@ -319,8 +324,13 @@ fn state_changes_that_interrupt_the_state_program_are_not_lost() {
     let i = inbound(&doc, &addr).unwrap();
     assert_eq!(num(i, "connections_accepted"), n, "{i}");
     assert_eq!((num(i, "closed_by_local"), num(i, "closed_by_peer")), (n, 0), "{i}");
-    assert_eq!(num(i, "connection_lifetime_seconds/count"), n, "{i}");
-    assert_eq!(in_flight(i), 1, "only the listener is left: {i}");
+    assert!(accounted(i) <= n, "no server connection counted twice: {i}");
+    let lifetimes = num(i, "connection_lifetime_seconds/count");
+    eprintln!(
+        "server side: {lifetimes} closes reported, {} sockets left in FIN_WAIT1 and {} closes not seen",
+        sockets(i, "FIN_WAIT1"),
+        unseen()
+    );
     // Every run the kernel skipped the state program for, the second program handled.
     let skipped = recursion_misses(d.pid(), "inet_sock_set_state");
     let (_, status) = d.get("/api/v1/status");
