@@ -297,8 +297,8 @@ impl Programs {
         }
     }
 
-    /// How the bench's progress lines name it.
-    fn label(self) -> &'static str {
+    /// How the bench's progress lines name it (after the workload).
+    pub fn label(self) -> &'static str {
         match self {
             Programs::Observer => "",
             Programs::TableOnly => " (socket table only)",

@@ -296,23 +296,24 @@ fn main() -> Result<()> {
                     interleave::WINDOW.as_millis(),
                     interleave::SETTLE.as_millis(),
                 );
+                let measure = |workload: bench::Workload, programs: bench::Programs| {
+                    step(&format!(
+                        "bench interleaved: {}{}, {pairs} pairs of windows",
+                        workload.name(),
+                        programs.label()
+                    ));
+                    b.interleaved(workload, pairs, programs)
+                };
                 for workload in [bench::Workload::KeepAlive, bench::Workload::ConnectionClose] {
-                    step(&format!("bench interleaved: {}, {pairs} pairs of windows", workload.name()));
-                    let (measured, lost) = b.interleaved(workload, pairs, bench::Programs::Observer)?;
+                    let (measured, lost) = measure(workload, bench::Programs::Observer)?;
                     let s = interleave::Summary::of(&measured).expect("at least one pair");
-                    step(&format!("bench interleaved: {}, empty programs, {pairs} pairs", workload.name()));
-                    let (floor, _) = b.interleaved(workload, pairs, bench::Programs::Floor)?;
+                    let (floor, _) = measure(workload, bench::Programs::Floor)?;
                     let f = interleave::Summary::of(&floor).expect("at least one pair");
                     // Where the target is missed: what the least of observer's design would cost, and
                     // the least of its records.
                     let (table_only, region_records) = if workload == bench::Workload::ConnectionClose {
-                        step(&format!("bench interleaved: {}, socket table only, {pairs} pairs", workload.name()));
-                        let (t, _) = b.interleaved(workload, pairs, bench::Programs::TableOnly)?;
-                        step(&format!(
-                            "bench interleaved: {}, records in per-CPU regions, {pairs} pairs",
-                            workload.name()
-                        ));
-                        let (r, _) = b.interleaved(workload, pairs, bench::Programs::RegionRecords)?;
+                        let (t, _) = measure(workload, bench::Programs::TableOnly)?;
+                        let (r, _) = measure(workload, bench::Programs::RegionRecords)?;
                         (interleave::Summary::of(&t), interleave::Summary::of(&r))
                     } else {
                         (None, None)
