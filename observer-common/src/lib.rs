@@ -125,6 +125,10 @@ pub struct SockSlot {
     pub cookie: u64,
     /// The socket's address (how events name it).
     pub sk: u64,
+    /// Inode number of the socket's network namespace (for the daemon's audit of the table
+    /// against the kernel's sockets, `observer::table_audit`).
+    pub netns: u32,
+    pub _pad: u32,
     pub state: SockState,
 }
 
@@ -265,6 +269,9 @@ pub struct Event {
     pub daddr: [u8; 16],
     /// STATE to CLOSE: the socket's final I/O counters.
     pub io: SockIo,
+    /// The socket's cookie, as its slot in the socket table has it: set in the records that
+    /// report a tracked socket with its addresses (its creation, its first record), 0 otherwise.
+    pub cookie: u64,
 }
 
 impl Event {
@@ -286,6 +293,7 @@ impl Event {
             saddr: [0; 16],
             daddr: [0; 16],
             io: SockIo::zeroed(),
+            cookie: 0,
         }
     }
 }

@@ -225,14 +225,16 @@ fn on_state(ctx: &BtfTracePointContext) {
         // connect(): process context, the caller owns the socket.
         (tcp_state::CLOSE, tcp_state::SYN_SENT) => {
             let owner = kernel::current_owner(&off);
-            if sockets::track(sk, &owner, true, TLS_CAPTURE.load(), false) {
+            ev.cookie = sockets::track(sk, ev.netns, &owner, true, TLS_CAPTURE.load(), false);
+            if ev.cookie != 0 {
                 with_owner(ev, &owner);
             }
         }
         // listen(): process context.
         (_, tcp_state::LISTEN) => {
             let owner = kernel::current_owner(&off);
-            if sockets::track(sk, &owner, true, 0, false) {
+            ev.cookie = sockets::track(sk, ev.netns, &owner, true, 0, false);
+            if ev.cookie != 0 {
                 with_owner(ev, &owner);
             }
             let value = ListenerValue { sk: sk as u64, owner };
@@ -244,7 +246,8 @@ fn on_state(ctx: &BtfTracePointContext) {
             }
         }
         _ => {
-            if let Some(state) = state {
+            if let (Some(state), Some(t)) = (state, &tracked) {
+                ev.cookie = t.id;
                 with_owner(ev, &state.owner);
                 if state.unannounced != 0 {
                     ev.flags |= flags::FIRST_RECORD;
@@ -291,7 +294,7 @@ fn track_child(ctx: &BtfTracePointContext, sk: *mut c_void) {
     }
     match listener {
         Some(l) => {
-            sockets::track(sk, unsafe { &(*l).owner }, false, TLS_CAPTURE.load(), true);
+            sockets::track(sk, key.netns, unsafe { &(*l).owner }, false, TLS_CAPTURE.load(), true);
         }
         None => debug!(ctx, "no listener for child socket on port {}", key.port),
     }

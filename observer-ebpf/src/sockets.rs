@@ -15,6 +15,8 @@ use crate::maps::{SOCK_BUCKET_COUNT, SOCK_BUCKETS, SOCK_OVERFLOW, SOCK_SLOTS, co
 /// A tracked socket's record, and where it lives.
 pub struct Tracked {
     pub state: *mut SockState,
+    /// The socket's cookie (its key in the table).
+    pub id: u64,
     /// The slot's cookie word in its bucket; null for a record in the overflow map.
     cookie: *mut u64,
     bucket: *mut SockBucket,
@@ -34,26 +36,27 @@ pub fn find(off: &KernelOffsets, sk: *mut c_void) -> Option<Tracked> {
         let word = unsafe { &mut (*bucket).cookies[way] as *mut u64 };
         if unsafe { core::ptr::read_volatile(word) } == cookie {
             let slot = SOCK_SLOTS.get_ptr_mut(sock_slot_index(index, way))?;
-            return Some(Tracked { state: unsafe { &mut (*slot).state }, cookie: word, bucket });
+            return Some(Tracked { state: unsafe { &mut (*slot).state }, id: cookie, cookie: word, bucket });
         }
     }
     if unsafe { core::ptr::read_volatile(&(*bucket).overflow) } == 0 {
         return None;
     }
     let state = SOCK_OVERFLOW.get_ptr_mut(&(sk as u64))?;
-    Some(Tracked { state, cookie: core::ptr::null_mut(), bucket })
+    Some(Tracked { state, id: cookie, cookie: core::ptr::null_mut(), bucket })
 }
 
-/// Start tracking a new socket, owned by `owner`; `unannounced`: no record reports its creation.
-/// (A record left by a socket whose CLOSE was never seen is replaced.)
+/// Start tracking a new socket of network namespace `netns`, owned by `owner`; `unannounced`: no
+/// record reports its creation. Returns its cookie, 0 if it cannot be tracked. (A record left by
+/// a socket whose CLOSE was never seen is replaced.)
 #[inline(always)]
-pub fn track(sk: *mut c_void, owner: &Owner, claimed: bool, tls: u32, unannounced: bool) -> bool {
+pub fn track(sk: *mut c_void, netns: u32, owner: &Owner, claimed: bool, tls: u32, unannounced: bool) -> u64 {
     // Hands out the socket's cookie the first time (a per-CPU counter).
     let cookie = unsafe { bpf_get_socket_cookie(sk) };
     let index = sock_bucket(cookie, SOCK_BUCKET_COUNT.load());
     let Some(bucket) = SOCK_BUCKETS.get_ptr_mut(index) else {
         count(counter::STORAGE_FAILED);
-        return false;
+        return 0;
     };
     let mut taken = None;
     for way in 0..SOCK_BUCKET_WAYS {
@@ -80,15 +83,16 @@ pub fn track(sk: *mut c_void, owner: &Owner, claimed: bool, tls: u32, unannounce
             unsafe { atomic_xsub::<u64, u64, { AtomicOrdering::Relaxed }>(&mut (*bucket).overflow, 1) };
         }
         let Some(slot) = SOCK_SLOTS.get_ptr_mut(sock_slot_index(index, way)) else {
-            return false;
+            return 0;
         };
         unsafe {
             crate::zero_words(&mut (*slot).state);
             fill(&mut (*slot).state, owner, claimed, tls, unannounced);
             (*slot).sk = sk as u64;
+            (*slot).netns = netns;
             core::ptr::write_volatile(&mut (*slot).cookie, cookie);
         }
-        return true;
+        return cookie;
     }
     // The bucket is full: the overflow map.
     let mut init = core::mem::MaybeUninit::<SockState>::uninit();
@@ -100,13 +104,13 @@ pub fn track(sk: *mut c_void, owner: &Owner, claimed: bool, tls: u32, unannounce
     let fresh = !(has_overflow && SOCK_OVERFLOW.get_ptr(&(sk as u64)).is_some());
     if SOCK_OVERFLOW.insert(&(sk as u64), init, 0).is_err() {
         count(counter::STORAGE_FAILED);
-        return false;
+        return 0;
     }
     if fresh {
         unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&mut (*bucket).overflow, 1) };
         count(counter::SOCK_OVERFLOW);
     }
-    true
+    cookie
 }
 
 #[inline(always)]

@@ -20,6 +20,7 @@ use crate::exphist::ExpHistogram;
 use crate::lifetime::Lifetimes;
 use crate::model::{Direction, Endpoint, FailureCounts, FailureReason, IoCounts, ProcessKey, StateCounts, TcpState};
 use crate::rate::RateWindow;
+use crate::table_audit::{Gone, StaleSlot};
 use crate::timewait::{KernelTimeWait, TimeWaitTable, TwKey, TwOwner};
 use crate::tls::{self, TlsStats};
 
@@ -195,6 +196,8 @@ impl Process {
 /// What the aggregation knows of one live socket.
 #[derive(Clone, Debug)]
 struct SocketRec {
+    /// The socket's cookie, its key in the kernel's socket table (0 if unknown).
+    cookie: u64,
     owner: ProcessKey,
     direction: Direction,
     /// Aggregation key: remote endpoint (outbound) or listening endpoint (inbound).
@@ -240,6 +243,23 @@ impl SocketRec {
     }
 }
 
+/// A socket that closed without the kernel reporting it, waiting for its final counters.
+struct Unreported {
+    rec: SocketRec,
+    /// The last state it was seen in.
+    state: TcpState,
+    /// When it was known to have closed (a new socket took its address).
+    closed_ns: u64,
+    handshake: Option<tls::Outcome>,
+}
+
+/// How long an [`Unreported`] socket waits for the audit of the kernel's table (passes every few
+/// seconds, see `table_audit`) before it is reported with the counters it has.
+pub const UNREPORTED_TTL_NS: u64 = 60 * SECOND;
+
+/// Most [`Unreported`] sockets held at once (each is a few hundred bytes).
+const MAX_UNREPORTED: usize = 65_536;
+
 #[derive(Clone, Copy, Debug)]
 struct Tombstone {
     owner: ProcessKey,
@@ -280,10 +300,17 @@ pub struct Stats {
     /// Events of processes already pruned (orphaned sockets closing late).
     pub events_after_prune: u64,
     /// Sockets whose end the kernel never reported: a new socket took the same address while
-    /// the daemon still held them, so they had closed (their lifetime, and what they sent and
-    /// received since the last read of the socket table, are not counted). Seen on 6.18 for a
-    /// small share of orphaned sockets in FIN_WAIT1 whose close the tracepoint never reports.
+    /// the daemon still held them, or the audit of the kernel's socket table found them gone
+    /// (see `table_audit`). Seen on 6.18 for a small share of orphaned sockets in FIN_WAIT1.
+    /// Their connections are reported all the same, with their final counters from the table.
     pub closes_not_seen: u64,
+    /// Of those, the ones whose final counters could not be read from the kernel's table (not
+    /// found there within [`UNREPORTED_TTL_NS`]): reported with the counters of the last read.
+    pub closes_without_final_counters: u64,
+    /// Slots of the kernel's socket table the audit freed: their socket was gone.
+    pub stale_slots_freed: u64,
+    /// Passes of the audit of the kernel's socket table (see `table_audit`).
+    pub table_audits: u64,
     pub decode_errors: u64,
     /// Chunks of connections' first bytes applied (TLS recognition).
     pub tls_chunks: u64,
@@ -306,6 +333,10 @@ pub struct Aggregator {
     recently_closed: HashMap<Tuple, u64>,
     /// Handshakes under way or done, by socket, until the socket closes.
     tls: HashMap<u64, tls::Conn>,
+    /// Sockets that closed without the kernel reporting it (a new socket took their address),
+    /// by cookie: their connection is reported when the audit of the kernel's table hands their
+    /// final counters over (see [`Aggregator::close_unreported`]).
+    unreported: HashMap<u64, Unreported>,
     /// Active CLOSE_WAIT leaks, with when each started.
     findings: HashMap<PeerKey, u64>,
     alert_changes: Vec<AlertChange>,
@@ -384,6 +415,18 @@ impl Aggregator {
         self.pruned.retain(|_, t| now_ns.saturating_sub(*t) < PRUNED_TTL_NS);
         self.recently_closed.retain(|_, t| now_ns.saturating_sub(*t) < RECENTLY_CLOSED_TTL_NS);
         self.timewait.expire(now_ns);
+        let late: Vec<u64> = self
+            .unreported
+            .iter()
+            .filter(|(_, u)| now_ns.saturating_sub(u.closed_ns) >= UNREPORTED_TTL_NS)
+            .map(|(c, _)| *c)
+            .collect();
+        for cookie in late {
+            let u = self.unreported.remove(&cookie).expect("listed above");
+            let io = u.rec.io;
+            self.stats.closes_without_final_counters += 1;
+            self.report_unreported(u, io);
+        }
         self.evaluate_close_wait(now_ns);
     }
 
@@ -548,6 +591,7 @@ impl Aggregator {
         }
         use TcpState::*;
         let rec = SocketRec {
+            cookie: ev.cookie,
             owner: seed.owner,
             direction: seed.direction,
             peer: seed.peer,
@@ -704,9 +748,7 @@ impl Aggregator {
         if creation {
             // A record for this address is stale: the kernel reused the memory of a socket
             // whose end we did not see.
-            if self.drop_socket(ev.sk).is_some() {
-                self.stats.closes_not_seen += 1;
-            }
+            self.set_aside_unreported(ev.sk, ev.ts_ns);
         }
         let tracked = self.sockets.contains_key(&ev.sk)
             || (!creation && ev.has_tuple && self.adopt_seed(ev))
@@ -725,6 +767,9 @@ impl Aggregator {
         }
 
         let rec = self.sockets.get_mut(&ev.sk).expect("tracked above");
+        if ev.cookie != 0 {
+            rec.cookie = ev.cookie;
+        }
         if ev.has_tuple {
             // Complete now if it was not at creation (an accepted connection's peer, a failed
             // connect's port): its close comes without addresses.
@@ -820,6 +865,7 @@ impl Aggregator {
         };
         let connected = !creation && !matches!(old, SynSent | SynRecv);
         let rec = SocketRec {
+            cookie: ev.cookie,
             owner: key,
             direction,
             peer,
@@ -848,10 +894,17 @@ impl Aggregator {
         true
     }
 
-    fn on_close(&mut self, ev: &SocketEvent, old: TcpState, mut rec: SocketRec) {
+    fn on_close(&mut self, ev: &SocketEvent, old: TcpState, rec: SocketRec) {
+        let handshake = self.tls.remove(&ev.sk).and_then(|mut c| c.close(ev.ts_ns));
+        let (owner, direction, peer) = (rec.owner, rec.direction, rec.peer);
+        self.report_close(ev, old, rec, handshake);
+        self.tombstones.insert(ev.sk, Tombstone { owner, direction, peer, closed_ns: ev.ts_ns });
+    }
+
+    /// A connection ended (`ev` is its close, `old` the state it left): its figures.
+    fn report_close(&mut self, ev: &SocketEvent, old: TcpState, mut rec: SocketRec, handshake: Option<tls::Outcome>) {
         use TcpState::*;
         let cfg_peer = rec.peer;
-        let handshake = self.tls.remove(&ev.sk).and_then(|mut c| c.close(ev.ts_ns));
         {
             let Some(stats) = self.peer_mut(rec.owner, rec.direction, cfg_peer) else { return };
             if let Some(o) = handshake {
@@ -891,10 +944,67 @@ impl Aggregator {
             self.timewait.add(key, owner, ev.ts_ns);
         }
         self.uncharge(&rec);
-        self.tombstones.insert(
-            ev.sk,
-            Tombstone { owner: rec.owner, direction: rec.direction, peer: rec.peer, closed_ns: ev.ts_ns },
-        );
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Closes the kernel never reported
+    // ----------------------------------------------------------------------------------------
+
+    /// A new socket takes the address `sk` while a record of the previous one is still here: it
+    /// closed without the kernel reporting it. Out of the live figures now; its connection is
+    /// reported once the audit finds its slot (with its final counters), or after
+    /// [`UNREPORTED_TTL_NS`].
+    fn set_aside_unreported(&mut self, sk: u64, now_ns: u64) {
+        let handshake = self.tls.get_mut(&sk).and_then(|c| c.close(now_ns));
+        let Some(mut rec) = self.drop_socket(sk) else { return };
+        self.stats.closes_not_seen += 1;
+        // Out of the live counts already.
+        let state = rec.state.take().unwrap_or(TcpState::Close);
+        let u = Unreported { rec, state, closed_ns: now_ns, handshake };
+        if u.rec.cookie == 0 || self.unreported.len() >= MAX_UNREPORTED {
+            // No slot of the kernel's table will hand its counters over.
+            self.stats.closes_without_final_counters += 1;
+            let io = u.rec.io;
+            self.report_unreported(u, io);
+            return;
+        }
+        self.unreported.insert(u.rec.cookie, u);
+    }
+
+    /// Report the connection of a socket set aside, with `io` as its final counters.
+    fn report_unreported(&mut self, u: Unreported, io: IoCounts) {
+        let ev = closing_event(0, u.closed_ns, u.state, io);
+        self.report_close(&ev, u.state, u.rec, u.handshake);
+    }
+
+    /// The audit of the kernel's socket table found the slot `stale` of a socket that is gone
+    /// (the slot is freed): report its connection with the slot's counters, if the daemon still
+    /// holds it (set aside, or still open as far as the kernel's records go). Returns whether
+    /// it did.
+    pub fn close_unreported(&mut self, stale: &StaleSlot, now_ns: u64) -> bool {
+        let slot = &stale.slot;
+        self.stats.stale_slots_freed += 1;
+        // In TIME_WAIT, the kernel has it: it went through FIN_WAIT2 (or CLOSING), and its
+        // TIME_WAIT is charged to its owner.
+        let last = |state: TcpState| match (stale.gone, state) {
+            (Gone::TimeWait, TcpState::FinWait1) => TcpState::FinWait2,
+            _ => state,
+        };
+        if let Some(mut u) = self.unreported.remove(&slot.cookie) {
+            u.state = last(u.state);
+            self.report_unreported(u, slot.io);
+            return true;
+        }
+        let Some(rec) = self.sockets.get(&slot.sk).filter(|r| r.cookie == slot.cookie) else { return false };
+        self.stats.closes_not_seen += 1;
+        let old = last(rec.state.unwrap_or(TcpState::Close));
+        self.on_state(&closing_event(slot.sk, now_ns, old, slot.io), old, TcpState::Close);
+        true
+    }
+
+    /// Sockets set aside, waiting for the audit.
+    pub fn unreported_closes(&self) -> usize {
+        self.unreported.len()
     }
 
     /// The first bytes of a send or receive of a connection that may start with a TLS
@@ -986,6 +1096,28 @@ impl Aggregator {
                 stats.resets_sent += 1;
             }
         }
+    }
+}
+
+/// The close of socket `sk` at `ts_ns` from state `old`, with its final counters `io`, when the
+/// kernel never reported it.
+fn closing_event(sk: u64, ts_ns: u64, old: TcpState, io: IoCounts) -> SocketEvent {
+    let none = Endpoint::from_kernel(0, &[0; 16], 0);
+    SocketEvent {
+        ts_ns,
+        sk,
+        owner: None,
+        kind: EventKind::State { old, new: TcpState::Close },
+        family: 0,
+        local: none,
+        remote: none,
+        error: 0,
+        netns: None,
+        io,
+        has_tuple: false,
+        local_port: 0,
+        first: false,
+        cookie: 0,
     }
 }
 

@@ -87,9 +87,15 @@ async fn alerts(State(s): State<AppState>) -> Response {
 /// The daemon itself: version, which optional features work, kernel-side counters.
 async fn status(State(s): State<AppState>) -> Response {
     let k = s.kernel.lock().expect("kernel status lock").clone();
-    let (processes, sockets, unattributed, closes_not_seen) = {
+    let (processes, sockets, unattributed, stats, awaiting) = {
         let a = s.agg.lock().expect("aggregator lock");
-        (a.processes().count(), a.tracked_sockets(), a.stats.unattributed_events, a.stats.closes_not_seen)
+        (
+            a.processes().count(),
+            a.tracked_sockets(),
+            a.stats.unattributed_events,
+            a.stats.clone(),
+            a.unreported_closes(),
+        )
     };
     let features: serde_json::Map<String, serde_json::Value> =
         k.features.list().iter().map(|(n, on)| (n.to_string(), json!(on))).collect();
@@ -105,7 +111,11 @@ async fn status(State(s): State<AppState>) -> Response {
         "tracked_processes": processes,
         "tracked_sockets": sockets,
         "unattributed_events": unattributed,
-        "closes_not_seen": closes_not_seen,
+        "closes_not_seen": stats.closes_not_seen,
+        "closes_awaiting_final_counters": awaiting,
+        "closes_without_final_counters": stats.closes_without_final_counters,
+        "stale_slots_freed": stats.stale_slots_freed,
+        "table_audits": stats.table_audits,
     }))
     .into_response()
 }

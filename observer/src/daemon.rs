@@ -1,6 +1,6 @@
 //! The daemon: kernel events in, aggregation, background reconciliation, HTTP out.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,6 +19,7 @@ use crate::event;
 use crate::metrics::{self, KernelStatus};
 use crate::model::ProcessKey;
 use crate::probes::{Options, Probes};
+use crate::table_audit::{self, Audit};
 use crate::{cgroup, exits, procfs, snapshot, sock_diag};
 
 pub struct DaemonOptions {
@@ -120,6 +121,9 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
     }
     tasks.spawn(housekeeping(agg.clone(), watch_exits));
     tasks.spawn(reconcile_time_wait(agg.clone(), opts.reconcile_interval));
+    if !(opts.bench_floor || opts.bench_table_only || opts.bench_region_records) {
+        tasks.spawn(audit_socket_table(agg.clone(), probes.clone()));
+    }
     tasks.spawn(refresh_kernel_status(probes.clone(), kernel.clone()));
     if opts.bench_toggle {
         tasks.spawn(bench_toggle(probes.clone()));
@@ -380,6 +384,76 @@ async fn reconcile_time_wait(agg: Arc<Mutex<Aggregator>>, every: Duration) {
             }
         }
         pause = every.max(pass.elapsed() * RECONCILE_DUTY);
+    }
+}
+
+/// How often the kernel's socket table is audited against the kernel's own list of sockets (at
+/// most: like TIME_WAIT reconciliation, passes space out over a large table).
+const AUDIT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Find the slots of the kernel's socket table whose socket is gone although the kernel never
+/// reported its close, free them, and report their connections (see `table_audit`).
+async fn audit_socket_table(agg: Arc<Mutex<Aggregator>>, probes: Arc<Mutex<Probes>>) {
+    let own = procfs::own_netns_inode().unwrap_or(0);
+    let mut audit = Audit::default();
+    let mut pause = AUDIT_INTERVAL;
+    loop {
+        tokio::time::sleep(pause).await;
+        let pass = std::time::Instant::now();
+        let p = probes.clone();
+        // Read before any dump starts: a socket in the table then is in every dump unless gone.
+        let Ok(slots) = tokio::task::spawn_blocking(move || p.lock().expect("probes lock").table_slots()).await else {
+            continue;
+        };
+        let mut kernel = HashMap::new();
+        for (netns, pids) in table_audit::namespaces(&slots) {
+            if netns == 0 {
+                // Unknown namespace: left alone.
+                continue;
+            }
+            let dump = tokio::task::spawn_blocking(move || {
+                if netns == own {
+                    return sock_diag::dump_cookies(None);
+                }
+                let path = procfs::netns_path(netns, &pids)
+                    .ok_or_else(|| anyhow::anyhow!("nothing left in netns {netns} to enter it through"))?;
+                sock_diag::dump_cookies(Some(&path))
+            })
+            .await;
+            match dump {
+                Ok(Ok(cookies)) => {
+                    kernel.insert(netns, cookies);
+                }
+                Ok(Err(e)) => log::debug!("socket table audit of netns {netns} skipped: {e:#}"),
+                Err(e) => log::warn!("socket table audit task failed: {e}"),
+            }
+        }
+        let stale = audit.pass(&slots, &kernel);
+        log::debug!(
+            "socket table audit: {} slots in {} namespaces, {} stale, {} missing from one dump",
+            slots.len(),
+            kernel.len(),
+            stale.len(),
+            audit.suspects()
+        );
+        agg.lock().expect("aggregator lock").stats.table_audits += 1;
+        if !stale.is_empty() {
+            let p = probes.clone();
+            let freed = tokio::task::spawn_blocking(move || {
+                let p = p.lock().expect("probes lock");
+                stale.into_iter().filter(|s| p.free_slot(s.slot.index, s.slot.cookie)).collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
+            let now = monotonic_ns();
+            let mut a = agg.lock().expect("aggregator lock");
+            let reported = freed.iter().filter(|s| a.close_unreported(s, now)).count();
+            log::info!(
+                "socket table audit: freed {} slots of sockets whose close the kernel never reported ({reported} connections reported)",
+                freed.len()
+            );
+        }
+        pause = AUDIT_INTERVAL.max(pass.elapsed() * RECONCILE_DUTY);
     }
 }
 

@@ -106,6 +106,9 @@ pub struct SocketEvent {
     /// The first record of a socket the kernel tracked silently since its creation (an accepted
     /// connection, first reported at the end of SYN_RECV): its creation, for user space.
     pub first: bool,
+    /// The socket's cookie, in the records that report a tracked socket with its addresses (see
+    /// [`observer_common::Event::cookie`]); 0 otherwise.
+    pub cookie: u64,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -246,6 +249,7 @@ fn compact(ts_ns: u64, sk: u64, kind: EventKind) -> SocketEvent {
         has_tuple: false,
         local_port: 0,
         first: false,
+        cookie: 0,
     }
 }
 
@@ -273,6 +277,7 @@ pub fn from_raw(raw: &Event) -> Result<SocketEvent, DecodeError> {
         has_tuple: raw.kind == kind::STATE,
         local_port: 0,
         first: raw.flags & flags::FIRST_RECORD != 0,
+        cookie: raw.cookie,
     })
 }
 

@@ -21,6 +21,7 @@ mod rate;
 mod snapshot;
 mod sock_diag;
 mod socket_table;
+mod table_audit;
 mod timewait;
 mod tls;
 mod views;

@@ -573,10 +573,25 @@ impl Collector for ObserverCollector {
         single(
             &mut enc,
             "observer_closes_not_seen",
-            "Sockets whose end the kernel never reported (a new socket took their address): their lifetime \
-             and last counters are missing",
+            "Sockets whose end the kernel never reported, found closed by the daemon (a new socket took their \
+             address, or the audit of the socket table found them gone); their connections are reported",
             Counter,
             agg.stats.closes_not_seen,
+        )?;
+        single(
+            &mut enc,
+            "observer_closes_without_final_counters",
+            "Of observer_closes_not_seen_total, the connections reported with the counters of the last read \
+             of the socket table instead of their final ones",
+            Counter,
+            agg.stats.closes_without_final_counters,
+        )?;
+        single(
+            &mut enc,
+            "observer_stale_slots_freed",
+            "Slots of the kernel's socket table freed by the daemon's audit: their socket was gone",
+            Counter,
+            agg.stats.stale_slots_freed,
         )?;
         single(
             &mut enc,
@@ -677,6 +692,7 @@ mod tests {
                 has_tuple: true,
                 local_port: 0,
                 first: false,
+                cookie: 0,
             });
         }
     }

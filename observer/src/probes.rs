@@ -21,6 +21,7 @@ use crate::model::{IoCounts, ProcessKey, TcpState};
 use crate::btf_offsets;
 use crate::exits;
 use crate::socket_table::{self, MappedArray};
+use crate::table_audit::TableSlot;
 
 /// The eBPF object built by build.rs (empty when built with AYA_BUILD_SKIP=1).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
@@ -205,7 +206,8 @@ impl Probes {
                 _ => bail!("{name} map missing"),
             }
         };
-        let sock_buckets = MappedArray::new(array_fd(names::SOCK_BUCKETS)?, table.buckets)?;
+        // Writable: the daemon frees the slots of sockets whose close the kernel never reported.
+        let sock_buckets = MappedArray::new_writable(array_fd(names::SOCK_BUCKETS)?, table.buckets)?;
         let sock_slots = MappedArray::new(array_fd(names::SOCK_SLOTS)?, table.slots)?;
 
         let mut links = Vec::new();
@@ -347,7 +349,7 @@ impl Probes {
         socket_table::live_slots(
             |b| self.sock_buckets.get(b),
             |i| self.sock_slots.get(i),
-            |sk, st| out.push((sk, IoCounts::from_kernel(&st.io))),
+            |_, s| out.push((s.sk, IoCounts::from_kernel(&s.state.io))),
         );
         let map_fd = match self.ebpf.map(names::SOCK_OVERFLOW) {
             Some(Map::HashMap(m)) => m.fd().as_fd().as_raw_fd(),
@@ -356,6 +358,32 @@ impl Probes {
         read_batches::<u64, SockState>(map_fd, |sk, st| out.push((*sk, IoCounts::from_kernel(&st.io))))
             .context("reading the socket table's overflow map")?;
         Ok(out)
+    }
+
+    /// Every taken slot of the socket table (not the overflow map: its records have no cookie).
+    pub fn table_slots(&self) -> Vec<TableSlot> {
+        let mut out = Vec::new();
+        socket_table::live_slots(
+            |b| self.sock_buckets.get(b),
+            |i| self.sock_slots.get(i),
+            |index, s| {
+                out.push(TableSlot {
+                    index,
+                    cookie: s.cookie,
+                    sk: s.sk,
+                    netns: s.netns,
+                    owner_pid: s.state.owner.tgid,
+                    io: IoCounts::from_kernel(&s.state.io),
+                })
+            },
+        );
+        out
+    }
+
+    /// Free the socket table's slot `index` if it still holds `cookie` (see
+    /// `socket_table::free_slot`).
+    pub fn free_slot(&self, index: u32, cookie: u64) -> bool {
+        socket_table::free_slot(&self.sock_buckets, index, cookie)
     }
 
     /// Entries in the kernel's listener map now (walks the map).

@@ -78,6 +78,23 @@ pub fn netns_inode(pid: u32) -> Option<u32> {
     std::fs::metadata(proc_path(pid, "ns/net")).ok().map(|m| m.ino() as u32)
 }
 
+/// A path that enters network namespace `netns`: `/proc/<pid>/ns/net` of one of `pids` in it,
+/// else of any process in it, else a namespace named by `ip netns` (`/run/netns`). None if
+/// nothing holds it that can be opened.
+pub fn netns_path(netns: u32, pids: &[u32]) -> Option<PathBuf> {
+    if let Some(pid) = pids.iter().find(|pid| netns_inode(**pid) == Some(netns)) {
+        return Some(proc_path(*pid, "ns/net"));
+    }
+    let is = |p: &std::path::Path| std::fs::metadata(p).is_ok_and(|m| m.ino() as u32 == netns);
+    let procs = std::fs::read_dir("/proc").ok()?.flatten();
+    let pids = procs.filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok());
+    if let Some(path) = pids.map(|pid| proc_path(pid, "ns/net")).find(|p| is(p)) {
+        return Some(path);
+    }
+    let named = std::fs::read_dir("/run/netns").ok()?.flatten();
+    named.map(|e| e.path()).find(|p| is(p))
+}
+
 /// Inode number of our own network namespace.
 pub fn own_netns_inode() -> Option<u32> {
     std::fs::metadata("/proc/self/ns/net").ok().map(|m| m.ino() as u32)

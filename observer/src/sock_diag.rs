@@ -10,13 +10,14 @@ use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessa
 use netlink_packet_sock_diag::{
     SockDiagMessage,
     constants::{AF_INET, AF_INET6, IPPROTO_TCP},
-    inet::{ExtensionFlags, InetRequest, SocketId},
+    inet::{ExtensionFlags, InetRequest, SocketId, Timer},
 };
 use netlink_sys::{Socket, SocketAddr as NlAddr, protocols::NETLINK_SOCK_DIAG};
 
 pub use netlink_packet_sock_diag::inet::StateFlags;
 
 use crate::model::TcpState;
+use crate::table_audit::KernelCookies;
 use crate::timewait::KernelTimeWait;
 
 /// One socket of the kernel's table.
@@ -28,6 +29,11 @@ pub struct DiagSocket {
     pub state: TcpState,
     /// Inode of the socket's file (0 for orphaned and timewait sockets).
     pub inode: u32,
+    /// The socket's cookie (`bpf_get_socket_cookie`'s; a timewait socket keeps the cookie of
+    /// the full socket it was made from).
+    pub cookie: u64,
+    /// A timewait socket (TIME_WAIT, or FIN_WAIT2 for an orphan): the full socket is gone.
+    pub timewait: bool,
 }
 
 /// TCP sockets in `states` of the current network namespace, IPv4 and IPv6.
@@ -55,6 +61,23 @@ pub fn dump_in(netns_path: &Path, states: StateFlags) -> Result<Vec<DiagSocket>>
     })
     .join()
     .map_err(|_| anyhow!("sock_diag thread panicked"))?
+}
+
+/// The cookies of every TCP socket, in `netns_path` or (None) here.
+pub fn dump_cookies(netns_path: Option<&Path>) -> Result<KernelCookies> {
+    let all = match netns_path {
+        Some(p) => dump_in(p, StateFlags::all())?,
+        None => dump(StateFlags::all())?,
+    };
+    let mut out = KernelCookies::default();
+    for s in all {
+        if s.timewait {
+            out.timewait.insert(s.cookie)
+        } else {
+            out.full.insert(s.cookie)
+        };
+    }
+    Ok(out)
 }
 
 /// Timewait sockets (TIME_WAIT and FIN_WAIT2 sub-states), in `netns_path` or (None) here.
@@ -104,11 +127,16 @@ fn dump_family(socket: &Socket, family: u8, states: StateFlags, out: &mut Vec<Di
                 NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
                     let h = &r.header;
                     if let Some(state) = TcpState::from_kernel(h.state) {
+                        // Two 32-bit halves, low first, each in host order.
+                        let c = h.socket_id.cookie;
+                        let half = |i: usize| u64::from(u32::from_ne_bytes([c[i], c[i + 1], c[i + 2], c[i + 3]]));
                         out.push(DiagSocket {
                             local: SocketAddr::new(h.socket_id.source_address, h.socket_id.source_port),
                             remote: SocketAddr::new(h.socket_id.destination_address, h.socket_id.destination_port),
                             state,
                             inode: h.inode,
+                            cookie: half(0) | half(4) << 32,
+                            timewait: state == TcpState::TimeWait || h.timer == Some(Timer::TimeWait),
                         });
                     }
                 }

@@ -5,7 +5,9 @@
 use std::os::fd::RawFd;
 
 use anyhow::{Result, bail};
-use observer_common::{SOCK_BUCKET_WAYS, SockBucket, SockSlot, SockState};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use observer_common::{SOCK_BUCKET_WAYS, SockBucket, SockSlot};
 
 /// The table's dimensions for `max_sockets`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,14 +29,14 @@ impl Size {
     }
 }
 
-/// Every tracked socket's address and record in the table's arrays (`bucket` and `slot` copy
-/// one element out), taken as they are while the kernel changes them. A slot counts only while
-/// its own cookie matches its bucket's: a slot being taken is skipped until filled in, and a slot
-/// freed and taken again while it was read is dropped (its socket is gone).
+/// Every taken slot of the table's arrays (`bucket` and `slot` copy one element out), with its
+/// index, taken as they are while the kernel changes them. A slot counts only while its own
+/// cookie matches its bucket's: a slot being taken is skipped until filled in, and a slot freed
+/// and taken again while it was read is dropped (its socket is gone).
 pub fn live_slots(
     bucket: impl Fn(usize) -> Option<SockBucket>,
     slot: impl Fn(usize) -> Option<SockSlot>,
-    mut each: impl FnMut(u64, &SockState),
+    mut each: impl FnMut(u32, &SockSlot),
 ) {
     let mut b = 0;
     while let Some(bucket) = bucket(b) {
@@ -42,41 +44,75 @@ pub fn live_slots(
             if cookie == 0 {
                 continue;
             }
-            if let Some(s) = slot(observer_common::sock_slot_index(b as u32, way) as usize)
+            let index = observer_common::sock_slot_index(b as u32, way);
+            if let Some(s) = slot(index as usize)
                 && s.cookie == cookie
             {
-                each(s.sk, &s.state);
+                each(index, &s);
             }
         }
         b += 1;
     }
 }
 
-/// An array map mapped read-only into the daemon (the map must be `BPF_F_MMAPABLE`).
+/// Free the slot `index` of the table whose buckets are `buckets`, if it still holds `cookie`
+/// (the kernel may have freed it, and taken it again for another socket, meanwhile: cookies are
+/// never reused). The same compare-and-swap the kernel takes slots with.
+pub fn free_slot(buckets: &MappedArray<SockBucket>, index: u32, cookie: u64) -> bool {
+    let (bucket, way) = (index as usize / SOCK_BUCKET_WAYS, index as usize % SOCK_BUCKET_WAYS);
+    let offset = std::mem::offset_of!(SockBucket, cookies) + way * size_of::<u64>();
+    match buckets.atomic_u64(bucket, offset) {
+        Some(word) => word.compare_exchange(cookie, 0, Ordering::SeqCst, Ordering::SeqCst).is_ok(),
+        None => false,
+    }
+}
+
+/// An array map mapped into the daemon (the map must be `BPF_F_MMAPABLE`): read-only, or
+/// writable for [`atomic_u64`](Self::atomic_u64).
 pub struct MappedArray<T> {
     ptr: *const T,
     len: usize,
     bytes: usize,
+    writable: bool,
 }
 
-// SAFETY: a read-only shared mapping, read through volatile copies only.
+// SAFETY: a shared mapping, read through volatile copies and written through atomics only.
 unsafe impl<T> Send for MappedArray<T> {}
 unsafe impl<T> Sync for MappedArray<T> {}
 
 impl<T: Copy> MappedArray<T> {
     pub fn new(fd: RawFd, len: u32) -> Result<MappedArray<T>> {
+        Self::map(fd, len, false)
+    }
+
+    pub fn new_writable(fd: RawFd, len: u32) -> Result<MappedArray<T>> {
+        Self::map(fd, len, true)
+    }
+
+    fn map(fd: RawFd, len: u32, writable: bool) -> Result<MappedArray<T>> {
         // The kernel lays array values out 8-byte aligned, from the start of the mapping.
         if !size_of::<T>().is_multiple_of(8) {
             bail!("array value size {} is not a multiple of 8", size_of::<T>());
         }
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
         let bytes = (len as usize * size_of::<T>()).div_ceil(page) * page;
-        // SAFETY: a fresh shared read-only mapping of the map's fd; checked below.
-        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), bytes, libc::PROT_READ, libc::MAP_SHARED, fd, 0) };
+        let prot = if writable { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_READ };
+        // SAFETY: a fresh shared mapping of the map's fd; checked below.
+        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), bytes, prot, libc::MAP_SHARED, fd, 0) };
         if ptr == libc::MAP_FAILED {
             bail!("mapping the socket table: {}", std::io::Error::last_os_error());
         }
-        Ok(MappedArray { ptr: ptr as *const T, len: len as usize, bytes })
+        Ok(MappedArray { ptr: ptr as *const T, len: len as usize, bytes, writable })
+    }
+
+    /// The 8-byte word at `offset` bytes into element `i`, to change atomically (the kernel's
+    /// programs change it too). None if out of bounds, misaligned, or the mapping is read-only.
+    pub fn atomic_u64(&self, i: usize, offset: usize) -> Option<&AtomicU64> {
+        if !self.writable || i >= self.len || offset + 8 > size_of::<T>() || !offset.is_multiple_of(8) {
+            return None;
+        }
+        // SAFETY: within element i of a writable shared mapping, 8-byte aligned (elements are).
+        Some(unsafe { &*((self.ptr as *const u8).add(i * size_of::<T>() + offset) as *const AtomicU64) })
     }
 
     /// A copy of element `i`.
@@ -146,6 +182,28 @@ mod tests {
         assert_eq!(observer_common::sock_bucket(42, 0), 0);
     }
 
+    #[test]
+    fn a_slot_is_freed_only_while_it_holds_the_cookie() {
+        // A memory file stands in for the map: the same shared, writable mapping.
+        let fd = unsafe { libc::memfd_create(c"table".as_ptr(), 0) };
+        assert!(fd >= 0);
+        assert_eq!(unsafe { libc::ftruncate(fd, 4096) }, 0);
+        let buckets = MappedArray::<SockBucket>::new_writable(fd, 4).unwrap();
+        let word = |b: usize, way: usize| buckets.atomic_u64(b, way * 8).unwrap();
+        word(2, 5).store(77, Ordering::SeqCst);
+        let index = observer_common::sock_slot_index(2, 5);
+        assert!(!free_slot(&buckets, index, 78), "another socket's slot");
+        assert_eq!(word(2, 5).load(Ordering::SeqCst), 77);
+        assert!(free_slot(&buckets, index, 77));
+        assert_eq!(buckets.get(2).unwrap().cookies, [0; SOCK_BUCKET_WAYS]);
+        assert!(!free_slot(&buckets, index, 77), "already free");
+        assert!(!free_slot(&buckets, observer_common::sock_slot_index(4, 0), 77), "out of bounds");
+        // Read-only mappings are never written.
+        let ro = MappedArray::<SockBucket>::new(fd, 4).unwrap();
+        assert!(ro.atomic_u64(0, 0).is_none());
+        unsafe { libc::close(fd) };
+    }
+
     fn slot(cookie: u64, sk: u64, sent: u64) -> SockSlot {
         let mut s = SockSlot { cookie, sk, ..Default::default() };
         s.state.io.bytes_sent = sent;
@@ -167,7 +225,11 @@ mod tests {
         buckets[1].cookies[6] = 21;
         slots[SOCK_BUCKET_WAYS + 6] = slot(21, 0x4000, 8);
         let mut seen = Vec::new();
-        live_slots(|b| buckets.get(b).copied(), |i| slots.get(i).copied(), |sk, st| seen.push((sk, st.io.bytes_sent)));
-        assert_eq!(seen, vec![(0x1000, 5), (0x4000, 8)]);
+        live_slots(
+            |b| buckets.get(b).copied(),
+            |i| slots.get(i).copied(),
+            |index, s| seen.push((index, s.sk, s.state.io.bytes_sent)),
+        );
+        assert_eq!(seen, vec![(0, 0x1000, 5), (SOCK_BUCKET_WAYS as u32 + 6, 0x4000, 8)]);
     }
 }

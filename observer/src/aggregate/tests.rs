@@ -7,6 +7,7 @@ use crate::closewait::Verdict;
 use crate::event::{EventKind, Owner, SocketEvent};
 use crate::model::IoCounts;
 use crate::model::TcpState::*;
+use crate::table_audit::{Gone, StaleSlot, TableSlot};
 use crate::timewait::KernelTimeWait;
 
 const MS: u64 = 1_000_000;
@@ -32,11 +33,29 @@ struct Sock {
     t: u64,
     /// I/O counters the kernel hands over when the socket closes (IO_FINAL).
     io: IoCounts,
+    /// Its cookie in the kernel's socket table, unique (as the kernel's are).
+    cookie: u64,
 }
 
 impl Sock {
     fn new(sk: u64, pid: u32, local: &str, remote: &str) -> Sock {
-        Sock { sk, owner: Some(owner(pid)), local: ep(local), remote: ep(remote), t: 0, io: IoCounts::default() }
+        static COOKIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let cookie = COOKIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Sock {
+            sk,
+            owner: Some(owner(pid)),
+            local: ep(local),
+            remote: ep(remote),
+            t: 0,
+            io: IoCounts::default(),
+            cookie,
+        }
+    }
+
+    /// Its slot in the kernel's table, as the audit finds it once the socket is gone.
+    fn stale_slot(&self, gone: Gone, io: IoCounts) -> StaleSlot {
+        let slot = TableSlot { index: 3, cookie: self.cookie, sk: self.sk, netns: 7, owner_pid: 0, io };
+        StaleSlot { slot, gone }
     }
 
     fn ev(&mut self, kind: EventKind, error: i32) -> SocketEvent {
@@ -56,6 +75,8 @@ impl Sock {
             has_tuple: true,
             local_port: 0,
             first: false,
+            // Records with addresses carry it (compact ones do not: `compact` leaves it).
+            cookie: self.cookie,
         }
     }
 
@@ -74,7 +95,7 @@ impl Sock {
     fn compact(&mut self, a: &mut Aggregator, old: TcpState, new: TcpState) {
         let mut e = self.ev(EventKind::State { old, new }, 0);
         let none = Endpoint::from_kernel(0, &[0; 16], 0);
-        (e.owner, e.local, e.remote, e.netns, e.has_tuple) = (None, none, none, None, false);
+        (e.owner, e.local, e.remote, e.netns, e.has_tuple, e.cookie) = (None, none, none, None, false, 0);
         a.apply(&e);
     }
 
@@ -82,7 +103,8 @@ impl Sock {
     fn connected(&mut self, a: &mut Aggregator, port: u16) {
         let mut e = self.ev(EventKind::State { old: SynSent, new: Established }, 0);
         let none = Endpoint::from_kernel(0, &[0; 16], 0);
-        (e.owner, e.local, e.remote, e.netns, e.has_tuple, e.local_port) = (None, none, none, None, false, port);
+        (e.owner, e.local, e.remote, e.netns, e.has_tuple, e.local_port, e.cookie) =
+            (None, none, none, None, false, port, 0);
         a.apply(&e);
     }
 
@@ -90,6 +112,13 @@ impl Sock {
         let e = self.ev(kind, error);
         a.apply(&e);
     }
+}
+
+/// An accepted connection's first record (the end of SYN_RECV), which says so.
+fn accepted(a: &mut Aggregator, s: &mut Sock) {
+    let mut first = s.ev(EventKind::State { old: SynRecv, new: Established }, 0);
+    first.first = true;
+    a.apply(&first);
 }
 
 fn out<'a>(a: &'a Aggregator, pid: u32, remote: &str) -> &'a PeerStats {
@@ -361,18 +390,13 @@ fn a_reused_socket_address_starts_a_new_life() {
 }
 
 /// What the kernel does to a small share of servers' orphaned sockets: FIN_WAIT1 is the last
-/// state reported, and the next record at that address is a new connection's.
+/// state reported, and the next record at that address is a new connection's. Out of the live
+/// figures at once; the audit of the kernel's table hands its final counters over.
 #[test]
-fn an_orphan_whose_close_is_never_reported_is_counted_when_its_address_is_reused() {
+fn an_orphan_whose_close_is_never_reported_is_set_aside_when_its_address_is_reused() {
     let mut a = Aggregator::default();
     let mut l = Sock::new(10, 200, "127.0.0.1:8080", "0.0.0.0:0");
     l.state(&mut a, Close, Listen);
-    // An accepted connection's first record (the end of SYN_RECV) says so.
-    let accepted = |a: &mut Aggregator, s: &mut Sock| {
-        let mut first = s.ev(EventKind::State { old: SynRecv, new: Established }, 0);
-        first.first = true;
-        a.apply(&first);
-    };
     let mut s = Sock::new(1, 200, "127.0.0.1:8080", "127.0.0.1:40000");
     accepted(&mut a, &mut s);
     s.compact(&mut a, Established, FinWait1);
@@ -382,8 +406,99 @@ fn an_orphan_whose_close_is_never_reported_is_counted_when_its_address_is_reused
     let st = inb(&a, 200, "127.0.0.1:8080");
     assert_eq!((st.sockets.get(FinWait1), st.sockets.get(Established)), (0, 1));
     assert_eq!(st.closed_by_local, 1);
-    assert_eq!(st.lifetimes.count, 0, "its lifetime is unknown");
-    assert_eq!(a.stats.closes_not_seen, 1);
+    assert_eq!(st.lifetimes.count, 0, "not reported before its final counters");
+    assert_eq!((a.stats.closes_not_seen, a.unreported_closes()), (1, 1));
+
+    // The audit finds its slot: its socket is in TIME_WAIT.
+    let io = IoCounts { bytes_sent: 1, bytes_received: 5, send_runs: 1, recv_runs: 1 };
+    assert!(a.close_unreported(&s.stale_slot(Gone::TimeWait, io), 60 * SECOND));
+    let st = inb(&a, 200, "127.0.0.1:8080");
+    assert_eq!(st.lifetimes.count, 1);
+    assert_eq!((st.bytes_sent, st.bytes_received, st.requests), (1, 5, 1));
+    assert_eq!(st.requests_per_connection.count, 1);
+    assert_eq!((st.sockets.get(FinWait1), st.sockets.get(Established)), (0, 1), "the new one is untouched");
+    assert_eq!(tw(&a, 200, Direction::Inbound, "127.0.0.1:8080"), 1, "its TIME_WAIT is charged");
+    assert_eq!((a.stats.closes_not_seen, a.unreported_closes(), a.stats.stale_slots_freed), (1, 0, 1));
+    assert_eq!(a.stats.closes_without_final_counters, 0);
+    // The new socket at that address keeps its own record and cookie.
+    assert!(!a.close_unreported(&s.stale_slot(Gone::Missing, io), 61 * SECOND), "reported once");
+    assert_eq!(inb(&a, 200, "127.0.0.1:8080").lifetimes.count, 1);
+    s2.compact(&mut a, Established, FinWait1);
+    s2.io = io;
+    s2.compact(&mut a, FinWait1, Close);
+    assert_eq!(inb(&a, 200, "127.0.0.1:8080").lifetimes.count, 2);
+}
+
+/// The same socket, found by the audit before any new socket takes its address.
+#[test]
+fn an_orphan_found_gone_by_the_audit_is_closed_with_its_final_counters() {
+    let mut a = Aggregator::default();
+    let mut l = Sock::new(10, 200, "127.0.0.1:8080", "0.0.0.0:0");
+    l.state(&mut a, Close, Listen);
+    let mut s = Sock::new(1, 200, "127.0.0.1:8080", "127.0.0.1:40000");
+    accepted(&mut a, &mut s);
+    s.compact(&mut a, Established, FinWait1);
+    let io = IoCounts { bytes_sent: 7, bytes_received: 3, send_runs: 1, recv_runs: 1 };
+    // A slot of this address whose cookie is another socket's is not this one's.
+    let mut other = s.stale_slot(Gone::TimeWait, io);
+    other.slot.cookie += 1_000_000;
+    assert!(!a.close_unreported(&other, 2 * SECOND));
+    assert_eq!(inb(&a, 200, "127.0.0.1:8080").sockets.get(FinWait1), 1);
+    assert_eq!((a.stats.closes_not_seen, a.stats.stale_slots_freed), (0, 1));
+
+    assert!(a.close_unreported(&s.stale_slot(Gone::TimeWait, io), 2 * SECOND));
+    let st = inb(&a, 200, "127.0.0.1:8080");
+    assert_eq!((st.sockets.get(FinWait1), st.sockets.total()), (0, 1), "the listener's LISTEN only");
+    assert_eq!((st.closed_by_local, st.closed_by_peer), (1, 0), "counted once, at FIN_WAIT1");
+    assert_eq!(st.lifetimes.count, 1);
+    assert_eq!((st.bytes_sent, st.bytes_received, st.requests), (7, 3, 1));
+    assert_eq!(tw(&a, 200, Direction::Inbound, "127.0.0.1:8080"), 1);
+    assert_eq!(a.tracked_sockets(), 1, "only the listener");
+    assert_eq!((a.stats.closes_not_seen, a.stats.stale_slots_freed), (1, 2));
+    // Missing altogether (not in TIME_WAIT): no TIME_WAIT charged.
+    let mut s3 = Sock::new(3, 200, "127.0.0.1:8080", "127.0.0.1:40003");
+    accepted(&mut a, &mut s3);
+    s3.compact(&mut a, Established, FinWait1);
+    assert!(a.close_unreported(&s3.stale_slot(Gone::Missing, io), 3 * SECOND));
+    assert_eq!(inb(&a, 200, "127.0.0.1:8080").lifetimes.count, 2);
+    assert_eq!(tw(&a, 200, Direction::Inbound, "127.0.0.1:8080"), 1);
+}
+
+#[test]
+fn a_socket_set_aside_that_the_audit_never_finds_is_reported_with_the_counters_it_has() {
+    let mut a = Aggregator::default();
+    let mut s = Sock::new(1, 100, "127.0.0.1:40000", "127.0.0.1:8080");
+    s.state(&mut a, Close, SynSent);
+    s.connected(&mut a, 40000);
+    a.flush_io(&[(1, IoCounts { bytes_sent: 10, bytes_received: 20, send_runs: 2, recv_runs: 2 })]);
+    s.compact(&mut a, Established, FinWait1);
+    // A socket without a cookie (adopted from the start-up snapshot, say) cannot wait for one.
+    let mut bare = Sock::new(2, 100, "127.0.0.1:40002", "127.0.0.1:8080");
+    bare.cookie = 0;
+    bare.state(&mut a, Close, SynSent);
+    bare.connected(&mut a, 40002);
+
+    let reuse_at = 5 * SECOND;
+    let mut s2 = Sock::new(1, 100, "127.0.0.1:40001", "127.0.0.1:9090");
+    s2.t = reuse_at - MS; // its next record is at reuse_at
+    s2.state(&mut a, Close, SynSent);
+    let mut bare2 = Sock::new(2, 100, "127.0.0.1:40003", "127.0.0.1:9090");
+    bare2.state(&mut a, Close, SynSent);
+    assert_eq!(out(&a, 100, "127.0.0.1:8080").lifetimes.count, 1, "the socket without a cookie, at once");
+    assert_eq!((a.stats.closes_not_seen, a.stats.closes_without_final_counters), (2, 1));
+    assert_eq!(a.unreported_closes(), 1);
+
+    a.tick(reuse_at + UNREPORTED_TTL_NS - 1);
+    assert_eq!(a.unreported_closes(), 1);
+    a.tick(reuse_at + UNREPORTED_TTL_NS);
+    assert_eq!(a.unreported_closes(), 0);
+    let st = out(&a, 100, "127.0.0.1:8080");
+    assert_eq!(st.lifetimes.count, 2);
+    assert_eq!((st.bytes_sent, st.bytes_received, st.requests), (10, 20, 2), "as last read");
+    assert_eq!(st.requests_per_connection.count, 2);
+    assert_eq!(a.stats.closes_without_final_counters, 2);
+    // Too late: its slot found now frees the slot only.
+    assert!(!a.close_unreported(&s.stale_slot(Gone::TimeWait, IoCounts::default()), reuse_at + UNREPORTED_TTL_NS));
 }
 
 #[test]
