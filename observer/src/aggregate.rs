@@ -20,7 +20,7 @@ use crate::exphist::ExpHistogram;
 use crate::lifetime::Lifetimes;
 use crate::model::{Direction, Endpoint, FailureCounts, FailureReason, IoCounts, ProcessKey, StateCounts, TcpState};
 use crate::rate::RateWindow;
-use crate::table_audit::{Gone, StaleSlot};
+use crate::table_audit::{Gone, Known, StaleSlot, TableSlot};
 use crate::timewait::{KernelTimeWait, TimeWaitTable, TwKey, TwOwner};
 use crate::tls::{self, TlsStats};
 
@@ -984,10 +984,12 @@ impl Aggregator {
     pub fn close_unreported(&mut self, stale: &StaleSlot, now_ns: u64) -> bool {
         let slot = &stale.slot;
         self.stats.stale_slots_freed += 1;
-        // In TIME_WAIT, the kernel has it: it went through FIN_WAIT2 (or CLOSING), and its
-        // TIME_WAIT is charged to its owner.
+        // The state it closed from decides whether a TIME_WAIT is charged to its owner. In
+        // TIME_WAIT, the kernel has it: it went through FIN_WAIT2 (or CLOSING). Missing from the
+        // kernel's sockets, it left no timewait socket: none is charged (as from FIN_WAIT1).
         let last = |state: TcpState| match (stale.gone, state) {
             (Gone::TimeWait, TcpState::FinWait1) => TcpState::FinWait2,
+            (Gone::Missing, TcpState::FinWait2 | TcpState::Closing) => TcpState::FinWait1,
             _ => state,
         };
         if let Some(mut u) = self.unreported.remove(&slot.cookie) {
@@ -1000,6 +1002,20 @@ impl Aggregator {
         let old = last(rec.state.unwrap_or(TcpState::Close));
         self.on_state(&closing_event(slot.sk, now_ns, old, slot.io), old, TcpState::Close);
         true
+    }
+
+    /// What the daemon knows of the socket of a slot of the kernel's table (see
+    /// `table_audit::Audit::plan`).
+    pub fn slot_knowledge(&self, slot: &TableSlot) -> Known {
+        use TcpState::*;
+        if self.unreported.contains_key(&slot.cookie) {
+            return Known::Replaced;
+        }
+        match self.sockets.get(&slot.sk).filter(|r| r.cookie == slot.cookie) {
+            Some(r) if matches!(r.state, Some(FinWait1 | FinWait2 | Closing | LastAck)) => Known::Closing,
+            Some(_) => Known::Open,
+            None => Known::Unknown,
+        }
     }
 
     /// Sockets set aside, waiting for the audit.

@@ -19,7 +19,7 @@ use crate::event;
 use crate::metrics::{self, KernelStatus};
 use crate::model::ProcessKey;
 use crate::probes::{Options, Probes};
-use crate::table_audit::{self, Audit};
+use crate::table_audit::{self, Audit, Gone, StaleSlot};
 use crate::{cgroup, exits, procfs, snapshot, sock_diag};
 
 pub struct DaemonOptions {
@@ -405,19 +405,24 @@ async fn audit_socket_table(agg: Arc<Mutex<Aggregator>>, probes: Arc<Mutex<Probe
         let Ok(slots) = tokio::task::spawn_blocking(move || p.lock().expect("probes lock").table_slots()).await else {
             continue;
         };
+        let plan = {
+            let a = agg.lock().expect("aggregator lock");
+            audit.plan(&slots, |s| a.slot_knowledge(s))
+        };
         let mut kernel = HashMap::new();
-        for (netns, pids) in table_audit::namespaces(&slots) {
+        for (netns, pids) in table_audit::namespaces(&plan.suspects) {
             if netns == 0 {
                 // Unknown namespace: left alone.
                 continue;
             }
+            let all_states = plan.all_states;
             let dump = tokio::task::spawn_blocking(move || {
                 if netns == own {
-                    return sock_diag::dump_cookies(None);
+                    return sock_diag::dump_cookies(None, all_states);
                 }
                 let path = procfs::netns_path(netns, &pids)
                     .ok_or_else(|| anyhow::anyhow!("nothing left in netns {netns} to enter it through"))?;
-                sock_diag::dump_cookies(Some(&path))
+                sock_diag::dump_cookies(Some(&path), all_states)
             })
             .await;
             match dump {
@@ -428,13 +433,17 @@ async fn audit_socket_table(agg: Arc<Mutex<Aggregator>>, probes: Arc<Mutex<Probe
                 Err(e) => log::warn!("socket table audit task failed: {e}"),
             }
         }
-        let stale = audit.pass(&slots, &kernel);
+        let mut stale = audit.pass(&plan.suspects, &kernel);
+        stale.extend(plan.replaced.iter().map(|s| StaleSlot { slot: *s, gone: Gone::Replaced }));
         log::debug!(
-            "socket table audit: {} slots in {} namespaces, {} stale, {} missing from one dump",
+            "socket table audit: {} slots, {} suspects in {} namespaces (all states: {}), {} stale, {} missing from one dump, in {:?}",
             slots.len(),
+            plan.suspects.len(),
             kernel.len(),
+            plan.all_states,
             stale.len(),
-            audit.suspects()
+            audit.suspects(),
+            pass.elapsed()
         );
         agg.lock().expect("aggregator lock").stats.table_audits += 1;
         if !stale.is_empty() {

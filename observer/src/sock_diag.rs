@@ -63,11 +63,21 @@ pub fn dump_in(netns_path: &Path, states: StateFlags) -> Result<Vec<DiagSocket>>
     .map_err(|_| anyhow!("sock_diag thread panicked"))?
 }
 
-/// The cookies of every TCP socket, in `netns_path` or (None) here.
-pub fn dump_cookies(netns_path: Option<&Path>) -> Result<KernelCookies> {
+/// The cookies of the TCP sockets in `states` (all of them with `all_states`, else only the
+/// closing and timewait ones), in `netns_path` or (None) here.
+pub fn dump_cookies(netns_path: Option<&Path>, all_states: bool) -> Result<KernelCookies> {
+    let states = if all_states {
+        StateFlags::all()
+    } else {
+        StateFlags::FIN_WAIT1
+            | StateFlags::FIN_WAIT2
+            | StateFlags::CLOSING
+            | StateFlags::LAST_ACK
+            | StateFlags::TIME_WAIT
+    };
     let all = match netns_path {
-        Some(p) => dump_in(p, StateFlags::all())?,
-        None => dump(StateFlags::all())?,
+        Some(p) => dump_in(p, states)?,
+        None => dump(states)?,
     };
     let mut out = KernelCookies::default();
     for s in all {

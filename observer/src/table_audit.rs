@@ -15,6 +15,12 @@
 //!   missed once).
 //!
 //! The slots of a namespace that could not be dumped are left alone.
+//!
+//! Only the slots that can be stale are checked ([`Audit::plan`]): those of sockets the daemon
+//! knows in a closing state (where 6.18 loses closes), and those of sockets it does not know
+//! after a whole pass. The dump then asks the kernel for the closing and timewait states only,
+//! unless an unknown socket needs them all. A slot whose socket the daemon knows closed (a new
+//! socket took its address) is freed without a dump. With no slot to check there is no dump.
 
 use std::collections::{HashMap, HashSet};
 
@@ -46,9 +52,36 @@ pub struct KernelCookies {
     pub timewait: HashSet<u64>,
 }
 
+/// What the daemon knows of a slot's socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Known {
+    /// Closed: a new socket took its address (the daemon set it aside).
+    Replaced,
+    /// Open, in a closing state (FIN_WAIT1, FIN_WAIT2, CLOSING, LAST_ACK).
+    Closing,
+    /// Open, in another state.
+    Open,
+    /// Not known to the daemon (its first record is not read yet, or was lost).
+    Unknown,
+}
+
+/// The slots one pass checks.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Stale: freed without a dump.
+    pub replaced: Vec<TableSlot>,
+    /// To look for in the kernel's sockets.
+    pub suspects: Vec<TableSlot>,
+    /// Whether the dump needs every state (a suspect's state is not known), not only the
+    /// closing and timewait ones.
+    pub all_states: bool,
+}
+
 /// How the audit knows a slot's socket is gone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Gone {
+    /// A new socket took its address.
+    Replaced,
     /// It is a timewait socket now: it closed through TIME_WAIT.
     TimeWait,
     /// The kernel has no socket with its cookie.
@@ -67,9 +100,35 @@ pub struct StaleSlot {
 pub struct Audit {
     /// Cookies of the slots that no dump of the previous pass had.
     missing_once: HashSet<u64>,
+    /// Cookies of the slots of sockets the daemon did not know at the previous pass.
+    unknown: HashSet<u64>,
 }
 
 impl Audit {
+    /// The slots to check this pass, from what the daemon knows of each (`known`). A socket the
+    /// daemon does not know is checked from the second pass that finds it so: its first record
+    /// may not have been read yet.
+    pub fn plan(&mut self, slots: &[TableSlot], known: impl Fn(&TableSlot) -> Known) -> Plan {
+        let mut plan = Plan::default();
+        let mut unknown = HashSet::new();
+        for s in slots {
+            match known(s) {
+                Known::Replaced => plan.replaced.push(*s),
+                Known::Closing => plan.suspects.push(*s),
+                Known::Open => {}
+                Known::Unknown => {
+                    if self.unknown.contains(&s.cookie) {
+                        plan.suspects.push(*s);
+                        plan.all_states = true;
+                    }
+                    unknown.insert(s.cookie);
+                }
+            }
+        }
+        self.unknown = unknown;
+        plan
+    }
+
     /// One pass: `slots` were read before the dumps in `kernel` started, one per network
     /// namespace that could be dumped.
     pub fn pass(&mut self, slots: &[TableSlot], kernel: &HashMap<u32, KernelCookies>) -> Vec<StaleSlot> {
@@ -179,6 +238,29 @@ mod tests {
         audit.pass(&slots, &both);
         let stale = audit.pass(&slots, &both);
         assert_eq!(stale.len(), 2, "{stale:?}");
+    }
+
+    #[test]
+    fn only_closing_and_long_unknown_sockets_are_suspects() {
+        let mut audit = Audit::default();
+        let slots = [slot(0, 11, 7), slot(1, 12, 7), slot(2, 13, 7), slot(3, 14, 7)];
+        let known = |s: &TableSlot| match s.cookie {
+            11 => Known::Replaced,
+            12 => Known::Closing,
+            13 => Known::Open,
+            _ => Known::Unknown,
+        };
+        let plan = audit.plan(&slots, known);
+        assert_eq!(plan, Plan { replaced: vec![slots[0]], suspects: vec![slots[1]], all_states: false });
+        // Unknown a second time: a suspect, and the dump needs every state.
+        let plan = audit.plan(&slots, known);
+        assert_eq!(plan.suspects, vec![slots[1], slots[3]]);
+        assert!(plan.all_states);
+        // Known in between: it starts over.
+        audit.plan(&slots, |s| if s.cookie == 14 { Known::Open } else { known(s) });
+        assert!(!audit.plan(&slots, known).all_states);
+        // Nothing to check: no suspects, no dump.
+        assert_eq!(audit.plan(&slots, |_| Known::Open), Plan::default());
     }
 
     #[test]

@@ -86,6 +86,25 @@ def hold(host, port, n):
     return {}
 
 
+def half_closed(n):
+    """n connections to a listener of our own that accepts them and never closes them: each
+    client sends one byte and shuts its sending side (FIN_WAIT2 for as long as we live; the
+    server's side is in CLOSE_WAIT). Returns the listener's port."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(int(n))
+    port = listener.getsockname()[1]
+    for _ in range(int(n)):
+        c = socket.create_connection(("127.0.0.1", port))
+        s, _ = listener.accept()
+        c.sendall(b"q")
+        c.shutdown(socket.SHUT_WR)
+        s.recv(16)
+        KEEP.extend([c, s])
+    KEEP.append(listener)
+    return {"port": port}
+
+
 def pool_overflow(url, threads, per_thread, maxsize):
     """A urllib3 PoolManager with a pool smaller than the thread count. Returns what urllib3's
     own log says it did."""
@@ -194,6 +213,7 @@ SCENARIOS = {
     "retry_refused": retry_refused,
     "connect_timeout": connect_timeout,
     "hold": hold,
+    "half_closed": half_closed,
     "pool_overflow": pool_overflow,
     "untrusted": untrusted,
 }

@@ -389,17 +389,22 @@ fn a_reused_socket_address_starts_a_new_life() {
     assert_eq!(a.stats.closes_not_seen, 1);
 }
 
+/// A server listening on 127.0.0.1:8080 (pid 200) that closed an accepted connection first.
+fn server_socket_in_fin_wait1() -> (Aggregator, Sock) {
+    let mut a = Aggregator::default();
+    Sock::new(10, 200, "127.0.0.1:8080", "0.0.0.0:0").state(&mut a, Close, Listen);
+    let mut s = Sock::new(1, 200, "127.0.0.1:8080", "127.0.0.1:40000");
+    accepted(&mut a, &mut s);
+    s.compact(&mut a, Established, FinWait1);
+    (a, s)
+}
+
 /// What the kernel does to a small share of servers' orphaned sockets: FIN_WAIT1 is the last
 /// state reported, and the next record at that address is a new connection's. Out of the live
 /// figures at once; the audit of the kernel's table hands its final counters over.
 #[test]
 fn an_orphan_whose_close_is_never_reported_is_set_aside_when_its_address_is_reused() {
-    let mut a = Aggregator::default();
-    let mut l = Sock::new(10, 200, "127.0.0.1:8080", "0.0.0.0:0");
-    l.state(&mut a, Close, Listen);
-    let mut s = Sock::new(1, 200, "127.0.0.1:8080", "127.0.0.1:40000");
-    accepted(&mut a, &mut s);
-    s.compact(&mut a, Established, FinWait1);
+    let (mut a, s) = server_socket_in_fin_wait1();
     assert_eq!(inb(&a, 200, "127.0.0.1:8080").sockets.get(FinWait1), 1);
     let mut s2 = Sock::new(1, 200, "127.0.0.1:8080", "127.0.0.1:40001");
     accepted(&mut a, &mut s2);
@@ -432,12 +437,7 @@ fn an_orphan_whose_close_is_never_reported_is_set_aside_when_its_address_is_reus
 /// The same socket, found by the audit before any new socket takes its address.
 #[test]
 fn an_orphan_found_gone_by_the_audit_is_closed_with_its_final_counters() {
-    let mut a = Aggregator::default();
-    let mut l = Sock::new(10, 200, "127.0.0.1:8080", "0.0.0.0:0");
-    l.state(&mut a, Close, Listen);
-    let mut s = Sock::new(1, 200, "127.0.0.1:8080", "127.0.0.1:40000");
-    accepted(&mut a, &mut s);
-    s.compact(&mut a, Established, FinWait1);
+    let (mut a, s) = server_socket_in_fin_wait1();
     let io = IoCounts { bytes_sent: 7, bytes_received: 3, send_runs: 1, recv_runs: 1 };
     // A slot of this address whose cookie is another socket's is not this one's.
     let mut other = s.stale_slot(Gone::TimeWait, io);
@@ -455,13 +455,17 @@ fn an_orphan_found_gone_by_the_audit_is_closed_with_its_final_counters() {
     assert_eq!(tw(&a, 200, Direction::Inbound, "127.0.0.1:8080"), 1);
     assert_eq!(a.tracked_sockets(), 1, "only the listener");
     assert_eq!((a.stats.closes_not_seen, a.stats.stale_slots_freed), (1, 2));
-    // Missing altogether (not in TIME_WAIT): no TIME_WAIT charged.
+    // Missing altogether (not in TIME_WAIT), even from FIN_WAIT2: no TIME_WAIT charged.
     let mut s3 = Sock::new(3, 200, "127.0.0.1:8080", "127.0.0.1:40003");
     accepted(&mut a, &mut s3);
     s3.compact(&mut a, Established, FinWait1);
+    s3.compact(&mut a, FinWait1, FinWait2);
     assert!(a.close_unreported(&s3.stale_slot(Gone::Missing, io), 3 * SECOND));
-    assert_eq!(inb(&a, 200, "127.0.0.1:8080").lifetimes.count, 2);
+    let st = inb(&a, 200, "127.0.0.1:8080");
+    assert_eq!((st.lifetimes.count, st.sockets.get(FinWait2)), (2, 0));
     assert_eq!(tw(&a, 200, Direction::Inbound, "127.0.0.1:8080"), 1);
+    let fw2 = TwOwner { process: key(200), direction: Direction::Inbound, peer: ep("127.0.0.1:8080") };
+    assert_eq!(a.timewait().counts(&fw2).map_or(0, |c| c.get(FinWait2)), 0);
 }
 
 #[test]
