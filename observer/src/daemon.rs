@@ -405,10 +405,13 @@ async fn audit_socket_table(agg: Arc<Mutex<Aggregator>>, probes: Arc<Mutex<Probe
         let Ok(slots) = tokio::task::spawn_blocking(move || p.lock().expect("probes lock").table_slots()).await else {
             continue;
         };
-        let plan = {
+        // A few thousand lookups per lock: the API never waits long.
+        let mut known = Vec::with_capacity(slots.len());
+        for chunk in slots.chunks(BATCH) {
             let a = agg.lock().expect("aggregator lock");
-            audit.plan(&slots, |s| a.slot_knowledge(s))
-        };
+            known.extend(chunk.iter().map(|s| a.slot_knowledge(s)));
+        }
+        let plan = audit.plan(&slots, &known);
         let mut kernel = HashMap::new();
         for (netns, pids) in table_audit::namespaces(&plan.suspects) {
             if netns == 0 {

@@ -105,14 +105,14 @@ pub struct Audit {
 }
 
 impl Audit {
-    /// The slots to check this pass, from what the daemon knows of each (`known`). A socket the
-    /// daemon does not know is checked from the second pass that finds it so: its first record
-    /// may not have been read yet.
-    pub fn plan(&mut self, slots: &[TableSlot], known: impl Fn(&TableSlot) -> Known) -> Plan {
+    /// The slots to check this pass, from what the daemon knows of each (`known[i]` of
+    /// `slots[i]`). A socket the daemon does not know is checked from the second pass that finds
+    /// it so: its first record may not have been read yet.
+    pub fn plan(&mut self, slots: &[TableSlot], known: &[Known]) -> Plan {
         let mut plan = Plan::default();
         let mut unknown = HashSet::new();
-        for s in slots {
-            match known(s) {
+        for (s, k) in slots.iter().zip(known) {
+            match k {
                 Known::Replaced => plan.replaced.push(*s),
                 Known::Closing => plan.suspects.push(*s),
                 Known::Open => {}
@@ -250,17 +250,20 @@ mod tests {
             13 => Known::Open,
             _ => Known::Unknown,
         };
-        let plan = audit.plan(&slots, known);
+        let known: Vec<Known> = slots.iter().map(known).collect();
+        let plan = audit.plan(&slots, &known);
         assert_eq!(plan, Plan { replaced: vec![slots[0]], suspects: vec![slots[1]], all_states: false });
         // Unknown a second time: a suspect, and the dump needs every state.
-        let plan = audit.plan(&slots, known);
+        let plan = audit.plan(&slots, &known);
         assert_eq!(plan.suspects, vec![slots[1], slots[3]]);
         assert!(plan.all_states);
         // Known in between: it starts over.
-        audit.plan(&slots, |s| if s.cookie == 14 { Known::Open } else { known(s) });
-        assert!(!audit.plan(&slots, known).all_states);
+        let mut later = known.clone();
+        later[3] = Known::Open;
+        audit.plan(&slots, &later);
+        assert!(!audit.plan(&slots, &known).all_states);
         // Nothing to check: no suspects, no dump.
-        assert_eq!(audit.plan(&slots, |_| Known::Open), Plan::default());
+        assert_eq!(audit.plan(&slots, &[Known::Open; 4]), Plan::default());
     }
 
     #[test]
