@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 
 use crate::cgroup::Container;
 use crate::closewait::{CloseWaitConfig, CloseWaitTracker, Status as CloseWaitStatus, Verdict};
-use crate::event::{EventKind, Owner, SocketEvent};
+use crate::event::{self, EventKind, Owner, SocketEvent};
 use crate::exphist::ExpHistogram;
 use crate::lifetime::Lifetimes;
 use crate::model::{Direction, Endpoint, FailureCounts, FailureReason, IoCounts, ProcessKey, StateCounts, TcpState};
@@ -415,14 +415,12 @@ impl Aggregator {
         self.pruned.retain(|_, t| now_ns.saturating_sub(*t) < PRUNED_TTL_NS);
         self.recently_closed.retain(|_, t| now_ns.saturating_sub(*t) < RECENTLY_CLOSED_TTL_NS);
         self.timewait.expire(now_ns);
-        let late: Vec<u64> = self
+        let late: Vec<Unreported> = self
             .unreported
-            .iter()
-            .filter(|(_, u)| now_ns.saturating_sub(u.closed_ns) >= UNREPORTED_TTL_NS)
-            .map(|(c, _)| *c)
+            .extract_if(|_, u| now_ns.saturating_sub(u.closed_ns) >= UNREPORTED_TTL_NS)
+            .map(|(_, u)| u)
             .collect();
-        for cookie in late {
-            let u = self.unreported.remove(&cookie).expect("listed above");
+        for u in late {
             let io = u.rec.io;
             self.stats.closes_without_final_counters += 1;
             self.report_unreported(u, io);
@@ -1116,25 +1114,9 @@ impl Aggregator {
 }
 
 /// The close of socket `sk` at `ts_ns` from state `old`, with its final counters `io`, when the
-/// kernel never reported it.
+/// kernel never reported it: as a compact record would have reported it.
 fn closing_event(sk: u64, ts_ns: u64, old: TcpState, io: IoCounts) -> SocketEvent {
-    let none = Endpoint::from_kernel(0, &[0; 16], 0);
-    SocketEvent {
-        ts_ns,
-        sk,
-        owner: None,
-        kind: EventKind::State { old, new: TcpState::Close },
-        family: 0,
-        local: none,
-        remote: none,
-        error: 0,
-        netns: None,
-        io,
-        has_tuple: false,
-        local_port: 0,
-        first: false,
-        cookie: 0,
-    }
+    SocketEvent { io, ..event::compact(ts_ns, sk, EventKind::State { old, new: TcpState::Close }) }
 }
 
 #[cfg(test)]

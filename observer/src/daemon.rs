@@ -445,7 +445,7 @@ async fn audit_socket_table(agg: Arc<Mutex<Aggregator>>, probes: Arc<Mutex<Probe
             kernel.len(),
             plan.all_states,
             stale.len(),
-            audit.suspects(),
+            audit.missing_once(),
             pass.elapsed()
         );
         agg.lock().expect("aggregator lock").stats.table_audits += 1;

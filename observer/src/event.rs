@@ -233,7 +233,7 @@ fn owner_of(o: &observer_common::Owner) -> Option<Owner> {
 
 /// A record of a socket user space already knows (a compact one): the kernel sends neither its
 /// addresses nor, but for a claim, its owner.
-fn compact(ts_ns: u64, sk: u64, kind: EventKind) -> SocketEvent {
+pub fn compact(ts_ns: u64, sk: u64, kind: EventKind) -> SocketEvent {
     let none = Endpoint::from_kernel(0, &[0; 16], 0);
     SocketEvent {
         ts_ns,

@@ -63,6 +63,14 @@ pub fn dump_in(netns_path: &Path, states: StateFlags) -> Result<Vec<DiagSocket>>
     .map_err(|_| anyhow!("sock_diag thread panicked"))?
 }
 
+/// TCP sockets in `states` of the network namespace at `netns_path`, or (None) of this one.
+fn dump_at(netns_path: Option<&Path>, states: StateFlags) -> Result<Vec<DiagSocket>> {
+    match netns_path {
+        Some(p) => dump_in(p, states),
+        None => dump(states),
+    }
+}
+
 /// The cookies of the TCP sockets in `states` (all of them with `all_states`, else only the
 /// closing and timewait ones), in `netns_path` or (None) here.
 pub fn dump_cookies(netns_path: Option<&Path>, all_states: bool) -> Result<KernelCookies> {
@@ -75,12 +83,8 @@ pub fn dump_cookies(netns_path: Option<&Path>, all_states: bool) -> Result<Kerne
             | StateFlags::LAST_ACK
             | StateFlags::TIME_WAIT
     };
-    let all = match netns_path {
-        Some(p) => dump_in(p, states)?,
-        None => dump(states)?,
-    };
     let mut out = KernelCookies::default();
-    for s in all {
+    for s in dump_at(netns_path, states)? {
         if s.timewait {
             out.timewait.insert(s.cookie)
         } else {
@@ -93,11 +97,7 @@ pub fn dump_cookies(netns_path: Option<&Path>, all_states: bool) -> Result<Kerne
 /// Timewait sockets (TIME_WAIT and FIN_WAIT2 sub-states), in `netns_path` or (None) here.
 pub fn dump_timewait(netns_path: Option<&Path>) -> Result<Vec<KernelTimeWait>> {
     let states = StateFlags::TIME_WAIT | StateFlags::FIN_WAIT2;
-    let all = match netns_path {
-        Some(p) => dump_in(p, states)?,
-        None => dump(states)?,
-    };
-    Ok(all
+    Ok(dump_at(netns_path, states)?
         .into_iter()
         .filter(|s| matches!(s.state, TcpState::TimeWait | TcpState::FinWait2))
         .map(|s| KernelTimeWait { local: s.local, remote: s.remote, substate: s.state })

@@ -152,7 +152,7 @@ impl Audit {
     }
 
     /// Slots missing from one dump, waiting for the next to confirm.
-    pub fn suspects(&self) -> usize {
+    pub fn missing_once(&self) -> usize {
         self.missing_once.len()
     }
 }
@@ -195,7 +195,7 @@ mod tests {
         let slots = [slot(0, 11, 7), slot(1, 12, 7)];
         let stale = audit.pass(&slots, &kernel(7, &[11], &[12]));
         assert_eq!(stale, vec![StaleSlot { slot: slots[1], gone: Gone::TimeWait }]);
-        assert_eq!(audit.suspects(), 0);
+        assert_eq!(audit.missing_once(), 0);
     }
 
     #[test]
@@ -204,13 +204,13 @@ mod tests {
         let slots = [slot(0, 11, 7), slot(1, 12, 7), slot(2, 13, 7)];
         // First pass: 12 and 13 are missing; nothing is freed yet.
         assert_eq!(audit.pass(&slots, &kernel(7, &[11], &[])), vec![]);
-        assert_eq!(audit.suspects(), 2);
+        assert_eq!(audit.missing_once(), 2);
         // Second pass: 13 shows up again (the first dump missed it), 12 is still missing.
         let stale = audit.pass(&slots, &kernel(7, &[11, 13], &[]));
         assert_eq!(stale, vec![StaleSlot { slot: slots[1], gone: Gone::Missing }]);
         // 13 is no suspect any more: one more miss does not free it.
         assert_eq!(audit.pass(&slots[2..], &kernel(7, &[], &[])), vec![]);
-        assert_eq!(audit.suspects(), 1);
+        assert_eq!(audit.missing_once(), 1);
     }
 
     #[test]
