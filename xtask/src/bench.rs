@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 
 use crate::interleave::{self, Pair};
+use crate::profile::{self, Profile};
 
 /// nginx's `stub_status` page (its request counter, read by the interleaved measurement).
 const STATUS_PATH: &str = "/nginx_status";
@@ -30,6 +31,8 @@ const CONNECTIONS: u32 = 20;
 const THREADS: u32 = 1;
 /// Connections held open for the scale case.
 const SCALE_CONNECTIONS: u32 = 10_000;
+/// Seconds perf samples per round of the profile case.
+pub const PROFILE_SECONDS: u64 = 6;
 /// API calls timed in the scale case.
 const API_CALLS: usize = 1000;
 
@@ -48,6 +51,7 @@ const SECTIONS: &[(&str, &str)] = &[
     ("keepalive", "Keep-alive (`cargo xtask bench keepalive`)"),
     ("close", "Connection per request (`cargo xtask bench close`)"),
     ("interleaved", "Observer against no tracer, interleaved (`cargo xtask bench interleaved`)"),
+    ("profile", "Where the cost goes: perf samples (`cargo xtask bench profile`)"),
     ("scale", "Scale: 10,000 connections (`cargo xtask bench scale`)"),
 ];
 
@@ -707,6 +711,75 @@ impl Bench {
         Ok(Guard(child, "wrk"))
     }
 
+    /// perf samples of the whole machine under `workload`, `rounds` times with no tracer and with
+    /// observer, the order alternating: (no tracer, observer). See [`profile`].
+    pub fn profile(&self, workload: Workload, rounds: usize) -> Result<(Profile, Profile)> {
+        let port = free_port()?;
+        let _nginx = self.start_nginx(port, 4096)?;
+        let url = local_url(port);
+        self.wrk(&url, workload, 2)?; // warm-up
+        let requests = || -> Result<(u64, Instant)> {
+            let page = http_get(port, STATUS_PATH)?;
+            let n = interleave::parse_stub_status(&page).ok_or_else(|| anyhow!("bad stub_status page: {page}"))?;
+            Ok((n, Instant::now()))
+        };
+        let data = self.work.join("perf.data");
+        let (mut none, mut observer) = (Profile::default(), Profile::default());
+        for round in 0..rounds {
+            let order = if round % 2 == 0 { [Setup::None, Setup::Observer] } else { [Setup::Observer, Setup::None] };
+            for setup in order {
+                let tracer = self.start_tracer(setup)?;
+                let load = self.spawn_wrk(&url, workload, PROFILE_SECONDS + 5)?;
+                std::thread::sleep(Duration::from_secs(1));
+                let (n0, t0) = requests()?;
+                // perf itself on the server's CPU, off the one that bounds throughput.
+                let mut perf = Command::new("taskset")
+                    .args(["-c", SERVER_CPU, "perf", "record", "-q", "-a", "-e", "cpu-clock", "-c"])
+                    .arg(profile::PERIOD_NS.to_string())
+                    .arg("-o")
+                    .arg(&data)
+                    .args(["--", "sleep", &PROFILE_SECONDS.to_string()])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .context("starting perf (linux-perf)")?;
+                let deadline = Instant::now() + Duration::from_secs(PROFILE_SECONDS + 20);
+                while perf.try_wait()?.is_none() {
+                    if Instant::now() > deadline {
+                        let _ = perf.kill();
+                        bail!("perf record overran its {PROFILE_SECONDS} s run");
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                let (n1, t1) = requests()?;
+                let out = perf.wait_with_output()?;
+                ensure!(out.status.success(), "perf record failed: {}", String::from_utf8_lossy(&out.stderr));
+                drop(load);
+                drop(tracer);
+                let report = Command::new("perf")
+                    .arg("report")
+                    .arg("-i")
+                    .arg(&data)
+                    .args(["--stdio", "--no-children", "-g", "none", "-n", "-t", "|", "--sort", "cpu,comm,sym"])
+                    .stderr(Stdio::null())
+                    .output()
+                    .context("perf report")?;
+                ensure!(report.status.success(), "perf report failed");
+                let lines = profile::parse_report(&String::from_utf8_lossy(&report.stdout));
+                ensure!(!lines.is_empty(), "perf report printed no samples");
+                // The requests of the sampled seconds, at the rate nginx counted around them (the
+                // second read is one of the requests counted).
+                let rate = n1.saturating_sub(n0 + 1) as f64 / (t1 - t0).as_secs_f64();
+                let seconds = PROFILE_SECONDS as f64;
+                let p = if setup == Setup::None { &mut none } else { &mut observer };
+                p.add(&lines, rate * seconds, seconds);
+                eprintln!("xtask: profile {} {}: {rate:.0} req/s", workload.name(), setup.name());
+            }
+        }
+        let _ = std::fs::remove_file(&data);
+        Ok((none, observer))
+    }
+
     /// 10,000 established connections held by one process: the daemon's memory, and how long
     /// the API takes to describe that process.
     pub fn scale(&self) -> Result<Scale> {
@@ -770,6 +843,7 @@ impl Bench {
 
     /// Replace (or add) one section of bench/results.md, keeping the others from earlier runs.
     pub fn write_section(&self, name: &str, body: &str) -> Result<PathBuf> {
+        ensure!(SECTIONS.iter().any(|(case, _)| *case == name), "no section {name} in bench/results.md's layout");
         let path = self.results_path();
         std::fs::create_dir_all(path.parent().expect("bench/"))?;
         let old = std::fs::read_to_string(&path).unwrap_or_default();
@@ -1183,6 +1257,20 @@ fn set_bpf_stats(on: bool) -> Result<()> {
 }
 
 /// The benchmark's nginx on loopback.
+/// The profile case's section for one workload (see [`profile::markdown`]).
+pub fn profile_markdown(workload: Workload, rounds: usize, none: &Profile, observer: &Profile) -> String {
+    let cpu = |c: &str| c.parse::<u32>().expect("a CPU number");
+    profile::markdown(
+        workload.name(),
+        &workload.wrk_command(),
+        rounds,
+        none,
+        observer,
+        cpu(CLIENT_CPU),
+        cpu(SERVER_CPU),
+    )
+}
+
 fn local_url(port: u16) -> String {
     format!("http://127.0.0.1:{port}/")
 }

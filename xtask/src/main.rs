@@ -5,6 +5,7 @@
 
 mod bench;
 mod interleave;
+mod profile;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -39,13 +40,13 @@ enum Task {
         args: Vec<String>,
     },
     /// Build, then measure observer's overhead side by side with no tracer, a bpftrace script and
-    /// `ss -tanp` polling (needs root; about 17 minutes for all cases). Writes bench/results.md
+    /// `ss -tanp` polling (needs root; about 25 minutes for all cases). Writes bench/results.md
     /// and bench/results.png. Cases: reuse (keep-alive, observer vs no tracer), keepalive, close
     /// (connection per request), interleaved (observer vs no tracer in alternating half-second
-    /// windows, both workloads: the throughput targets are judged on it), scale (10,000
-    /// connections). Default: all.
+    /// windows, both workloads: the throughput targets are judged on it), profile (perf samples
+    /// with and without observer: where its cost goes), scale (10,000 connections). Default: all.
     Bench {
-        #[arg(value_parser = ["reuse", "keepalive", "close", "interleaved", "scale"])]
+        #[arg(value_parser = ["reuse", "keepalive", "close", "interleaved", "profile", "scale"])]
         cases: Vec<String>,
         /// Rounds per workload (every setup runs once per round).
         #[arg(long, default_value_t = 6)]
@@ -85,6 +86,7 @@ const BENCH_COMMANDS: &[(&str, &str)] = &[
     ("taskset", "util-linux"),
     ("ss", "iproute2"),
     ("python3", "python3"),
+    ("perf", "linux-perf"),
     (bench::FONT, "fonts-dejavu-core"),
 ];
 
@@ -335,6 +337,25 @@ fn main() -> Result<()> {
                     interleaved.push((workload, s));
                 }
                 written = Some(b.write_section("interleaved", &format!("{method}{interleaved_md}"))?);
+            }
+            if wants("profile") {
+                let mut md = format!(
+                    "Where observer's cost goes: perf samples of every CPU (`perf record -a -e cpu-clock -c {}`, one \
+                     sample per {} µs of CPU time) for {} s per round under the same load, with no tracer and with \
+                     observer. Microseconds of CPU per request, part by part; see xtask/src/profile.rs.\n\n",
+                    profile::PERIOD_NS,
+                    profile::PERIOD_NS / 1000,
+                    bench::PROFILE_SECONDS,
+                );
+                // Half the rounds: the parts of a request vary less than the throughput.
+                let profile_rounds = rounds.div_ceil(2);
+                for workload in [bench::Workload::ConnectionClose, bench::Workload::KeepAlive] {
+                    step(&format!("bench profile: {}, {profile_rounds} rounds with perf", workload.name()));
+                    let (none, observer) = b.profile(workload, profile_rounds)?;
+                    md.push_str(&bench::profile_markdown(workload, profile_rounds, &none, &observer));
+                    md.push('\n');
+                }
+                written = Some(b.write_section("profile", &md)?);
             }
             let scale = if wants("scale") {
                 step("bench scale: 10,000 established connections");
