@@ -990,15 +990,22 @@ impl Aggregator {
             (Gone::Missing, TcpState::FinWait2 | TcpState::Closing) => TcpState::FinWait1,
             _ => state,
         };
+        // When it closed: by the start of its TIME_WAIT if the kernel says, else by now (or, set
+        // aside, by when a new socket took its address); not before it was established.
+        let closed_by = |by: u64, established: Option<u64>| {
+            stale.closed_by_ns.map_or(by, |t| t.min(by)).max(established.unwrap_or(0))
+        };
         if let Some(mut u) = self.unreported.remove(&slot.cookie) {
             u.state = last(u.state);
+            u.closed_ns = closed_by(u.closed_ns, u.rec.established_ns);
             self.report_unreported(u, slot.io);
             return true;
         }
         let Some(rec) = self.sockets.get(&slot.sk).filter(|r| r.cookie == slot.cookie) else { return false };
         self.stats.closes_not_seen += 1;
         let old = last(rec.state.unwrap_or(TcpState::Close));
-        self.on_state(&closing_event(slot.sk, now_ns, old, slot.io), old, TcpState::Close);
+        let ts = closed_by(now_ns, rec.established_ns);
+        self.on_state(&closing_event(slot.sk, ts, old, slot.io), old, TcpState::Close);
         true
     }
 

@@ -437,7 +437,7 @@ async fn audit_socket_table(agg: Arc<Mutex<Aggregator>>, probes: Arc<Mutex<Probe
             }
         }
         let mut stale = audit.pass(&plan.suspects, &kernel);
-        stale.extend(plan.replaced.iter().map(|s| StaleSlot { slot: *s, gone: Gone::Replaced }));
+        stale.extend(plan.replaced.iter().map(|s| StaleSlot::new(*s, Gone::Replaced)));
         log::debug!(
             "socket table audit: {} slots, {} suspects in {} namespaces (all states: {}), {} stale, {} missing from one dump, in {:?}",
             slots.len(),
@@ -457,13 +457,20 @@ async fn audit_socket_table(agg: Arc<Mutex<Aggregator>>, probes: Arc<Mutex<Probe
             })
             .await
             .unwrap_or_default();
-            let now = monotonic_ns();
-            let mut a = agg.lock().expect("aggregator lock");
-            let reported = freed.iter().filter(|s| a.close_unreported(s, now)).count();
-            log::info!(
-                "socket table audit: freed {} slots of sockets whose close the kernel never reported ({reported} connections reported)",
-                freed.len()
-            );
+            // None freed: the kernel freed them meanwhile (it reported their closes after all).
+            if !freed.is_empty() {
+                let now = monotonic_ns();
+                let mut a = agg.lock().expect("aggregator lock");
+                let reported = freed.iter().filter(|s| a.close_unreported(s, now)).count();
+                let gone = |g: Gone| freed.iter().filter(|s| s.gone == g).count();
+                log::info!(
+                    "socket table audit: freed {} slots of sockets whose close the kernel never reported ({} replaced by a new socket, {} in TIME_WAIT, {} gone; {reported} connections reported)",
+                    freed.len(),
+                    gone(Gone::Replaced),
+                    gone(Gone::TimeWait),
+                    gone(Gone::Missing),
+                );
+            }
         }
         pause = AUDIT_INTERVAL.max(pass.elapsed() * RECONCILE_DUTY);
     }

@@ -34,6 +34,19 @@ pub struct DiagSocket {
     pub cookie: u64,
     /// A timewait socket (TIME_WAIT, or FIN_WAIT2 for an orphan): the full socket is gone.
     pub timewait: bool,
+    /// Milliseconds until the socket's timer fires, as the kernel reported them (`idiag_expires`;
+    /// for a timewait socket, the end of its TIME_WAIT or FIN_WAIT2), 0 with no timer.
+    pub expires_ms: u32,
+}
+
+/// Where `idiag_expires` is in a sock_diag answer: after the netlink header (16 bytes), and in
+/// `struct inet_diag_msg` after family, state, timer, retransmits (4 bytes) and the socket's id
+/// (48). netlink-packet-sock-diag parses it for every timer but a timewait socket's.
+const EXPIRES_OFFSET: usize = 16 + 4 + 48;
+
+/// `idiag_expires` of the answer `msg` (0 if it is too short to hold one).
+fn expires_ms(msg: &[u8]) -> u32 {
+    msg.get(EXPIRES_OFFSET..EXPIRES_OFFSET + 4).map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 /// TCP sockets in `states` of the current network namespace, IPv4 and IPv6.
@@ -84,14 +97,33 @@ pub fn dump_cookies(netns_path: Option<&Path>, all_states: bool) -> Result<Kerne
             | StateFlags::TIME_WAIT
     };
     let mut out = KernelCookies::default();
-    for s in dump_at(netns_path, states)? {
+    let sockets = dump_at(netns_path, states)?;
+    // After the dump: the times derived from it are never earlier than the kernel's.
+    let dumped_ns = crate::daemon::monotonic_ns();
+    for s in sockets {
         if s.timewait {
-            out.timewait.insert(s.cookie)
+            out.timewait.insert(s.cookie, time_wait_began(&s, dumped_ns));
         } else {
-            out.full.insert(s.cookie)
-        };
+            out.full.insert(s.cookie);
+        }
     }
     Ok(out)
+}
+
+/// When the timewait socket `s`, listed at `dumped_ns` (CLOCK_MONOTONIC), entered TIME_WAIT: its
+/// timer, set to `TCP_TIMEWAIT_LEN` (60 s, fixed in the kernel) then, has `expires_ms` left. None
+/// in the FIN_WAIT2 sub-state, whose timer depends on settings and on the connection.
+///
+/// The timer is set again when a segment comes in TIME_WAIT, and when the peer's FIN turns an
+/// orphan's FIN_WAIT2 into TIME_WAIT: the time is then that of the segment, later than the full
+/// socket's end, never earlier.
+pub fn time_wait_began(s: &DiagSocket, dumped_ns: u64) -> Option<u64> {
+    const TIME_WAIT_MS: u64 = 60_000;
+    if s.state != TcpState::TimeWait || u64::from(s.expires_ms) > TIME_WAIT_MS {
+        return None;
+    }
+    let elapsed_ns = (TIME_WAIT_MS - u64::from(s.expires_ms)) * 1_000_000;
+    dumped_ns.checked_sub(elapsed_ns)
 }
 
 /// Timewait sockets (TIME_WAIT and FIN_WAIT2 sub-states), in `netns_path` or (None) here.
@@ -147,6 +179,7 @@ fn dump_family(socket: &Socket, family: u8, states: StateFlags, out: &mut Vec<Di
                             inode: h.inode,
                             cookie: half(0) | half(4) << 32,
                             timewait: state == TcpState::TimeWait || h.timer == Some(Timer::TimeWait),
+                            expires_ms: expires_ms(&rx[offset..size.min(offset + len)]),
                         });
                     }
                 }
@@ -157,5 +190,62 @@ fn dump_family(socket: &Socket, family: u8, states: StateFlags, out: &mut Vec<Di
             }
             offset += len;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timewait(state: TcpState, expires_ms: u32) -> DiagSocket {
+        let a: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        DiagSocket { local: a, remote: a, state, inode: 0, cookie: 9, timewait: true, expires_ms }
+    }
+
+    #[test]
+    fn a_time_wait_began_when_its_60_s_timer_was_set() {
+        const S: u64 = 1_000_000_000;
+        // 59.25 s left when listed at 100 s: set 0.75 s before.
+        assert_eq!(time_wait_began(&timewait(TcpState::TimeWait, 59_250), 100 * S), Some(100 * S - 750_000_000));
+        assert_eq!(time_wait_began(&timewait(TcpState::TimeWait, 60_000), 100 * S), Some(100 * S));
+        // FIN_WAIT2's timer is not TIME_WAIT's; a timer longer than 60 s is not one it set.
+        assert_eq!(time_wait_began(&timewait(TcpState::FinWait2, 59_250), 100 * S), None);
+        assert_eq!(time_wait_began(&timewait(TcpState::TimeWait, 60_001), 100 * S), None);
+        // Listed before the clock reached its start (cannot be: no time).
+        assert_eq!(time_wait_began(&timewait(TcpState::TimeWait, 0), S), None);
+    }
+
+    /// Against this machine's kernel: a loopback connection closed by its client leaves the
+    /// client's socket in TIME_WAIT; listed 1.2 s later, it began when the connection closed.
+    #[test]
+    fn the_kernel_says_when_a_time_wait_began() {
+        use std::io::Read as _;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let local = client.local_addr().unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        drop(client);
+        // The client's FIN read, the server closes: the client's socket enters TIME_WAIT.
+        assert_eq!(server.read(&mut [0u8; 1]).unwrap(), 0);
+        drop(server);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let closed = crate::daemon::monotonic_ns();
+        std::thread::sleep(std::time::Duration::from_millis(1200));
+        let sockets = dump(StateFlags::TIME_WAIT).unwrap();
+        let now = crate::daemon::monotonic_ns();
+        let s = sockets.iter().find(|s| s.local == local).expect("the client's socket in TIME_WAIT");
+        assert!(s.timewait && s.state == TcpState::TimeWait, "{s:?}");
+        assert!((58_500..=58_900).contains(&s.expires_ms), "{s:?}");
+        let began = time_wait_began(s, now).unwrap();
+        // Between the close and 50 ms before it (a jiffy or two of rounding on top).
+        assert!(began <= closed + 20_000_000 && began + 80_000_000 >= closed, "began {began}, closed by {closed}");
+    }
+
+    #[test]
+    fn reads_idiag_expires_after_the_netlink_header_and_the_socket_id() {
+        let mut msg = vec![0u8; 16 + 72];
+        msg[EXPIRES_OFFSET..EXPIRES_OFFSET + 4].copy_from_slice(&59_250u32.to_ne_bytes());
+        assert_eq!(expires_ms(&msg), 59_250);
+        assert_eq!(expires_ms(&msg[..EXPIRES_OFFSET + 3]), 0, "too short");
     }
 }

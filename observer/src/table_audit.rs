@@ -48,8 +48,9 @@ pub struct KernelCookies {
     /// Full sockets, in any state.
     pub full: HashSet<u64>,
     /// Timewait sockets (TIME_WAIT, and FIN_WAIT2 for orphans): what is left of a full socket
-    /// once it closed, with its cookie.
-    pub timewait: HashSet<u64>,
+    /// once it closed, with its cookie; each with when its TIME_WAIT began, from its timer
+    /// (`sock_diag::time_wait_began`), if the kernel says.
+    pub timewait: HashMap<u64, Option<u64>>,
 }
 
 /// What the daemon knows of a slot's socket.
@@ -93,6 +94,15 @@ pub enum Gone {
 pub struct StaleSlot {
     pub slot: TableSlot,
     pub gone: Gone,
+    /// The latest its socket can have closed (CLOCK_MONOTONIC ns), when the kernel says: the
+    /// start of its TIME_WAIT.
+    pub closed_by_ns: Option<u64>,
+}
+
+impl StaleSlot {
+    pub fn new(slot: TableSlot, gone: Gone) -> StaleSlot {
+        StaleSlot { slot, gone, closed_by_ns: None }
+    }
 }
 
 /// The audit's memory between passes.
@@ -139,10 +149,10 @@ impl Audit {
             if k.full.contains(&s.cookie) {
                 continue;
             }
-            if k.timewait.contains(&s.cookie) {
-                stale.push(StaleSlot { slot: *s, gone: Gone::TimeWait });
+            if let Some(began) = k.timewait.get(&s.cookie) {
+                stale.push(StaleSlot { closed_by_ns: *began, ..StaleSlot::new(*s, Gone::TimeWait) });
             } else if self.missing_once.contains(&s.cookie) {
-                stale.push(StaleSlot { slot: *s, gone: Gone::Missing });
+                stale.push(StaleSlot::new(*s, Gone::Missing));
             } else {
                 missing.insert(s.cookie);
             }
@@ -185,7 +195,10 @@ mod tests {
     }
 
     fn kernel(netns: u32, full: &[u64], timewait: &[u64]) -> HashMap<u32, KernelCookies> {
-        let k = KernelCookies { full: full.iter().copied().collect(), timewait: timewait.iter().copied().collect() };
+        let k = KernelCookies {
+            full: full.iter().copied().collect(),
+            timewait: timewait.iter().map(|c| (*c, (*c < 100).then_some(*c * 1000))).collect(),
+        };
         HashMap::from([(netns, k)])
     }
 
@@ -194,7 +207,7 @@ mod tests {
         let mut audit = Audit::default();
         let slots = [slot(0, 11, 7), slot(1, 12, 7)];
         let stale = audit.pass(&slots, &kernel(7, &[11], &[12]));
-        assert_eq!(stale, vec![StaleSlot { slot: slots[1], gone: Gone::TimeWait }]);
+        assert_eq!(stale, vec![StaleSlot { slot: slots[1], gone: Gone::TimeWait, closed_by_ns: Some(12_000) }]);
         assert_eq!(audit.missing_once(), 0);
     }
 
@@ -207,7 +220,7 @@ mod tests {
         assert_eq!(audit.missing_once(), 2);
         // Second pass: 13 shows up again (the first dump missed it), 12 is still missing.
         let stale = audit.pass(&slots, &kernel(7, &[11, 13], &[]));
-        assert_eq!(stale, vec![StaleSlot { slot: slots[1], gone: Gone::Missing }]);
+        assert_eq!(stale, vec![StaleSlot::new(slots[1], Gone::Missing)]);
         // 13 is no suspect any more: one more miss does not free it.
         assert_eq!(audit.pass(&slots[2..], &kernel(7, &[], &[])), vec![]);
         assert_eq!(audit.missing_once(), 1);

@@ -55,7 +55,7 @@ impl Sock {
     /// Its slot in the kernel's table, as the audit finds it once the socket is gone.
     fn stale_slot(&self, gone: Gone, io: IoCounts) -> StaleSlot {
         let slot = TableSlot { index: 3, cookie: self.cookie, sk: self.sk, netns: 7, owner_pid: 0, io };
-        StaleSlot { slot, gone }
+        StaleSlot::new(slot, gone)
     }
 
     fn ev(&mut self, kind: EventKind, error: i32) -> SocketEvent {
@@ -898,4 +898,47 @@ fn a_connection_closed_during_its_handshake_is_a_failed_handshake() {
     }
     assert_eq!(a.stats.tls_chunks, 2 + 6);
     assert_eq!(out(&a, 100, "127.0.0.1:8443").tls.as_deref().unwrap().counts.handshakes, 1);
+}
+
+/// The audit finds a socket in TIME_WAIT: its connection ends when its TIME_WAIT began (the
+/// kernel's timer says when), not at the audit, seconds later.
+#[test]
+fn a_socket_found_in_time_wait_ends_when_its_time_wait_began() {
+    let (mut a, s) = server_socket_in_fin_wait1();
+    let established = s.t - MS;
+    let found = StaleSlot { closed_by_ns: Some(s.t + 3 * MS), ..s.stale_slot(Gone::TimeWait, IoCounts::default()) };
+    assert!(a.close_unreported(&found, s.t + 5 * SECOND));
+    let st = inb(&a, 200, "127.0.0.1:8080");
+    assert_eq!((st.lifetimes.count, st.lifetimes.max_ns), (1, s.t + 3 * MS - established));
+
+    // Without the kernel's word, at the audit.
+    let (mut a, s) = server_socket_in_fin_wait1();
+    assert!(a.close_unreported(&s.stale_slot(Gone::Missing, IoCounts::default()), s.t + 5 * SECOND));
+    assert_eq!(inb(&a, 200, "127.0.0.1:8080").lifetimes.max_ns, s.t + 5 * SECOND - (s.t - MS));
+
+    // A time before the connection was established (a clock step, say) is not believed.
+    let (mut a, s) = server_socket_in_fin_wait1();
+    let found = StaleSlot { closed_by_ns: Some(1), ..s.stale_slot(Gone::TimeWait, IoCounts::default()) };
+    assert!(a.close_unreported(&found, s.t + 5 * SECOND));
+    assert_eq!(inb(&a, 200, "127.0.0.1:8080").lifetimes.max_ns, 0);
+}
+
+/// A socket set aside when a new socket took its address ends by then; if the audit then finds
+/// it in TIME_WAIT, by the start of its TIME_WAIT if that came first.
+#[test]
+fn a_socket_set_aside_ends_by_its_replacement_or_its_time_wait_whichever_came_first() {
+    // (TIME_WAIT began after FIN_WAIT1, lifetime): set aside 10 ms after FIN_WAIT1, 11 ms after
+    // it was established.
+    for (time_wait, lifetime) in [(2 * MS, 3 * MS), (60 * MS, 11 * MS)] {
+        let (mut a, s) = server_socket_in_fin_wait1();
+        let mut s2 = Sock::new(1, 200, "127.0.0.1:8080", "127.0.0.1:40001");
+        s2.t = s.t + 9 * MS; // its first record, at +10 ms, sets the first socket aside
+        accepted(&mut a, &mut s2);
+        assert_eq!(a.unreported_closes(), 1);
+        let found =
+            StaleSlot { closed_by_ns: Some(s.t + time_wait), ..s.stale_slot(Gone::TimeWait, IoCounts::default()) };
+        assert!(a.close_unreported(&found, s.t + 5 * SECOND));
+        let l = &inb(&a, 200, "127.0.0.1:8080").lifetimes;
+        assert_eq!((l.count, l.max_ns), (1, lifetime), "TIME_WAIT {time_wait} ns after FIN_WAIT1");
+    }
 }
