@@ -107,6 +107,7 @@ pub fn dump_cookies(netns_path: Option<&Path>, all_states: bool) -> Result<Kerne
             out.full.insert(s.cookie);
         }
     }
+    out.dumped_ns = dumped_ns;
     Ok(out)
 }
 

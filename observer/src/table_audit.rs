@@ -51,6 +51,9 @@ pub struct KernelCookies {
     /// once it closed, with its cookie; each with when its TIME_WAIT began, from its timer
     /// (`sock_diag::time_wait_began`), if the kernel says.
     pub timewait: HashMap<u64, Option<u64>>,
+    /// When the dump ended (CLOCK_MONOTONIC ns): a socket it did not list was gone by then (or
+    /// missed while it moved in the kernel's table, which the next dump tells).
+    pub dumped_ns: u64,
 }
 
 /// What the daemon knows of a slot's socket.
@@ -108,8 +111,8 @@ impl StaleSlot {
 /// The audit's memory between passes.
 #[derive(Debug, Default)]
 pub struct Audit {
-    /// Cookies of the slots that no dump of the previous pass had.
-    missing_once: HashSet<u64>,
+    /// Cookies of the slots that no dump of the previous pass had, with when that dump ended.
+    missing_once: HashMap<u64, u64>,
     /// Cookies of the slots of sockets the daemon did not know at the previous pass.
     unknown: HashSet<u64>,
 }
@@ -142,7 +145,7 @@ impl Audit {
     /// One pass: `slots` were read before the dumps in `kernel` started, one per network
     /// namespace that could be dumped.
     pub fn pass(&mut self, slots: &[TableSlot], kernel: &HashMap<u32, KernelCookies>) -> Vec<StaleSlot> {
-        let mut missing = HashSet::new();
+        let mut missing = HashMap::new();
         let mut stale = Vec::new();
         for s in slots {
             let Some(k) = kernel.get(&s.netns) else { continue };
@@ -151,10 +154,11 @@ impl Audit {
             }
             if let Some(began) = k.timewait.get(&s.cookie) {
                 stale.push(StaleSlot { closed_by_ns: *began, ..StaleSlot::new(*s, Gone::TimeWait) });
-            } else if self.missing_once.contains(&s.cookie) {
-                stale.push(StaleSlot::new(*s, Gone::Missing));
+            } else if let Some(first) = self.missing_once.get(&s.cookie) {
+                // Gone by the first dump that missed it: the second says it was no move.
+                stale.push(StaleSlot { closed_by_ns: Some(*first), ..StaleSlot::new(*s, Gone::Missing) });
             } else {
-                missing.insert(s.cookie);
+                missing.insert(s.cookie, k.dumped_ns);
             }
         }
         self.missing_once = missing;
@@ -195,9 +199,15 @@ mod tests {
     }
 
     fn kernel(netns: u32, full: &[u64], timewait: &[u64]) -> HashMap<u32, KernelCookies> {
+        kernel_at(netns, full, timewait, 0)
+    }
+
+    /// Timewait cookies under 100 say their TIME_WAIT began at cookie * 1000 ns.
+    fn kernel_at(netns: u32, full: &[u64], timewait: &[u64], dumped_ns: u64) -> HashMap<u32, KernelCookies> {
         let k = KernelCookies {
             full: full.iter().copied().collect(),
             timewait: timewait.iter().map(|c| (*c, (*c < 100).then_some(*c * 1000))).collect(),
+            dumped_ns,
         };
         HashMap::from([(netns, k)])
     }
@@ -216,11 +226,12 @@ mod tests {
         let mut audit = Audit::default();
         let slots = [slot(0, 11, 7), slot(1, 12, 7), slot(2, 13, 7)];
         // First pass: 12 and 13 are missing; nothing is freed yet.
-        assert_eq!(audit.pass(&slots, &kernel(7, &[11], &[])), vec![]);
+        assert_eq!(audit.pass(&slots, &kernel_at(7, &[11], &[], 5_000)), vec![]);
         assert_eq!(audit.missing_once(), 2);
-        // Second pass: 13 shows up again (the first dump missed it), 12 is still missing.
-        let stale = audit.pass(&slots, &kernel(7, &[11, 13], &[]));
-        assert_eq!(stale, vec![StaleSlot::new(slots[1], Gone::Missing)]);
+        // Second pass: 13 shows up again (the first dump missed it), 12 is still missing: gone
+        // by the first dump.
+        let stale = audit.pass(&slots, &kernel_at(7, &[11, 13], &[], 10_000));
+        assert_eq!(stale, vec![StaleSlot { closed_by_ns: Some(5_000), ..StaleSlot::new(slots[1], Gone::Missing) }]);
         // 13 is no suspect any more: one more miss does not free it.
         assert_eq!(audit.pass(&slots[2..], &kernel(7, &[], &[])), vec![]);
         assert_eq!(audit.missing_once(), 1);
