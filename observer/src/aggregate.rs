@@ -990,8 +990,9 @@ impl Aggregator {
             (Gone::Missing, TcpState::FinWait2 | TcpState::Closing) => TcpState::FinWait1,
             _ => state,
         };
-        // When it closed: by the start of its TIME_WAIT if the kernel says, else by now (or, set
-        // aside, by when a new socket took its address); not before it was established.
+        // When it closed: by what the audit knows (the start of its TIME_WAIT, the first dump that
+        // missed it), else by now (or, set aside, by when a new socket took its address); not
+        // before it was established.
         let closed_by = |by: u64, established: Option<u64>| {
             stale.closed_by_ns.map_or(by, |t| t.min(by)).max(established.unwrap_or(0))
         };

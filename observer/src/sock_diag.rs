@@ -18,7 +18,7 @@ pub use netlink_packet_sock_diag::inet::StateFlags;
 
 use crate::model::TcpState;
 use crate::table_audit::KernelCookies;
-use crate::timewait::KernelTimeWait;
+use crate::timewait::{KernelTimeWait, TIME_WAIT_NS};
 
 /// One socket of the kernel's table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,12 +119,11 @@ pub fn dump_cookies(netns_path: Option<&Path>, all_states: bool) -> Result<Kerne
 /// orphan's FIN_WAIT2 into TIME_WAIT: the time is then that of the segment, later than the full
 /// socket's end, never earlier.
 pub fn time_wait_began(s: &DiagSocket, dumped_ns: u64) -> Option<u64> {
-    const TIME_WAIT_MS: u64 = 60_000;
-    if s.state != TcpState::TimeWait || u64::from(s.expires_ms) > TIME_WAIT_MS {
+    let left_ns = u64::from(s.expires_ms) * 1_000_000;
+    if s.state != TcpState::TimeWait || left_ns > TIME_WAIT_NS {
         return None;
     }
-    let elapsed_ns = (TIME_WAIT_MS - u64::from(s.expires_ms)) * 1_000_000;
-    dumped_ns.checked_sub(elapsed_ns)
+    dumped_ns.checked_sub(TIME_WAIT_NS - left_ns)
 }
 
 /// Timewait sockets (TIME_WAIT and FIN_WAIT2 sub-states), in `netns_path` or (None) here.

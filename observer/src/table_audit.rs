@@ -97,8 +97,8 @@ pub enum Gone {
 pub struct StaleSlot {
     pub slot: TableSlot,
     pub gone: Gone,
-    /// The latest its socket can have closed (CLOCK_MONOTONIC ns), when the kernel says: the
-    /// start of its TIME_WAIT.
+    /// The latest its socket can have closed (CLOCK_MONOTONIC ns), when the audit knows: the
+    /// start of its TIME_WAIT, or the end of the first dump that did not list it.
     pub closed_by_ns: Option<u64>,
 }
 

@@ -384,6 +384,26 @@ impl Drop for Guard {
     }
 }
 
+/// Wait for `child`, a run of `seconds`, to end; killed (an error) if it runs 20 s longer.
+fn wait_bounded(child: &mut Child, seconds: u64, what: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(seconds + 20);
+    while child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("{what} overran its {seconds} s run");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// nginx's request counter (`stub_status`) on `port`, and when it was read.
+fn nginx_requests(port: u16) -> Result<(u64, Instant)> {
+    let page = http_get(port, STATUS_PATH)?;
+    let n = interleave::parse_stub_status(&page).ok_or_else(|| anyhow!("bad stub_status page: {page}"))?;
+    Ok((n, Instant::now()))
+}
+
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -542,17 +562,7 @@ impl Bench {
             .stderr(Stdio::piped())
             .spawn()
             .context("starting wrk")?;
-        let deadline = Instant::now() + Duration::from_secs(seconds + 20);
-        loop {
-            if child.try_wait()?.is_some() {
-                break;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                bail!("wrk overran its {seconds} s run");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_bounded(&mut child, seconds, "wrk")?;
         let out = child.wait_with_output()?;
         let text = String::from_utf8_lossy(&out.stdout);
         parse_wrk_rps(&text).ok_or_else(|| anyhow!("no Requests/sec in wrk's output:\n{text}"))
@@ -655,11 +665,7 @@ impl Bench {
         let load_ends = Instant::now() + Duration::from_secs(seconds);
         let load = self.spawn_wrk(&url, workload, seconds)?;
         std::thread::sleep(Duration::from_secs(1));
-        let requests = || -> Result<(u64, Instant)> {
-            let page = http_get(port, STATUS_PATH)?;
-            let n = interleave::parse_stub_status(&page).ok_or_else(|| anyhow!("bad stub_status page: {page}"))?;
-            Ok((n, Instant::now()))
-        };
+        let requests = || nginx_requests(port);
         let mut window = |with: bool| -> Result<f64> {
             toggle.set(with)?;
             std::thread::sleep(interleave::SETTLE);
@@ -718,11 +724,7 @@ impl Bench {
         let _nginx = self.start_nginx(port, 4096)?;
         let url = local_url(port);
         self.wrk(&url, workload, 2)?; // warm-up
-        let requests = || -> Result<(u64, Instant)> {
-            let page = http_get(port, STATUS_PATH)?;
-            let n = interleave::parse_stub_status(&page).ok_or_else(|| anyhow!("bad stub_status page: {page}"))?;
-            Ok((n, Instant::now()))
-        };
+        let requests = || nginx_requests(port);
         let data = self.work.join("perf.data");
         let (mut none, mut observer) = (Profile::default(), Profile::default());
         for round in 0..rounds {
@@ -743,14 +745,7 @@ impl Bench {
                     .stderr(Stdio::piped())
                     .spawn()
                     .context("starting perf (linux-perf)")?;
-                let deadline = Instant::now() + Duration::from_secs(PROFILE_SECONDS + 20);
-                while perf.try_wait()?.is_none() {
-                    if Instant::now() > deadline {
-                        let _ = perf.kill();
-                        bail!("perf record overran its {PROFILE_SECONDS} s run");
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                }
+                wait_bounded(&mut perf, PROFILE_SECONDS, "perf record")?;
                 let (n1, t1) = requests()?;
                 let out = perf.wait_with_output()?;
                 ensure!(out.status.success(), "perf record failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -1256,7 +1251,6 @@ fn set_bpf_stats(on: bool) -> Result<()> {
         .context("writing kernel.bpf_stats_enabled")
 }
 
-/// The benchmark's nginx on loopback.
 /// The profile case's section for one workload (see [`profile::markdown`]).
 pub fn profile_markdown(workload: Workload, rounds: usize, none: &Profile, observer: &Profile) -> String {
     let cpu = |c: &str| c.parse::<u32>().expect("a CPU number");
@@ -1271,6 +1265,7 @@ pub fn profile_markdown(workload: Workload, rounds: usize, none: &Profile, obser
     )
 }
 
+/// The benchmark's nginx on loopback.
 fn local_url(port: u16) -> String {
     format!("http://127.0.0.1:{port}/")
 }
