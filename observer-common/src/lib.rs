@@ -406,6 +406,9 @@ pub struct KernelOffsets {
     pub task_start_boottime: u32,
     /// `struct task_struct`: `comm`.
     pub task_comm: u32,
+    /// `struct sock`: `sk_lock.owned` (int: 1 while a process holds the socket with
+    /// `lock_sock`).
+    pub sock_lock_owned: u32,
 }
 
 impl KernelOffsets {
@@ -429,6 +432,7 @@ impl KernelOffsets {
             task_group_leader: 0,
             task_start_boottime: 0,
             task_comm: 0,
+            sock_lock_owned: 0,
         }
     }
 }

@@ -23,7 +23,7 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
 use aya_log_ebpf::{debug, warn};
-use maps::{EVENTS, LISTENERS, OFFSETS, STATE_PENDING, TLS_CAPTURE, TLS_SCRATCH, count};
+use maps::{EVENTS, LISTENERS, OFFSETS, STATE_HANDLED, TLS_CAPTURE, TLS_SCRATCH, count};
 use observer_common::{
     Claimed, Closed, Event, KernelOffsets, ListenerKey, ListenerValue, Owner, SockState, TlsChunkHeader, Transition,
     counter, flags, io_dir, kind, tcp_state, tls_capture,
@@ -116,7 +116,7 @@ fn listener_key(ev: &Event) -> ListenerKey {
 // sock/inet_sock_set_state (sk, oldstate, newstate)
 // ---------------------------------------------------------------------------------------------
 
-// Three programs on this tracepoint, attached in this order and run in this order for every state
+// Two programs on this tracepoint, attached in this order and run in this order for every state
 // change, so that each state change is handled exactly once even when the kernel skips
 // `inet_sock_set_state` for it.
 //
@@ -128,39 +128,73 @@ fn listener_key(ev: &Event) -> ListenerKey {
 // programs existed: 880 state changes skipped in 20 s of servers closing first while clients held
 // their sockets, and sockets left in FIN_WAIT1 for ever as far as observer knew.
 //
-// `inet_sock_set_state_enter` raises this CPU's flag, `inet_sock_set_state` does the work and
-// lowers it, `inet_sock_set_state_nested` does the work if the flag is still raised (the second
-// program did not run) and lowers it. A state change that interrupts one of the three is handled
-// by another: the second when it interrupts the first or the third, the third when it interrupts
-// the second (a softirq does not nest, so the third is never interrupted while it works).
-
-#[btf_tracepoint(function = "inet_sock_set_state")]
-pub fn inet_sock_set_state_enter(_ctx: BtfTracePointContext) -> u32 {
-    if let Some(p) = STATE_PENDING.get_ptr_mut(0) {
-        unsafe { core::ptr::write_volatile(p, 1) };
-    }
-    0
-}
+// `inet_sock_set_state` writes down which state change it handles (the socket and both states)
+// before it handles it; `inet_sock_set_state_nested` handles the state change unless it finds it
+// written down, and then strikes it out. The decision rests on which state change it is, not on
+// a flag raised and lowered by the programs' first and last instructions: the kernel's guard is
+// up a little before a program's first instruction and after its last one, and a state change
+// that interrupts a program there is handled all the same.
+//
+// One entry per level of nesting, and there are two: a state change in process context (the
+// socket is locked by its process, `sk_lock.owned`) and one in a softirq (never on a socket a
+// process holds: TCP queues the packet for the process instead, and its timers wait). A softirq
+// runs only between the first program and the second of a process's state change, or inside one
+// of them; each of its state changes takes the softirq's entry, so the process's entry is still
+// there for the second program. (One list for all overwrote it: a softirq often changes the
+// state of several sockets.)
+// - A state change that interrupts the first program, anywhere: skipped by the kernel for it, not
+//   written down, handled by the second.
+// - One that interrupts the second program: handled by the first (the second is skipped for
+//   it); its entry stays until the next state change in a softirq on this CPU replaces it.
+// - A softirq does not nest in a softirq, and hard interrupts change no TCP state: the two
+//   programs are never both skipped.
+// (Until 2026-12 a third program raised a flag before the first one ran: one program run more
+// per state change.)
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
-    on_state(&ctx);
-    if let Some(p) = STATE_PENDING.get_ptr_mut(0) {
-        unsafe { core::ptr::write_volatile(p, 0) };
+    let sk: *mut c_void = ctx.arg(0);
+    if let Some(handled) = STATE_HANDLED.get_ptr_mut(0) {
+        let level = nesting_level(sk);
+        unsafe {
+            core::ptr::write_volatile(&mut (*handled).sk[level], sk as u64);
+            core::ptr::write_volatile(&mut (*handled).change[level], state_change(&ctx));
+        }
     }
+    on_state(&ctx);
     0
 }
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state_nested(ctx: BtfTracePointContext) -> u32 {
-    if let Some(p) = STATE_PENDING.get_ptr_mut(0)
-        && unsafe { core::ptr::read_volatile(p) } != 0
-    {
-        unsafe { core::ptr::write_volatile(p, 0) };
-        count(counter::STATE_NESTED);
-        on_state(&ctx);
+    let sk: *mut c_void = ctx.arg(0);
+    let Some(handled) = STATE_HANDLED.get_ptr_mut(0) else { return 0 };
+    let level = nesting_level(sk);
+    unsafe {
+        if core::ptr::read_volatile(&(*handled).sk[level]) == sk as u64
+            && core::ptr::read_volatile(&(*handled).change[level]) == state_change(&ctx)
+        {
+            core::ptr::write_volatile(&mut (*handled).sk[level], 0);
+            return 0;
+        }
     }
+    count(counter::STATE_NESTED);
+    on_state(&ctx);
     0
+}
+
+/// 0 for a state change in process context, 1 for one in a softirq (see above).
+#[inline(always)]
+fn nesting_level(sk: *mut c_void) -> usize {
+    usize::from(kernel::sock_field::<i32>(sk as u64, OFFSETS.load().sock_lock_owned) == 0)
+}
+
+/// The state change's two states, as one word (never 0).
+#[inline(always)]
+fn state_change(ctx: &BtfTracePointContext) -> u64 {
+    let old = ctx.arg::<i64>(1) as u64 & 0xff;
+    let new = ctx.arg::<i64>(2) as u64 & 0xff;
+    1 << 16 | old << 8 | new
 }
 
 #[inline(always)]

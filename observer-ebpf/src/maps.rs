@@ -38,10 +38,18 @@ pub static LISTENERS: LruHashMap<ListenerKey, ListenerValue> = LruHashMap::with_
 #[map]
 pub static TLS_SCRATCH: PerCpuArray<TlsChunk> = PerCpuArray::with_max_entries(1, 0);
 
-/// Per CPU, 1 from `inet_sock_set_state_enter` until a program handled the state change (see
-/// `inet_sock_set_state_enter`).
+/// Per CPU, the state change `inet_sock_set_state` handles at each level of nesting (process
+/// context, softirq), for `inet_sock_set_state_nested` to tell it from those the kernel skipped
+/// the first program for (see `inet_sock_set_state`). An entry is a socket and its state change;
+/// socket 0 for none.
+#[repr(C)]
+pub struct StateHandled {
+    pub sk: [u64; 2],
+    pub change: [u64; 2],
+}
+
 #[map]
-pub static STATE_PENDING: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+pub static STATE_HANDLED: PerCpuArray<StateHandled> = PerCpuArray::with_max_entries(1, 0);
 
 /// Counters (see `observer_common::counter`).
 #[map]

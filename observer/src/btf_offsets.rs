@@ -92,6 +92,7 @@ pub fn compute(btf: &Btf) -> Result<KernelOffsets> {
         task_group_leader: o("task_struct", &["group_leader"])?,
         task_start_boottime: o("task_struct", &["start_boottime"])?,
         task_comm: o("task_struct", &["comm"])?,
+        sock_lock_owned: o("sock", &["sk_lock", "owned"])?,
     })
 }
 
@@ -116,6 +117,8 @@ mod tests {
         assert!(off.sock_type == off.sock_protocol + 2, "sk_protocol then sk_type, both u16");
         // struct inet_sock starts with struct sock: its own fields come after.
         assert!(off.inet_sport > off.sock_net && off.inet_saddr > off.sock_net);
+        // socket_lock_t: a spinlock, then `owned`.
+        assert!(off.sock_lock_owned > off.sock_net, "{}", off.sock_lock_owned);
         assert_eq!(off.sock_family, 16, "sock_common: 8 bytes of addresses, 4 of hash, 4 of ports, then the family");
         // The same offset as a path through sock_common directly.
         assert_eq!(

@@ -60,7 +60,7 @@ pub const CALIBRATION_PROGRAMS: [&str; 6] = [
 ];
 
 /// The programs on `sock/inet_sock_set_state`, in the order they must run.
-const STATE_PROGRAMS: [&str; 3] = ["inet_sock_set_state_enter", "inet_sock_set_state", "inet_sock_set_state_nested"];
+const STATE_PROGRAMS: [&str; 2] = ["inet_sock_set_state", "inet_sock_set_state_nested"];
 
 /// The benchmark's empty programs and their tracepoints.
 const FLOOR_PROGRAMS: [(&str, &str); 3] =
@@ -104,7 +104,7 @@ pub struct KernelCounters {
     /// Sockets that went to the socket table's overflow map (their bucket was full).
     pub sock_overflow: u64,
     /// State changes the kernel skipped the state program for (they interrupted it on the same
-    /// CPU), handled by the third state program.
+    /// CPU), handled by the second state program.
     pub state_nested: u64,
     pub listener_inserted: u64,
     pub listener_deleted: u64,
@@ -218,7 +218,7 @@ impl Probes {
             log::warn!("--bench-floor: only empty programs are attached, nothing is observed");
             return Ok(Probes { ebpf, features, links, sock_buckets, sock_slots });
         }
-        // The one hook observer cannot work without: three programs, attached (and so run) in this
+        // The one hook observer cannot work without: two programs, attached (and so run) in this
         // order, for each state change to be handled exactly once (see the kernel programs).
         if opts.bench_table_only {
             log::warn!("--bench-table-only: the kernel programs queue no records, nothing is reported");

@@ -110,7 +110,7 @@ fn region_records_are_written_where_nobody_reads_them() {
     let d = Daemon::start(&["--bench-region-records"]);
     wait_log(&d, "--bench-region-records: the kernel programs write records nobody reads", 1);
     let progs = sh(&["bpftool", "prog", "show"]);
-    for name in ["inet_sock_set_state_enter", "inet_sock_set_state_nested", "sock_recv_length"] {
+    for name in ["inet_sock_set_state", "inet_sock_set_state_nested", "sock_recv_length"] {
         assert!(progs.contains(name), "{name} is loaded (all of observer's programs are):\n{progs}");
     }
     let (_server, port) = http_server("127.0.0.1", "keepalive");

@@ -15,8 +15,8 @@ fn detaches_cleanly_on(signal: libc::c_int) {
     let pid = d.pid();
     let progs = bpf_ids_of(pid, "prog_id");
     let links = bpf_ids_of(pid, "link_id");
-    assert_eq!(progs.len(), 8, "8 programs loaded: {progs:?}");
-    assert_eq!(links.len(), 8, "one link per program: {links:?}");
+    assert_eq!(progs.len(), 7, "7 programs loaded: {progs:?}");
+    assert_eq!(links.len(), 7, "one link per program: {links:?}");
     assert!(progs.iter().all(|id| bpf_object_exists("prog", *id)));
     let (status, log) = d.stop_with(signal);
     assert!(status.success(), "exit status {status:?}\n{log}");

@@ -57,7 +57,6 @@ const SECTIONS: &[(&str, &str)] = &[
 
 /// The programs observer loads.
 const PROGRAMS: &[&str] = &[
-    "inet_sock_set_state_enter",
     "inet_sock_set_state",
     "inet_sock_set_state_nested",
     "sock_send_length",
