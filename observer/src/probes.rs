@@ -40,7 +40,7 @@ pub struct Options {
     /// Attach the benchmark's empty programs ([`FLOOR_PROGRAMS`]) instead of observer's.
     pub bench_floor: bool,
     /// The benchmark's lower bound of observer's design: its programs queue no records, and only
-    /// the main one of [`STATE_PROGRAMS`] is attached (the socket table is kept as always; state
+    /// the first of [`STATE_PROGRAMS`] is attached (the socket table is kept as always; state
     /// changes are not handled exactly once). Nothing is reported.
     pub bench_table_only: bool,
     /// The benchmark's bound of observer's reports: its programs write their records to a

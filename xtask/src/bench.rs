@@ -274,7 +274,7 @@ pub struct Bench {
 pub enum Programs {
     /// Its own programs, as in production.
     Observer,
-    /// Its own programs, queueing no records, and only the main one of the three on state
+    /// Its own programs, queueing no records, and only the first of the two on state
     /// changes (`--bench-table-only`): what keeping the socket table alone costs, the least any
     /// tracer that records each socket's owner pays (without even handling every state change
     /// exactly once).
