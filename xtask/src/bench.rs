@@ -1004,23 +1004,32 @@ fn cost_markdown(c: &Cost, baseline_rps: f64) -> String {
          to every run, so these are upper bounds):\n",
         c.rps
     );
-    let _ = writeln!(md, "| program | runs | runs per request | ns per run | ns per request |");
-    let _ = writeln!(md, "| --- | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(
+        md,
+        "| program | runs | runs per request | ns per run | in the round | in the exercise | ns per request |"
+    );
+    let _ = writeln!(md, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let ns_per_run = |runs: u64, ns: u64| if runs > 0 { format!("{:.0}", ns as f64 / runs as f64) } else { "-".into() };
     for (name, runs, ns) in &c.programs {
         let (all_runs, per_run) = c.per_run(name);
         let extra = all_runs - runs;
         let shown = if extra > 0 { format!("{runs} + {extra}") } else { runs.to_string() };
+        let rare_ns = c.rare.iter().filter(|(n, _, _)| n == name).map(|(_, _, ns)| ns).sum::<u64>();
         let _ = writeln!(
             md,
-            "| {name} | {shown} | {:.2} | {per_run:.0} | {:.0} |",
+            "| {name} | {shown} | {:.2} | {per_run:.0} | {} | {} | {:.0} |",
             *runs as f64 / c.requests(),
+            ns_per_run(*runs, *ns),
+            ns_per_run(extra, rare_ns),
             *ns as f64 / c.requests()
         );
     }
     let _ = writeln!(
         md,
         "\n\"+ N\": runs in an exercise of rare paths after the round ({RARE_RUNS} refused connects and \
-         {RARE_RUNS} abortive closes), so that every program's ns per run is measured over hundreds of runs."
+         {RARE_RUNS} abortive closes, on an otherwise idle machine), so that every program's ns per run is \
+         measured over hundreds of runs. \"ns per run\" is over both, and is what the target is judged on; the \
+         next two columns split it."
     );
     if c.floor_ns[0] > 0.0 {
         let _ = writeln!(
@@ -1460,12 +1469,12 @@ mod tests {
         assert_eq!(cost.per_run("sock_send_length"), (4000, 200.0));
         assert_eq!(cost.max_ns_per_run(), ("tcp_send_reset".to_string(), 1000.0));
         let md = cost_markdown(&cost, 1000.0);
-        assert!(md.contains("| tcp_send_reset | 2 + 198 | 0.00 | 1000 | 2 |"), "{md}");
+        assert!(md.contains("| tcp_send_reset | 2 + 198 | 0.00 | 1000 | 2000 | 990 | 2 |"), "{md}");
         assert!(md.contains("| nothing (the floor) | 77 | - |"), "{md}");
         assert!(md.contains("| read the clock (`bpf_ktime_get_ns`) | 140 | 63 |"), "{md}");
         assert!(md.contains("(TLS recognition) | 300 | 223 |"), "{md}");
         assert!(md.contains("(a compare-and-swap, three stores) | 100 | 23 |"), "{md}");
-        assert!(md.contains("| sock_send_length | 4000 | 2.00 | 200 | 400 |"), "{md}");
+        assert!(md.contains("| sock_send_length | 4000 | 2.00 | 200 | 200 | - | 400 |"), "{md}");
         // 402 ns of programs per request; 2 CPUs at 1000 req/s without a tracer: 2,000,000 ns per request.
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let avg = format!("takes {} ns of the {cpus} CPUs' time: observer's work is", cpus * 1_000_000);
