@@ -231,14 +231,19 @@ impl Cost {
         self.daemon_cpu * 1e9 / self.requests()
     }
 
+    /// A program's runs and ns in the rare-path exercise.
+    fn rare_of(&self, name: &str) -> (u64, u64) {
+        self.rare.iter().filter(|(n, _, _)| n == name).fold((0, 0), |(r, t), (_, runs, ns)| (r + runs, t + ns))
+    }
+
     /// A program's runs and ns per run over the round and the rare-path exercise together.
     fn per_run(&self, name: &str) -> (u64, f64) {
+        let (rare_runs, rare_ns) = self.rare_of(name);
         let (runs, ns) = self
             .programs
             .iter()
-            .chain(&self.rare)
             .filter(|(n, _, _)| n == name)
-            .fold((0, 0), |(r, t), (_, runs, ns)| (r + runs, t + ns));
+            .fold((rare_runs, rare_ns), |(r, t), (_, runs, ns)| (r + runs, t + ns));
         (runs, if runs > 0 { ns as f64 / runs as f64 } else { 0.0 })
     }
 
@@ -1011,10 +1016,9 @@ fn cost_markdown(c: &Cost, baseline_rps: f64) -> String {
     let _ = writeln!(md, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     let ns_per_run = |runs: u64, ns: u64| if runs > 0 { format!("{:.0}", ns as f64 / runs as f64) } else { "-".into() };
     for (name, runs, ns) in &c.programs {
-        let (all_runs, per_run) = c.per_run(name);
-        let extra = all_runs - runs;
+        let (_, per_run) = c.per_run(name);
+        let (extra, rare_ns) = c.rare_of(name);
         let shown = if extra > 0 { format!("{runs} + {extra}") } else { runs.to_string() };
-        let rare_ns = c.rare.iter().filter(|(n, _, _)| n == name).map(|(_, _, ns)| ns).sum::<u64>();
         let _ = writeln!(
             md,
             "| {name} | {shown} | {:.2} | {per_run:.0} | {} | {} | {:.0} |",
