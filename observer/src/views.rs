@@ -1,5 +1,5 @@
 //! The JSON documents of the API, built from the aggregation. Field names here are the API
-//! contract (docs/openapi.yaml describes them; a test checks the two agree).
+//! contract (docs/openapi.json describes them; a test checks the two agree).
 
 use std::collections::BTreeMap;
 
