@@ -249,7 +249,12 @@ fn on_state(ctx: &BtfTracePointContext) {
             unsafe { (*st).unannounced = 0 };
         }
     }
-    let Some(mut entry) = reserve_event(kind::STATE, sk as u64, now()) else { return };
+    let Some(mut entry) = reserve_event(kind::STATE, sk as u64, now()) else {
+        if records::table_only() {
+            track_unreported(&off, sk, old, new);
+        }
+        return;
+    };
     let ev = unsafe { &mut *entry.as_mut_ptr() };
     ev.oldstate = old;
     ev.newstate = new;
@@ -306,6 +311,25 @@ fn on_state(ctx: &BtfTracePointContext) {
         }
     }
     entry.submit();
+}
+
+/// `cargo xtask bench`'s `--bench-table-only` (no records): a connecting or listening socket is
+/// tracked all the same, with what its record would have carried, so that the bench measures the
+/// socket table as observer keeps it.
+#[inline(always)]
+fn track_unreported(off: &KernelOffsets, sk: *mut c_void, old: u8, new: u8) {
+    let connect = old == tcp_state::CLOSE && new == tcp_state::SYN_SENT;
+    if !connect && new != tcp_state::LISTEN {
+        return;
+    }
+    let owner = kernel::current_owner(off);
+    let netns = kernel::sock_netns(off, sk as u64).unwrap_or(0);
+    let tls = if connect { TLS_CAPTURE.load() } else { 0 };
+    sockets::track(sk, netns, &owner, true, tls, false);
+    if !connect {
+        let value = ListenerValue { sk: sk as u64, owner };
+        let _ = LISTENERS.insert(kernel::local_key(off, sk as u64), value, 0);
+    }
 }
 
 /// A child of a listener, created in softirq: owned by the listener's owner until a process

@@ -75,6 +75,12 @@ pub fn to_ring() -> bool {
     RECORD_SINK.load() == record_sink::RING
 }
 
+/// Whether records go nowhere (`--bench-table-only`).
+#[inline(always)]
+pub fn table_only() -> bool {
+    RECORD_SINK.load() == record_sink::NONE
+}
+
 /// Room for a `T` in this CPU's benchmark region: a compare-and-swap of its head, no lock (the
 /// write `calibrate_cpu_region` prices). Old records are overwritten: nobody reads them.
 #[inline(always)]
