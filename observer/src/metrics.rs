@@ -730,6 +730,56 @@ mod tests {
         assert_eq!(text.matches("observer_connections_opened_total{").count(), 3);
     }
 
+    /// Connection `sk` of pid 100 ends, from ESTABLISHED, having carried `requests` requests.
+    fn close(agg: &mut Aggregator, sk: u64, remote: &str, requests: u64) {
+        agg.apply(&SocketEvent {
+            ts_ns: 2,
+            sk,
+            owner: Some(Owner { key: ProcessKey { pid: 100, start_ns: 1 }, comm: "client".into() }),
+            kind: EventKind::State { old: TcpState::Established, new: TcpState::Close },
+            family: 2,
+            local: Endpoint(format!("127.0.0.1:{}", 40000 + sk).parse().unwrap()),
+            remote: Endpoint(remote.parse().unwrap()),
+            error: 0,
+            netns: Some(1),
+            io: IoCounts { send_runs: requests, recv_runs: requests, ..IoCounts::default() },
+            has_tuple: true,
+            local_port: 0,
+            first: false,
+            cookie: 0,
+        });
+    }
+
+    #[test]
+    fn the_protobuf_exposition_carries_the_native_histogram_exactly() {
+        let agg = Arc::new(Mutex::new(Aggregator::default()));
+        let kernel = Arc::new(Mutex::new(KernelStatus::default()));
+        let registry = registry(agg.clone(), kernel, 100);
+        {
+            let mut a = agg.lock().unwrap();
+            for (sk, requests) in [0u64, 1, 1, 2, 100, 100, 100].into_iter().enumerate() {
+                let sk = sk as u64 + 1;
+                connect(&mut a, sk, "10.0.0.1:80");
+                close(&mut a, sk, "10.0.0.1:80", requests);
+            }
+        }
+        let families = prometheus_client::encoding::prometheus_protobuf::encode(&registry).unwrap();
+        let family = families.iter().find(|f| f.name == "observer_requests_per_connection").expect("the family");
+        assert_eq!(family.metric.len(), 1, "one series: pid 100 to 10.0.0.1:80");
+        let h = family.metric[0].histogram.as_ref().expect("a histogram");
+        assert_eq!((h.sample_count, h.sample_sum), (7, 304.0));
+        // Schema 0: bucket i is (2^(i-1), 2^i]; 0 requests go to the zero bucket.
+        assert_eq!((h.schema, h.zero_threshold, h.zero_count), (0, 0.0, 1));
+        let spans: Vec<(i32, u32)> = h.positive_span.iter().map(|s| (s.offset, s.length)).collect();
+        // Buckets 0 (1 request: 2), 1 (2 requests: 1) and 7 (65 to 128: 3).
+        assert_eq!(spans, [(0, 2), (5, 1)]);
+        assert_eq!(h.positive_delta, [2, -1, 2]);
+        assert!(h.negative_span.is_empty() && h.negative_delta.is_empty());
+        // The classic buckets, for scrapers without native histograms: cumulative, ending at +Inf.
+        let last = h.bucket.last().expect("classic buckets");
+        assert_eq!((last.upper_bound, last.cumulative_count), (f64::INFINITY, 7));
+    }
+
     #[test]
     fn prometheus_asks_for_protobuf_with_native_histograms() {
         // The Accept header Prometheus sends with native histograms enabled.

@@ -312,13 +312,19 @@ fn a_connection_never_seen_accepted_is_counted_when_it_closes() {
 #[test]
 fn closing_a_listener_removes_it() {
     let mut a = Aggregator::default();
-    let mut l = Sock::new(1, 10, "127.0.0.1:8080", "0.0.0.0:0");
+    // A wildcard listener: a child that finds it is charged to 0.0.0.0:8080, one that does not
+    // to its own address, 127.0.0.1:8080.
+    let mut l = Sock::new(1, 10, "0.0.0.0:8080", "0.0.0.0:0");
     l.state(&mut a, Close, Listen);
+    let mut c1 = Sock::new(2, 10, "127.0.0.1:8080", "127.0.0.1:50000");
+    c1.state(&mut a, Listen, SynRecv);
+    assert_eq!(inb(&a, 10, "0.0.0.0:8080").sockets.get(SynRecv), 1);
     l.close_with(&mut a, Listen, 0);
-    assert_eq!(inb(&a, 10, "127.0.0.1:8080").sockets.total(), 0);
+    assert_eq!(inb(&a, 10, "0.0.0.0:8080").sockets.get(Listen), 0);
     // A later child on that port no longer finds it.
-    let mut c = Sock::new(2, 10, "127.0.0.1:8080", "127.0.0.1:50000");
-    c.state(&mut a, Listen, SynRecv);
+    let mut c2 = Sock::new(3, 10, "127.0.0.1:8080", "127.0.0.1:50001");
+    c2.state(&mut a, Listen, SynRecv);
+    assert_eq!(inb(&a, 10, "0.0.0.0:8080").sockets.get(SynRecv), 1, "the first child only");
     assert_eq!(inb(&a, 10, "127.0.0.1:8080").sockets.get(SynRecv), 1);
 }
 
