@@ -76,10 +76,9 @@ fn the_floor_attaches_empty_programs_only() {
     let (_a, a) = five_connections(&format!("127.0.0.1:{port}"));
     std::thread::sleep(UNSEEN);
     assert!(d.process(a).is_none(), "nothing is observed with empty programs");
-    let progs = sh(&["bpftool", "prog", "show"]);
-    for name in ["floor_state", "floor_send", "floor_recv"] {
-        assert!(progs.contains(name), "{name} is loaded:\n{progs}");
-    }
+    // This daemon's programs and links (not any daemon's): the three empty ones, attached.
+    assert_eq!(prog_names_of(d.pid()), ["floor_recv", "floor_send", "floor_state"]);
+    assert_eq!(bpf_ids_of(d.pid(), "link_id").len(), 3, "one link per empty program");
 }
 
 /// The words written so far in the benchmark's per-CPU regions of the daemons that have them
@@ -109,10 +108,12 @@ fn region_words() -> u64 {
 fn region_records_are_written_where_nobody_reads_them() {
     let d = Daemon::start(&["--bench-region-records"]);
     wait_log(&d, "--bench-region-records: the kernel programs write records nobody reads", 1);
-    let progs = sh(&["bpftool", "prog", "show"]);
-    for name in ["inet_sock_set_state", "inet_sock_set_state_nested", "sock_recv_length"] {
-        assert!(progs.contains(name), "{name} is loaded (all of observer's programs are):\n{progs}");
+    // This daemon's programs: all of observer's, attached.
+    let names = prog_names_of(d.pid());
+    for name in ["inet_sock_set_state", "inet_sock_set_state_nested", "sock_send_length", "sock_recv_length"] {
+        assert!(names.iter().any(|n| n == name), "{name} is loaded (all of observer's programs are): {names:?}");
     }
+    assert_eq!(bpf_ids_of(d.pid(), "link_id").len(), names.len(), "every program attached: {names:?}");
     let (_server, port) = http_server("127.0.0.1", "keepalive");
     let before = region_words();
     let (_a, a) = five_connections(&format!("127.0.0.1:{port}"));

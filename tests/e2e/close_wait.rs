@@ -14,6 +14,10 @@ use serde_json::Value;
 
 /// The documented bound: flagged within 60 s of the leak.
 const DETECTION: Duration = Duration::from_secs(60);
+/// When a leak of sockets that entered CLOSE_WAIT together is flagged with the default thresholds
+/// (30 to 32 s after, see the module's comment), with a margin for the test's own polling: not
+/// before their oldest has waited 30 s, and not much later.
+const FLAGGED_BETWEEN: std::ops::RangeInclusive<Duration> = Duration::from_secs(27)..=Duration::from_secs(35);
 
 fn daemon() -> &'static Daemon {
     shared_daemon()
@@ -54,7 +58,8 @@ fn a_client_leak_is_flagged_in_time_and_clears_when_closed() {
         outbound(doc, &remote).is_some_and(|o| o["close_wait"]["verdict"] == "leak")
     });
     let flagged_after = leaked_at.elapsed();
-    assert!(flagged_after <= DETECTION, "flagged after {flagged_after:?}");
+    eprintln!("flagged {flagged_after:?} after the leak");
+    assert!(FLAGGED_BETWEEN.contains(&flagged_after), "flagged after {flagged_after:?}, not in {FLAGGED_BETWEEN:?}");
     let o = outbound(&doc, &remote).unwrap();
     assert_eq!(num(o, "close_wait/count"), 30);
     assert_eq!(num(o, "sockets/CLOSE_WAIT"), 30);
@@ -153,7 +158,9 @@ fn a_server_side_leak_is_caught_on_its_listener() {
     let doc = d.wait_process(server.pid(), DETECTION, "server-side leak", |doc| {
         inbound(doc, &listen).is_some_and(|i| i["close_wait"]["verdict"] == "leak")
     });
-    assert!(closed_at.elapsed() <= DETECTION);
+    let flagged_after = closed_at.elapsed();
+    eprintln!("flagged {flagged_after:?} after the leak");
+    assert!(FLAGGED_BETWEEN.contains(&flagged_after), "flagged after {flagged_after:?}, not in {FLAGGED_BETWEEN:?}");
     let i = inbound(&doc, &listen).unwrap();
     assert_eq!(num(i, "close_wait/count"), 25);
     assert_eq!(num(i, "closed_by_peer"), 25);

@@ -823,14 +823,30 @@ fn the_dashboard_and_the_rules_run_in_prometheus() {
     queries.retain(|(place, _)| !place.starts_with("variable"));
     queries.extend(rule_queries(&deploy_path("prometheus/alerts.yaml")));
     let mut failed = Vec::new();
-    let mut with_data = 0;
+    let mut empty = Vec::new();
     for (place, q) in &queries {
         let promql = grafana_expand(&q.replace("$__rate_interval", "1m").replace("$__range", "1h"), ".*");
         match prom.query(&promql) {
-            Ok(data) => with_data += usize::from(data["result"].as_array().is_some_and(|r| !r.is_empty())),
+            Ok(data) if data["result"].as_array().is_some_and(|r| !r.is_empty()) => {}
+            Ok(_) => empty.push(format!("  {place}\n    {promql}")),
             Err(e) => failed.push(format!("  {place}: {e}\n    {promql}")),
         }
     }
     assert!(failed.is_empty(), "queries Prometheus rejects:\n{}", failed.join("\n"));
-    assert!(with_data * 2 > queries.len(), "only {with_data} of {} queries had data", queries.len());
+    // A query with a wrong metric or label name runs, and returns nothing: every query has data
+    // but those with nothing to show here.
+    empty.retain(|p| !nothing_to_show_here(p.trim_start()));
+    assert!(empty.is_empty(), "queries with no data:\n{}", empty.join("\n"));
+}
+
+/// The queries of the dashboard and the rules that have no data in the test above, and why.
+fn nothing_to_show_here(place: &str) -> bool {
+    // No pods outside Kubernetes.
+    place.starts_with("panel \"CLOSE_WAIT by pod\"")
+        // No leak in this traffic.
+        || place.starts_with("panel \"Active leaks\"")
+        // No TLS in this traffic.
+        || place.starts_with("panel \"TLS ")
+        // A rule's query returns what fires: nothing, here.
+        || place.starts_with("rule ")
 }

@@ -221,7 +221,17 @@ fn metrics_carry_the_same_figures() {
             .unwrap_or_else(|| panic!("no {prefix} for pid {pid} peer {remote} in:\n{text}"))
     };
     assert_eq!(line("observer_connections_opened_total{"), 7.0);
-    assert_eq!(line("observer_sockets{") + 0.0, 0.0, "first state listed is ESTABLISHED");
+    // Every state is listed, zeros included: all of them closed.
+    for state in ["ESTABLISHED", "SYN_SENT", "FIN_WAIT1", "CLOSE_WAIT"] {
+        let series = text.lines().find(|l| {
+            l.starts_with("observer_sockets{")
+                && l.contains(&format!("pid=\"{pid}\""))
+                && l.contains(&format!("peer=\"{remote}\""))
+                && l.contains(&format!("state=\"{state}\""))
+        });
+        let value = series.and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse::<f64>().ok());
+        assert_eq!(value, Some(0.0), "observer_sockets state={state} for pid {pid} peer {remote} in:\n{text}");
+    }
     let tw = text
         .lines()
         .find(|l| {
@@ -326,13 +336,19 @@ fn the_socket_table_audit_leaves_open_connections_alone() {
 #[test]
 fn accepted_connections_belong_to_the_worker_that_accepts_them() {
     let d = shared_daemon();
-    let (mut server, port) = http_server("127.0.0.1", "prefork");
+    // A wildcard listener (in a namespace of its own, off the host's interfaces): connections
+    // are charged to it, found through the kernel's listener map, not to the address they came in
+    // on.
+    let ns = Netns::new("prefork");
+    let (mut server, port) = http_server_in(Some(&ns.name), "0.0.0.0", "prefork");
     let worker: u32 = server.line().strip_prefix("WORKER ").expect("worker line").parse().unwrap();
-    let listen = format!("127.0.0.1:{port}");
-    let (c, _) = client(None, &["requests_no_session", &format!("http://{listen}/"), "10"]);
+    let listen = format!("0.0.0.0:{port}");
+    let target = format!("127.0.0.1:{port}");
+    let (c, _) = client(Some(&ns.name), &["requests_no_session", &format!("http://{target}/"), "10"]);
     let w = d.wait_process(worker, WAIT, "10 accepted by the worker", |doc| {
         inbound(doc, &listen).is_some_and(|i| num(i, "connections_accepted") == 10 && num(i, "closed_by_peer") == 10)
     });
+    assert!(inbound(&w, &target).is_none(), "nothing charged to the address they came in on: {w}");
     assert_eq!(num(inbound(&w, &listen).unwrap(), "sockets/LISTEN"), 0, "the worker did not listen()");
     let parent = d.process(server.pid()).expect("the parent listens");
     let p = inbound(&parent, &listen).unwrap();

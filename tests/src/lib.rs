@@ -382,6 +382,21 @@ pub fn recursion_misses(pid: u32, name: &str) -> u64 {
     panic!("process {pid} holds no BPF program named {name}");
 }
 
+/// Names of the BPF programs process `pid` holds, sorted.
+pub fn prog_names_of(pid: u32) -> Vec<String> {
+    let mut names: Vec<String> = bpf_ids_of(pid, "prog_id")
+        .iter()
+        .map(|id| {
+            let out =
+                Command::new("bpftool").args(["-j", "prog", "show", "id", &id.to_string()]).output().expect("bpftool");
+            let prog: Value = serde_json::from_slice(&out.stdout).expect("bpftool prog show json");
+            prog["name"].as_str().expect("program name").to_string()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
 /// Number of sockets `ss -Htan <filter>` lists.
 pub fn ss_count(filter: &[&str]) -> usize {
     let out = Command::new("ss").arg("-Htan").args(filter).output().expect("ss");
