@@ -675,26 +675,38 @@ mod tests {
     use crate::event::{EventKind, Owner, SocketEvent};
     use crate::model::{IoCounts, TcpState};
 
+    /// A state change of pid 100's connection `sk` to `remote`, with the I/O counters it carries.
+    fn state(agg: &mut Aggregator, sk: u64, remote: &str, (old, new): (TcpState, TcpState), io: IoCounts) {
+        agg.apply(&SocketEvent {
+            ts_ns: 1,
+            sk,
+            owner: Some(Owner { key: ProcessKey { pid: 100, start_ns: 1 }, comm: "client".into() }),
+            kind: EventKind::State { old, new },
+            family: 2,
+            local: Endpoint(format!("127.0.0.1:{}", 40000 + sk).parse().unwrap()),
+            remote: Endpoint(remote.parse().unwrap()),
+            error: 0,
+            netns: Some(1),
+            io,
+            has_tuple: true,
+            local_port: 0,
+            first: false,
+            cookie: 0,
+        });
+    }
+
     /// One connection from pid 100 to `remote`, established.
     fn connect(agg: &mut Aggregator, sk: u64, remote: &str) {
-        for (old, new) in [(TcpState::Close, TcpState::SynSent), (TcpState::SynSent, TcpState::Established)] {
-            agg.apply(&SocketEvent {
-                ts_ns: 1,
-                sk,
-                owner: Some(Owner { key: ProcessKey { pid: 100, start_ns: 1 }, comm: "client".into() }),
-                kind: EventKind::State { old, new },
-                family: 2,
-                local: Endpoint(format!("127.0.0.1:{}", 40000 + sk).parse().unwrap()),
-                remote: Endpoint(remote.parse().unwrap()),
-                error: 0,
-                netns: Some(1),
-                io: IoCounts::default(),
-                has_tuple: true,
-                local_port: 0,
-                first: false,
-                cookie: 0,
-            });
+        for change in [(TcpState::Close, TcpState::SynSent), (TcpState::SynSent, TcpState::Established)] {
+            state(agg, sk, remote, change, IoCounts::default());
         }
+    }
+
+    /// An empty aggregator and the registry over it, `max_peers` series per process.
+    fn empty_registry(max_peers: usize) -> (Arc<Mutex<Aggregator>>, Registry) {
+        let agg = Arc::new(Mutex::new(Aggregator::default()));
+        let registry = registry(agg.clone(), Arc::new(Mutex::new(KernelStatus::default())), max_peers);
+        (agg, registry)
     }
 
     fn sample(text: &str, name: &str, peer: &str) -> Option<String> {
@@ -705,9 +717,7 @@ mod tests {
 
     #[test]
     fn peers_beyond_the_limit_fold_into_other_and_admission_sticks() {
-        let agg = Arc::new(Mutex::new(Aggregator::default()));
-        let kernel = Arc::new(Mutex::new(KernelStatus::default()));
-        let registry = registry(agg.clone(), kernel, 2);
+        let (agg, registry) = empty_registry(2);
         {
             let mut a = agg.lock().unwrap();
             connect(&mut a, 1, "10.0.0.3:80");
@@ -732,29 +742,13 @@ mod tests {
 
     /// Connection `sk` of pid 100 ends, from ESTABLISHED, having carried `requests` requests.
     fn close(agg: &mut Aggregator, sk: u64, remote: &str, requests: u64) {
-        agg.apply(&SocketEvent {
-            ts_ns: 2,
-            sk,
-            owner: Some(Owner { key: ProcessKey { pid: 100, start_ns: 1 }, comm: "client".into() }),
-            kind: EventKind::State { old: TcpState::Established, new: TcpState::Close },
-            family: 2,
-            local: Endpoint(format!("127.0.0.1:{}", 40000 + sk).parse().unwrap()),
-            remote: Endpoint(remote.parse().unwrap()),
-            error: 0,
-            netns: Some(1),
-            io: IoCounts { send_runs: requests, recv_runs: requests, ..IoCounts::default() },
-            has_tuple: true,
-            local_port: 0,
-            first: false,
-            cookie: 0,
-        });
+        let io = IoCounts { send_runs: requests, recv_runs: requests, ..IoCounts::default() };
+        state(agg, sk, remote, (TcpState::Established, TcpState::Close), io);
     }
 
     #[test]
     fn the_protobuf_exposition_carries_the_native_histogram_exactly() {
-        let agg = Arc::new(Mutex::new(Aggregator::default()));
-        let kernel = Arc::new(Mutex::new(KernelStatus::default()));
-        let registry = registry(agg.clone(), kernel, 100);
+        let (agg, registry) = empty_registry(100);
         {
             let mut a = agg.lock().unwrap();
             for (sk, requests) in [0u64, 1, 1, 2, 100, 100, 100].into_iter().enumerate() {
