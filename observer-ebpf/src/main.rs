@@ -263,17 +263,17 @@ fn on_state(ctx: &BtfTracePointContext) {
     match (old, new) {
         // connect(): process context, the caller owns the socket.
         (tcp_state::CLOSE, tcp_state::SYN_SENT) => {
-            let owner = kernel::current_owner(&off);
-            ev.cookie = sockets::track(sk, ev.netns, &owner, true, TLS_CAPTURE.load(), false);
-            if ev.cookie != 0 {
+            let (owner, cookie) = track_own(&off, sk, ev.netns, true);
+            ev.cookie = cookie;
+            if cookie != 0 {
                 with_owner(ev, &owner);
             }
         }
         // listen(): process context.
         (_, tcp_state::LISTEN) => {
-            let owner = kernel::current_owner(&off);
-            ev.cookie = sockets::track(sk, ev.netns, &owner, true, 0, false);
-            if ev.cookie != 0 {
+            let (owner, cookie) = track_own(&off, sk, ev.netns, false);
+            ev.cookie = cookie;
+            if cookie != 0 {
                 with_owner(ev, &owner);
             }
             let value = ListenerValue { sk: sk as u64, owner };
@@ -313,6 +313,16 @@ fn on_state(ctx: &BtfTracePointContext) {
     entry.submit();
 }
 
+/// A socket the current process creates, by a connect or a listen (process context): it owns it.
+/// Its owner, and its cookie (0 if it cannot be tracked). Only a connect's first bytes are looked
+/// at for TLS.
+#[inline(always)]
+fn track_own(off: &KernelOffsets, sk: *mut c_void, netns: u32, connect: bool) -> (Owner, u64) {
+    let owner = kernel::current_owner(off);
+    let tls = if connect { TLS_CAPTURE.load() } else { 0 };
+    (owner, sockets::track(sk, netns, &owner, true, tls, false))
+}
+
 /// `cargo xtask bench`'s `--bench-table-only` (no records): a connecting or listening socket is
 /// tracked all the same, with what its record would have carried, so that the bench measures the
 /// socket table as observer keeps it.
@@ -322,10 +332,8 @@ fn track_unreported(off: &KernelOffsets, sk: *mut c_void, old: u8, new: u8) {
     if !connect && new != tcp_state::LISTEN {
         return;
     }
-    let owner = kernel::current_owner(off);
     let netns = kernel::sock_netns(off, sk as u64).unwrap_or(0);
-    let tls = if connect { TLS_CAPTURE.load() } else { 0 };
-    sockets::track(sk, netns, &owner, true, tls, false);
+    let (owner, _) = track_own(off, sk, netns, connect);
     if !connect {
         let value = ListenerValue { sk: sk as u64, owner };
         let _ = LISTENERS.insert(kernel::local_key(off, sk as u64), value, 0);

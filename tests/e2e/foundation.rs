@@ -209,39 +209,27 @@ fn metrics_carry_the_same_figures() {
         outbound(doc, &remote).is_some_and(|o| sockets(o, "TIME_WAIT") == 7)
     });
     let text = d.metrics();
-    let line = |prefix: &str| -> f64 {
+    // The value of the first series of `prefix` for this pid and peer whose labels also contain
+    // `label` ("" for any).
+    let line = |prefix: &str, label: &str| -> f64 {
         text.lines()
             .find(|l| {
                 l.starts_with(prefix)
                     && l.contains(&format!("pid=\"{pid}\""))
                     && l.contains(&format!("peer=\"{remote}\""))
+                    && l.contains(label)
             })
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {prefix} for pid {pid} peer {remote} in:\n{text}"))
+            .unwrap_or_else(|| panic!("no {prefix} {label} for pid {pid} peer {remote} in:\n{text}"))
     };
-    assert_eq!(line("observer_connections_opened_total{"), 7.0);
+    assert_eq!(line("observer_connections_opened_total{", ""), 7.0);
     // Every state is listed, zeros included: all of them closed.
     for state in ["ESTABLISHED", "SYN_SENT", "FIN_WAIT1", "CLOSE_WAIT"] {
-        let series = text.lines().find(|l| {
-            l.starts_with("observer_sockets{")
-                && l.contains(&format!("pid=\"{pid}\""))
-                && l.contains(&format!("peer=\"{remote}\""))
-                && l.contains(&format!("state=\"{state}\""))
-        });
-        let value = series.and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse::<f64>().ok());
-        assert_eq!(value, Some(0.0), "observer_sockets state={state} for pid {pid} peer {remote} in:\n{text}");
+        assert_eq!(line("observer_sockets{", &format!("state=\"{state}\"")), 0.0, "{state}");
     }
-    let tw = text
-        .lines()
-        .find(|l| {
-            l.starts_with("observer_sockets{")
-                && l.contains(&format!("pid=\"{pid}\""))
-                && l.contains("state=\"TIME_WAIT\"")
-        })
-        .unwrap();
-    assert!(tw.ends_with(" 7"), "{tw}");
-    assert_eq!(line("observer_connection_lifetime_seconds_count{"), 7.0);
+    assert_eq!(line("observer_sockets{", "state=\"TIME_WAIT\""), 7.0);
+    assert_eq!(line("observer_connection_lifetime_seconds_count{", ""), 7.0);
     assert!(text.contains("\nobserver_events_lost_total 0\n"), "lost events");
     assert!(text.contains("observer_map_evictions_total{map=\"listeners\"} 0"));
     assert!(text.contains("\nobserver_socket_storage_failures_total 0\n"));

@@ -372,9 +372,7 @@ pub fn bpf_ids_of(pid: u32, key: &str) -> Vec<u64> {
 /// kernel skipped because the program was already running on the CPU.
 pub fn recursion_misses(pid: u32, name: &str) -> u64 {
     for id in bpf_ids_of(pid, "prog_id") {
-        let out =
-            Command::new("bpftool").args(["-j", "prog", "show", "id", &id.to_string()]).output().expect("bpftool");
-        let Ok(prog) = serde_json::from_slice::<Value>(&out.stdout) else { continue };
+        let Some(prog) = prog_show(id) else { continue };
         if prog["name"] == name {
             return prog["recursion_misses"].as_u64().unwrap_or(0);
         }
@@ -382,14 +380,18 @@ pub fn recursion_misses(pid: u32, name: &str) -> u64 {
     panic!("process {pid} holds no BPF program named {name}");
 }
 
+/// `bpftool prog show` of program `id`, None if it is gone.
+fn prog_show(id: u64) -> Option<Value> {
+    let out = Command::new("bpftool").args(["-j", "prog", "show", "id", &id.to_string()]).output().expect("bpftool");
+    serde_json::from_slice(&out.stdout).ok()
+}
+
 /// Names of the BPF programs process `pid` holds, sorted.
 pub fn prog_names_of(pid: u32) -> Vec<String> {
     let mut names: Vec<String> = bpf_ids_of(pid, "prog_id")
-        .iter()
+        .into_iter()
         .map(|id| {
-            let out =
-                Command::new("bpftool").args(["-j", "prog", "show", "id", &id.to_string()]).output().expect("bpftool");
-            let prog: Value = serde_json::from_slice(&out.stdout).expect("bpftool prog show json");
+            let prog = prog_show(id).expect("bpftool prog show json");
             prog["name"].as_str().expect("program name").to_string()
         })
         .collect();
