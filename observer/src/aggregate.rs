@@ -65,7 +65,7 @@ pub struct SeedSocket {
 }
 
 /// Network namespace, local and remote endpoint: how a socket is known before its address is.
-type Tuple = (u32, SocketAddr, SocketAddr);
+pub type Tuple = (u32, SocketAddr, SocketAddr);
 
 /// A seeded socket, counted in its owner's figures until its first event turns it into a
 /// tracked socket.
@@ -108,6 +108,8 @@ pub struct PeerStats {
     pub close_wait: CloseWaitTracker,
     /// TLS handshakes (None until the first).
     pub tls: Option<Box<TlsStats>>,
+    /// The exited process whose live sockets this entry took over, if any (see `handover`).
+    pub inherited: Option<Inherited>,
 }
 
 impl PeerStats {
@@ -223,6 +225,9 @@ struct SocketRec {
     requests_counted: u64,
     /// Exchanges that were the TLS handshake, not requests.
     handshake_runs: u32,
+    /// The exited process this socket was taken over from: the kernel's records may still name
+    /// it as the owner.
+    inherited_from: Option<ProcessKey>,
 }
 
 impl SocketRec {
@@ -340,6 +345,8 @@ pub struct Aggregator {
     /// Active CLOSE_WAIT leaks, with when each started.
     findings: HashMap<PeerKey, u64>,
     alert_changes: Vec<AlertChange>,
+    /// Processes that exited since the daemon last looked for heirs of their sockets.
+    exits: Vec<ProcessKey>,
     pub stats: Stats,
 }
 
@@ -372,6 +379,10 @@ impl Aggregator {
     /// Processes seen since the last call, for the daemon to read their command lines.
     pub fn take_new_processes(&mut self) -> Vec<ProcessKey> {
         std::mem::take(&mut self.new_processes)
+    }
+
+    pub fn has_new_processes(&self) -> bool {
+        !self.new_processes.is_empty()
     }
 
     pub fn set_process_info(
@@ -508,8 +519,11 @@ impl Aggregator {
 
     /// A process is gone (found dead in /proc, or its pid was reused).
     pub fn mark_exited(&mut self, key: ProcessKey, now_ns: u64) {
-        if let Some(p) = self.processes.get_mut(&key.pid).filter(|p| p.key.same_process(&key)) {
-            p.exited_ns.get_or_insert(now_ns);
+        if let Some(p) = self.processes.get_mut(&key.pid).filter(|p| p.key.same_process(&key))
+            && p.exited_ns.is_none()
+        {
+            p.exited_ns = Some(now_ns);
+            self.exits.push(p.key);
         }
     }
 
@@ -607,6 +621,7 @@ impl Aggregator {
             io: IoCounts::default(),
             requests_counted: 0,
             handshake_runs: 0,
+            inherited_from: None,
         };
         self.sockets.insert(ev.sk, rec);
         true
@@ -754,10 +769,12 @@ impl Aggregator {
         if !tracked {
             return;
         }
-        // The kernel's owner record is authoritative (it follows accept()).
+        // The kernel's owner record is authoritative (it follows accept()), unless it still names
+        // the exited process the socket was taken over from.
         if let Some(owner) = &ev.owner {
-            let current = self.sockets[&ev.sk].owner;
-            if owner.key != current
+            let rec = &self.sockets[&ev.sk];
+            if owner.key != rec.owner
+                && rec.inherited_from != Some(owner.key)
                 && let Some(key) = self.ensure_process(owner, ev.ts_ns)
             {
                 self.move_socket(ev.sk, key);
@@ -836,7 +853,8 @@ impl Aggregator {
             }
             return false;
         };
-        let Some(key) = self.ensure_process(owner, ev.ts_ns) else { return false };
+        let Some(mut key) = self.ensure_process(owner, ev.ts_ns) else { return false };
+        let mut inherited_from = None;
         if new == Close {
             // The end of a socket we never saw: only a failed connect is worth counting.
             if old == SynSent
@@ -852,8 +870,14 @@ impl Aggregator {
             // An accepted connection, at its creation or (as the kernel reports it) at the end of
             // SYN_RECV.
             (Listen, SynRecv) | (SynRecv, _) if creation => {
-                let l = self.find_listener(key, ev.netns, ev.local);
-                (Direction::Inbound, l.unwrap_or(ev.local.canonical()), false)
+                if let Some((heir, l)) = self.heir_of_listener(key, ev.netns, ev.local) {
+                    inherited_from = Some(key);
+                    key = heir;
+                    (Direction::Inbound, l, false)
+                } else {
+                    let l = self.find_listener(key, ev.netns, ev.local);
+                    (Direction::Inbound, l.unwrap_or(ev.local.canonical()), false)
+                }
             }
             // Adopted in mid-life (it existed before the daemon started tracking it).
             _ => match self.find_listener(key, ev.netns, ev.local) {
@@ -882,6 +906,7 @@ impl Aggregator {
             io: IoCounts::default(),
             requests_counted: 0,
             handshake_runs: 0,
+            inherited_from,
         };
         let process = self.processes.get_mut(&key.pid).expect("ensured");
         if listener {
@@ -1126,6 +1151,9 @@ impl Aggregator {
 fn closing_event(sk: u64, ts_ns: u64, old: TcpState, io: IoCounts) -> SocketEvent {
     SocketEvent { io, ..event::compact(ts_ns, sk, EventKind::State { old, new: TcpState::Close }) }
 }
+
+mod handover;
+pub use handover::{HeldSocket, Inherited, ListenerMove, SocketId};
 
 #[cfg(test)]
 mod tests;

@@ -63,6 +63,12 @@ fn leak_mark(v: &Value) -> String {
     if v["close_wait"]["verdict"] == "leak" { "  CLOSE_WAIT LEAK".into() } else { String::new() }
 }
 
+/// "  (inherited from pid P comm)" after the sockets an entry took over from an exited process.
+fn inherited_mark(v: &Value) -> String {
+    let i = &v["inherited_from"];
+    if i.is_object() { format!("  (inherited from pid {} {})", n(i, "pid"), s(i, "comm")) } else { String::new() }
+}
+
 /// Requests per connection, "-" before the first connection.
 fn ratio(v: &Value) -> String {
     v.get("reuse_ratio").and_then(Value::as_f64).map_or("-".into(), |r| format!("{r:.2}"))
@@ -121,7 +127,7 @@ pub fn render_process(p: &Value) -> String {
                 format!("{}/{}", n(o, "closed_by_local"), n(o, "closed_by_peer")),
                 format!("{}/{}/{}", n(f, "refused"), n(f, "timeout"), other),
                 format!("{}/{}", n(o, "resets_sent"), n(o, "resets_received")),
-                states(&o["sockets"]) + &leak_mark(o),
+                states(&o["sockets"]) + &leak_mark(o) + &inherited_mark(o),
             );
         }
     }
@@ -144,7 +150,7 @@ pub fn render_process(p: &Value) -> String {
                 rate(i),
                 format!("{}/{}", n(i, "closed_by_local"), n(i, "closed_by_peer")),
                 format!("{}/{}", n(i, "resets_sent"), n(i, "resets_received")),
-                states(&i["sockets"]) + &leak_mark(i),
+                states(&i["sockets"]) + &leak_mark(i) + &inherited_mark(i),
             );
         }
     }
@@ -247,7 +253,11 @@ mod tests {
                 {"local": "0.0.0.0:9001", "sockets": {"CLOSE_WAIT": 25}, "connections_accepted": 25,
                 "closed_by_local": 0, "closed_by_peer": 25, "resets_sent": 0, "resets_received": 0,
                 "requests": 25, "reuse_ratio": 1.0, "new_connections_per_second": 0.42,
-                "close_wait": {"count": 25, "oldest_seconds": 31.5, "growth_per_minute": 0.0, "verdict": "leak"}}]
+                "close_wait": {"count": 25, "oldest_seconds": 31.5, "growth_per_minute": 0.0, "verdict": "leak"}},
+                {"local": "0.0.0.0:80", "sockets": {"LISTEN": 1}, "connections_accepted": 0,
+                "closed_by_local": 0, "closed_by_peer": 0, "resets_sent": 0, "resets_received": 0,
+                "requests": 0, "reuse_ratio": null, "new_connections_per_second": 0.0,
+                "inherited_from": {"pid": 7, "comm": "nginx", "sockets": 1}}]
         });
         let t = render_process(&doc);
         assert!(t.starts_with("pid 42  python3\n"), "{t}");
@@ -261,6 +271,8 @@ mod tests {
         assert_eq!(&cols, &["0.0.0.0:9000", "0", "0", "-", "0.00", "0/0", "0/0", "LISTEN=1"]);
         let row = t.lines().find(|l| l.starts_with("0.0.0.0:9001")).unwrap();
         assert!(row.ends_with("CW=25  CLOSE_WAIT LEAK"), "{row}");
+        let row = t.lines().find(|l| l.starts_with("0.0.0.0:80 ")).unwrap();
+        assert!(row.ends_with("LISTEN=1  (inherited from pid 7 nginx)"), "{row}");
         assert!(!t.contains("close_wait  "), "no process-level line when the count is 0");
         assert!(t.contains("pod  5f1a2b3c-4d5e-6f70-8192-a3b4c5d6e7f8\ncontainer  3f4c0a3c8a0f\n"), "{t}");
         let row = t.lines().skip_while(|l| *l != "TLS").nth(2).expect("a TLS row");

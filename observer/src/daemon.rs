@@ -11,16 +11,18 @@ use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::aggregate::{Aggregator, AlertChange, Config};
+use crate::aggregate::{Aggregator, AlertChange, Config, ListenerMove, SocketId};
 use crate::api::{self, AppState};
 use crate::closewait::CloseWaitConfig;
 use crate::event;
+use crate::event::Owner;
 use crate::metrics::{self, KernelStatus};
 use crate::model::ProcessKey;
 use crate::probes::{Options, Probes};
 use crate::table_audit::{self, Audit, Gone, StaleSlot};
-use crate::{cgroup, exits, procfs, snapshot, sock_diag};
+use crate::{cgroup, exits, holders, procfs, snapshot, sock_diag};
 
 pub struct DaemonOptions {
     pub listen: SocketAddr,
@@ -57,6 +59,16 @@ pub fn monotonic_ns() -> u64 {
 /// Events applied per lock of the aggregation (bounds how long the API waits).
 const BATCH: usize = 4096;
 
+/// What wakes the background tasks before their next round.
+#[derive(Clone, Default)]
+struct Wake {
+    /// The aggregation saw new processes: look them up in /proc now (one that has already exited,
+    /// a launcher that forked a daemon, is found at once).
+    new_processes: Arc<Notify>,
+    /// Processes exited: look for the new holders of their sockets.
+    exits: Arc<Notify>,
+}
+
 pub async fn run(opts: DaemonOptions) -> Result<()> {
     // Bind first: a busy port fails before anything is loaded into the kernel.
     let listener = TcpListener::bind(opts.listen).await.with_context(|| format!("cannot listen on {}", opts.listen))?;
@@ -91,6 +103,8 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
         Err(e) => log::warn!("start-up snapshot failed, sockets older than the daemon are not attributed: {e:#}"),
     }
     let watch_exits = features.process_exits;
+    let wake = Wake::default();
+    let (handover_tx, handovers) = mpsc::channel(1);
     let kernel = Arc::new(Mutex::new(KernelStatus { features, ..KernelStatus::default() }));
     let healthy = Arc::new(AtomicBool::new(true));
     let probes = Arc::new(Mutex::new(probes));
@@ -99,8 +113,9 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
     {
         let (agg, healthy, probes) = (agg.clone(), healthy.clone(), probes.clone());
         let flush_every = opts.io_flush_interval;
+        let new_processes = wake.new_processes.clone();
         tasks.spawn(async move {
-            if let Err(e) = read_events(ring, agg, probes, flush_every).await {
+            if let Err(e) = read_events(ring, agg, probes, flush_every, new_processes, handovers).await {
                 log::error!("kernel event reader stopped: {e:#}");
             }
             healthy.store(false, Ordering::Relaxed);
@@ -119,7 +134,8 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
             }
         });
     }
-    tasks.spawn(housekeeping(agg.clone(), watch_exits));
+    tasks.spawn(housekeeping(agg.clone(), watch_exits, wake.clone()));
+    tasks.spawn(hand_over_exits(agg.clone(), probes.clone(), wake.exits.clone(), handover_tx));
     tasks.spawn(reconcile_time_wait(agg.clone(), opts.reconcile_interval));
     if !(opts.bench_floor || opts.bench_table_only || opts.bench_region_records) {
         tasks.spawn(audit_socket_table(agg.clone(), probes.clone()));
@@ -182,6 +198,8 @@ async fn read_events(
     agg: Arc<Mutex<Aggregator>>,
     probes: Arc<Mutex<Probes>>,
     flush_every: Duration,
+    new_processes: Arc<Notify>,
+    mut handovers: mpsc::Receiver<Handover>,
 ) -> Result<()> {
     let flush_enabled = probes.lock().expect("probes lock").features.requests;
     // SAFETY: the ring buffer owns its map fd and keeps it open while registered.
@@ -194,31 +212,54 @@ async fn read_events(
         tokio::select! {
             guard = fd.readable_mut() => {
                 let mut guard = guard?;
-                drain(guard.get_inner_mut(), &agg);
+                drain(guard.get_inner_mut(), &agg, &new_processes);
                 guard.clear_ready();
             }
-            _ = tick.tick() => drain(fd.get_mut(), &agg),
-            _ = flush_tick.tick(), if flush_enabled => {
-                let p = probes.clone();
-                match tokio::task::spawn_blocking(move || p.lock().expect("probes lock").io_counters()).await {
-                    Ok(Ok(counters)) => {
-                        drain(fd.get_mut(), &agg);
-                        agg.lock().expect("aggregator lock").flush_io(&counters);
-                    }
-                    Ok(Err(e)) => log::warn!("reading per-socket I/O counters: {e:#}"),
-                    Err(_) => {}
+            _ = tick.tick() => drain(fd.get_mut(), &agg, &new_processes),
+            _ = flush_tick.tick(), if flush_enabled => flush(&probes, fd.get_mut(), &agg, &new_processes).await,
+            Some(job) = handovers.recv() => {
+                // What the sockets carried until now stays with the process that exited.
+                if flush_enabled {
+                    flush(&probes, fd.get_mut(), &agg, &new_processes).await;
                 }
+                let now = monotonic_ns();
+                let mut a = agg.lock().expect("aggregator lock");
+                let moves = job.found.iter().map(|(from, found)| a.hand_over(*from, found, now)).collect();
+                let _ = job.done.send(moves);
             }
         }
     }
 }
 
-/// Apply every record in the ring buffer, in batches so that the API never waits long.
-fn drain(ring: &mut RingBuf<MapData>, agg: &Mutex<Aggregator>) {
+/// Read the I/O counters of open connections and apply them, after every record queued before.
+async fn flush(probes: &Arc<Mutex<Probes>>, ring: &mut RingBuf<MapData>, agg: &Mutex<Aggregator>, new: &Notify) {
+    let p = probes.clone();
+    match tokio::task::spawn_blocking(move || p.lock().expect("probes lock").io_counters()).await {
+        Ok(Ok(counters)) => {
+            drain(ring, agg, new);
+            agg.lock().expect("aggregator lock").flush_io(&counters);
+        }
+        Ok(Err(e)) => log::warn!("reading per-socket I/O counters: {e:#}"),
+        Err(_) => {}
+    }
+}
+
+/// Sockets of exited processes found held by others, to hand over (in the event reader's task:
+/// their counters are read first, so that what they carried until now stays with the exited
+/// process). Answered with the listeners that changed hands, per exited process.
+struct Handover {
+    found: Vec<(ProcessKey, Vec<(SocketId, Owner)>)>,
+    done: oneshot::Sender<Vec<Vec<ListenerMove>>>,
+}
+
+/// Apply every record in the ring buffer, in batches so that the API never waits long; wake
+/// `new_processes` if they named processes not seen before.
+fn drain(ring: &mut RingBuf<MapData>, agg: &Mutex<Aggregator>, new_processes: &Notify) {
     loop {
         let mut n = 0;
         {
             let mut agg = agg.lock().expect("aggregator lock");
+
             while n < BATCH {
                 let Some(item) = ring.next() else { break };
                 match event::decode_record(&item) {
@@ -231,6 +272,9 @@ fn drain(ring: &mut RingBuf<MapData>, agg: &Mutex<Aggregator>) {
                 }
                 n += 1;
             }
+            if agg.has_new_processes() {
+                new_processes.notify_one();
+            }
         }
         if n < BATCH {
             return;
@@ -239,49 +283,43 @@ fn drain(ring: &mut RingBuf<MapData>, agg: &Mutex<Aggregator>) {
 }
 
 /// Every second: prune and expire; read /proc for new processes and watch them for their exit
-/// (pidfds); every 5 s, look for exits among the processes no pidfd watches.
-async fn housekeeping(agg: Arc<Mutex<Aggregator>>, watch_exits: bool) {
+/// (pidfds), at once when the aggregation sees new ones; every 5 s, look for exits among the
+/// processes no pidfd watches.
+async fn housekeeping(agg: Arc<Mutex<Aggregator>>, watch_exits: bool, wake: Wake) {
     let mut interval = tokio::time::interval(Duration::from_secs(1));
     let mut round = 0u64;
     // The live processes whose exit no pidfd watches (all of them without pidfds).
     let mut polled: HashSet<ProcessKey> = HashSet::new();
     loop {
-        interval.tick().await;
-        round += 1;
+        let full = tokio::select! {
+            _ = interval.tick() => true,
+            _ = wake.new_processes.notified() => false,
+        };
         let new = {
             let mut a = agg.lock().expect("aggregator lock");
-            a.tick(monotonic_ns());
-            log_alert_changes(&a.take_alert_changes());
+            if full {
+                a.tick(monotonic_ns());
+                log_alert_changes(&a.take_alert_changes());
+            }
             a.take_new_processes()
         };
         let mut dead = Vec::new();
-        if round.is_multiple_of(5) {
-            polled.retain(|k| {
-                let alive = procfs::is_alive(k);
-                if !alive {
-                    dead.push(*k);
-                }
-                alive
-            });
+        if full {
+            round += 1;
+            if round.is_multiple_of(5) {
+                polled.retain(|k| {
+                    let alive = procfs::is_alive(k);
+                    if !alive {
+                        dead.push(*k);
+                    }
+                    alive
+                });
+            }
         }
         let mut info = Vec::with_capacity(new.len());
         for k in new {
-            let watched = if watch_exits {
-                match exits::open(&k) {
-                    Ok(Some(fd)) => {
-                        tokio::spawn(watch_exit(agg.clone(), k, fd));
-                        Some(true)
-                    }
-                    Ok(None) => Some(false),
-                    Err(e) => {
-                        log::debug!("pid {}: no pidfd ({e}), its exit is found by polling /proc", k.pid);
-                        None
-                    }
-                }
-            } else {
-                None
-            };
-            let alive = watched.unwrap_or_else(|| {
+            let alive = if watch_exits { watch(&agg, k, &wake.exits) } else { None };
+            let alive = alive.unwrap_or_else(|| {
                 let alive = procfs::is_alive(&k);
                 if alive {
                     polled.insert(k);
@@ -302,14 +340,32 @@ async fn housekeeping(agg: Arc<Mutex<Aggregator>>, watch_exits: bool) {
         for (k, comm, cmdline, container) in info {
             a.set_process_info(k, comm, cmdline, container);
         }
-        for k in dead {
-            a.mark_exited(k, now);
+        if !dead.is_empty() {
+            for k in dead {
+                a.mark_exited(k, now);
+            }
+            wake.exits.notify_one();
+        }
+    }
+}
+
+/// Watch `k` for its exit through a pidfd: whether it is alive, None if no pidfd can watch it.
+fn watch(agg: &Arc<Mutex<Aggregator>>, k: ProcessKey, exits: &Arc<Notify>) -> Option<bool> {
+    match exits::open(&k) {
+        Ok(Some(fd)) => {
+            tokio::spawn(watch_exit(agg.clone(), k, fd, exits.clone()));
+            Some(true)
+        }
+        Ok(None) => Some(false),
+        Err(e) => {
+            log::debug!("pid {}: no pidfd ({e}), its exit is found by polling /proc", k.pid);
+            None
         }
     }
 }
 
 /// Mark `key` exited when its pidfd says so.
-async fn watch_exit(agg: Arc<Mutex<Aggregator>>, key: ProcessKey, fd: std::os::fd::OwnedFd) {
+async fn watch_exit(agg: Arc<Mutex<Aggregator>>, key: ProcessKey, fd: std::os::fd::OwnedFd, exits: Arc<Notify>) {
     if let Err(e) = exits::wait(fd).await {
         log::debug!("pid {}: cannot wait on its pidfd ({e}), its exit is found by polling /proc", key.pid);
         while procfs::is_alive(&key) {
@@ -317,6 +373,87 @@ async fn watch_exit(agg: Arc<Mutex<Aggregator>>, key: ProcessKey, fd: std::os::f
         }
     }
     agg.lock().expect("aggregator lock").mark_exited(key, monotonic_ns());
+    exits.notify_one();
+}
+
+/// How long after an exit its heirs are looked for: the closes of the sockets it held reach the
+/// ring buffer as it exits, and are applied within a few drains.
+const HANDOVER_SETTLE: Duration = Duration::from_millis(100);
+/// The longest one search for heirs may take (a /proc scan and a socket dump per namespace).
+const HANDOVER_BUDGET: Duration = Duration::from_secs(2);
+
+/// When processes charged with live sockets exit, find who holds those sockets now and charge
+/// them to that process (see `aggregate::handover` and `holders`); tell the kernel's listener
+/// map about the listeners that changed hands.
+async fn hand_over_exits(
+    agg: Arc<Mutex<Aggregator>>,
+    probes: Arc<Mutex<Probes>>,
+    exits: Arc<Notify>,
+    reader: mpsc::Sender<Handover>,
+) {
+    loop {
+        exits.notified().await;
+        tokio::time::sleep(HANDOVER_SETTLE).await;
+        let (keys, wanted) = {
+            let mut a = agg.lock().expect("aggregator lock");
+            let mut keys = Vec::new();
+            let mut wanted = Vec::new();
+            for k in a.take_exits() {
+                for h in a.held_sockets(k) {
+                    keys.push(k);
+                    wanted.push(h);
+                }
+            }
+            (keys, wanted)
+        };
+        if wanted.is_empty() {
+            continue;
+        }
+        let started = std::time::Instant::now();
+        let Ok((wanted, found)) = tokio::task::spawn_blocking(move || {
+            let found = holders::find(&wanted, started + HANDOVER_BUDGET);
+            (wanted, found)
+        })
+        .await
+        else {
+            continue;
+        };
+        let mut by_exit: Vec<(ProcessKey, Vec<(SocketId, Owner)>)> = Vec::new();
+        for ((k, w), f) in keys.into_iter().zip(&wanted).zip(found) {
+            let Some(owner) = f else { continue };
+            match by_exit.iter_mut().find(|(from, _)| *from == k) {
+                Some((_, v)) => v.push((w.id, owner)),
+                None => by_exit.push((k, vec![(w.id, owner)])),
+            }
+        }
+        if by_exit.is_empty() {
+            log::debug!("{} live sockets of exited processes: nobody holds them", wanted.len());
+            continue;
+        }
+        let (done, moved) = oneshot::channel();
+        if reader.send(Handover { found: by_exit.clone(), done }).await.is_err() {
+            return;
+        }
+        let Ok(moves) = moved.await else { return };
+        let mut p = probes.lock().expect("probes lock");
+        for ((from, found), moves) in by_exit.iter().zip(moves) {
+            for m in &moves {
+                if !p.reassign_listener(m) {
+                    log::warn!("the kernel's listener map did not take the new owner of {}", m.local);
+                }
+            }
+            let mut heirs: Vec<u32> = found.iter().map(|(_, o)| o.key.pid).collect();
+            heirs.sort_unstable();
+            heirs.dedup();
+            log::info!(
+                "pid {} exited; {} of its live sockets ({} listening) are held by pid {heirs:?} now, and charged there",
+                from.pid,
+                found.len(),
+                moves.len(),
+            );
+        }
+        log::debug!("new holders of {} sockets of exited processes found in {:?}", wanted.len(), started.elapsed());
+    }
 }
 
 /// One warning line when a CLOSE_WAIT leak starts and one when it clears.

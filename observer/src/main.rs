@@ -12,6 +12,7 @@ mod daemon;
 mod event;
 mod exits;
 mod exphist;
+mod holders;
 mod lifetime;
 mod metrics;
 mod model;

@@ -14,9 +14,9 @@ use observer_common::{
     tls_capture,
 };
 
-use crate::aggregate::SeedSocket;
+use crate::aggregate::{ListenerMove, SeedSocket};
 use crate::event::Comm;
-use crate::model::{IoCounts, ProcessKey, TcpState};
+use crate::model::{Endpoint, IoCounts, ProcessKey, TcpState};
 
 use crate::btf_offsets;
 use crate::exits;
@@ -318,26 +318,31 @@ impl Probes {
     /// Tell the kernel programs about listeners older than the daemon, so that their new
     /// connections are charged to their owner. Returns how many were recorded.
     pub fn seed_listeners(&mut self, seeds: &[SeedSocket]) -> usize {
-        let Some(map) = self.ebpf.map_mut(names::LISTENERS) else { return 0 };
-        let Ok(mut m) = BpfHashMap::<&mut MapData, ListenerKey, ListenerValue>::try_from(map) else { return 0 };
+        let Some(mut m) = self.listeners() else { return 0 };
         let mut n = 0;
         for s in seeds.iter().filter(|s| s.state == TcpState::Listen) {
-            let (family, addr) = match s.local.ip() {
-                std::net::IpAddr::V4(a) => {
-                    let mut b = [0u8; 16];
-                    b[..4].copy_from_slice(&a.octets());
-                    (AF_INET, b)
-                }
-                std::net::IpAddr::V6(a) => (AF_INET6, a.octets()),
-            };
-            let key = ListenerKey { netns: s.netns, family, port: s.local.port(), addr };
             // sk 0: the kernel program removes it when any listener on this endpoint closes.
             let value = ListenerValue { sk: 0, owner: kernel_owner(&s.owner.key, &s.owner.comm) };
-            if m.insert(key, value, 0).is_ok() {
+            if m.insert(listener_key(s.netns, s.local), value, 0).is_ok() {
                 n += 1;
             }
         }
         n
+    }
+
+    /// A listener changed hands (its owner exited, another process holds it): charge its new
+    /// connections to the new owner. Returns whether the kernel's listener map took it.
+    pub fn reassign_listener(&mut self, mv: &ListenerMove) -> bool {
+        let Some(mut m) = self.listeners() else { return false };
+        let key = listener_key(mv.netns, mv.local);
+        // Keep the socket the entry names (0 if the kernel lost it: see seed_listeners).
+        let sk = m.get(&key, 0).map_or(0, |v| v.sk);
+        let value = ListenerValue { sk, owner: kernel_owner(&mv.owner.key, &mv.owner.comm) };
+        m.insert(key, value, 0).is_ok()
+    }
+
+    fn listeners(&mut self) -> Option<BpfHashMap<&mut MapData, ListenerKey, ListenerValue>> {
+        BpfHashMap::try_from(self.ebpf.map_mut(names::LISTENERS)?).ok()
     }
 
     /// The I/O counters of every socket the kernel tracks: read in place from the socket table's
@@ -392,6 +397,19 @@ impl Probes {
         let m: BpfHashMap<&MapData, ListenerKey, ListenerValue> = BpfHashMap::try_from(map)?;
         Ok(m.keys().filter(|k| k.is_ok()).count() as u64)
     }
+}
+
+/// The kernel's listener map key of the endpoint `local` in `netns`.
+fn listener_key(netns: u32, local: Endpoint) -> ListenerKey {
+    let (family, addr) = match local.ip() {
+        std::net::IpAddr::V4(a) => {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&a.octets());
+            (AF_INET, b)
+        }
+        std::net::IpAddr::V6(a) => (AF_INET6, a.octets()),
+    };
+    ListenerKey { netns, family, port: local.port(), addr }
 }
 
 fn kernel_owner(key: &ProcessKey, comm: &Comm) -> Owner {

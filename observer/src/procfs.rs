@@ -1,5 +1,6 @@
-//! What /proc says about a process: command line, comm, start time, network namespace.
+//! What /proc says about a process: command line, comm, start time, network namespace, sockets.
 
+use std::io::ErrorKind;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::PathBuf;
 
@@ -93,6 +94,27 @@ pub fn netns_path(netns: u32, pids: &[u32]) -> Option<PathBuf> {
     }
     let named = std::fs::read_dir("/run/netns").ok()?.flatten();
     named.map(|e| e.path()).find(|p| is(p))
+}
+
+/// Socket inodes (`socket:[N]`) among the fds of `pid`, and whether reading them was denied
+/// (processes of other users, or with capabilities the daemon lacks).
+pub fn socket_inodes(pid: u32) -> (Vec<u32>, bool) {
+    let dir = match std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        Ok(dir) => dir,
+        Err(e) => return (Vec::new(), e.kind() == ErrorKind::PermissionDenied),
+    };
+    let mut denied = false;
+    let inodes = dir
+        .flatten()
+        .filter_map(|e| {
+            std::fs::read_link(e.path()).map_err(|e| denied |= e.kind() == ErrorKind::PermissionDenied).ok()
+        })
+        .filter_map(|t| {
+            let t = t.to_str()?;
+            t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+        })
+        .collect();
+    (inodes, denied)
 }
 
 /// Inode number of our own network namespace.

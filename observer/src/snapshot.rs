@@ -20,27 +20,6 @@ struct ProcInfo {
     netns: u32,
 }
 
-/// Socket inodes (`socket:[N]`) among the fds of `pid`, and whether reading them was denied
-/// (processes of other users, or with capabilities the daemon lacks).
-fn socket_inodes(pid: u32) -> (Vec<u32>, bool) {
-    let dir = match std::fs::read_dir(format!("/proc/{pid}/fd")) {
-        Ok(dir) => dir,
-        Err(e) => return (Vec::new(), e.kind() == ErrorKind::PermissionDenied),
-    };
-    let mut denied = false;
-    let inodes = dir
-        .flatten()
-        .filter_map(|e| {
-            std::fs::read_link(e.path()).map_err(|e| denied |= e.kind() == ErrorKind::PermissionDenied).ok()
-        })
-        .filter_map(|t| {
-            let t = t.to_str()?;
-            t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
-        })
-        .collect();
-    (inodes, denied)
-}
-
 /// What the snapshot was not allowed to see.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Denied {
@@ -113,7 +92,7 @@ pub fn take() -> Result<Vec<SeedSocket>> {
         if state == 'Z' {
             continue;
         }
-        let (inodes, fds_denied) = socket_inodes(pid);
+        let (inodes, fds_denied) = procfs::socket_inodes(pid);
         denied.processes += usize::from(fds_denied);
         if inodes.is_empty() {
             continue;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde::ser::SerializeMap as _;
 
-use crate::aggregate::{Aggregator, Finding, PeerStats, Process};
+use crate::aggregate::{Aggregator, Finding, Inherited, PeerStats, Process};
 use crate::closewait::{Status as CloseWaitStatus, Verdict};
 use crate::exphist::ExpHistogram;
 use crate::lifetime::Lifetimes;
@@ -166,6 +166,22 @@ impl From<&TlsStats> for Tls {
     }
 }
 
+/// The exited process an entry took live sockets over from (they are charged to the process
+/// that holds them now; what happened before the exit stays with the exited process).
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct InheritedFrom {
+    pub pid: u32,
+    pub comm: String,
+    /// Sockets taken over.
+    pub sockets: u64,
+}
+
+impl From<&Inherited> for InheritedFrom {
+    fn from(i: &Inherited) -> Self {
+        InheritedFrom { pid: i.from.pid, comm: i.comm.clone(), sockets: i.sockets }
+    }
+}
+
 /// Connection reuse figures of a peer.
 #[derive(Serialize, Debug, Clone)]
 pub struct Reuse {
@@ -243,6 +259,8 @@ pub struct Outbound {
     pub close_wait: CloseWait,
     /// TLS handshakes; null if none was seen.
     pub tls: Option<Tls>,
+    /// The exited process whose live sockets this entry took over; null if none.
+    pub inherited_from: Option<InheritedFrom>,
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -261,6 +279,8 @@ pub struct Inbound {
     pub close_wait: CloseWait,
     /// TLS handshakes; null if none was seen.
     pub tls: Option<Tls>,
+    /// The exited process whose live sockets this entry took over; null if none.
+    pub inherited_from: Option<InheritedFrom>,
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -337,6 +357,7 @@ pub fn process_detail(agg: &Aggregator, p: &Process, now_ns: u64) -> ProcessDeta
             reuse: reuse(st, now_ns),
             close_wait: st.close_wait.status(now_ns, agg.close_wait_config()).into(),
             tls: st.tls.as_deref().map(Tls::from),
+            inherited_from: st.inherited.as_ref().map(InheritedFrom::from),
         });
     }
     let mut inbound = Vec::new();
@@ -356,6 +377,7 @@ pub fn process_detail(agg: &Aggregator, p: &Process, now_ns: u64) -> ProcessDeta
             reuse: reuse(st, now_ns),
             close_wait: st.close_wait.status(now_ns, agg.close_wait_config()).into(),
             tls: st.tls.as_deref().map(Tls::from),
+            inherited_from: st.inherited.as_ref().map(InheritedFrom::from),
         });
     }
     let close_wait =

@@ -70,6 +70,7 @@ const TEST_COMMANDS: &[(&str, &str)] = &[
     ("setpriv", "util-linux"),
     ("curl", "curl"),
     ("python3", "python3"),
+    ("nginx", "nginx"),
     ("redis-server", "redis-server"),
     ("redis-benchmark", "redis-tools"),
     ("java", "openjdk-17-jdk-headless"),

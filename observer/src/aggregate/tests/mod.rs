@@ -12,6 +12,8 @@ use crate::timewait::KernelTimeWait;
 
 const MS: u64 = 1_000_000;
 
+mod handover;
+
 fn ep(s: &str) -> Endpoint {
     Endpoint(s.parse::<SocketAddr>().unwrap())
 }
