@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup|build|run|test`.
+//! Project tasks: `cargo xtask setup|build|run|test|bench|vmtest`.
 //!
 //! Every task sets up what it needs first, idempotently, so that the README's two commands
 //! (`cargo xtask run`, `cargo xtask test`) work on a fresh machine.
@@ -6,6 +6,7 @@
 mod bench;
 mod interleave;
 mod profile;
+mod vmtest;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -54,6 +55,20 @@ enum Task {
         /// Pairs of windows per workload in the interleaved case.
         #[arg(long, default_value_t = interleave::DEFAULT_PAIRS)]
         pairs: usize,
+    },
+    /// Build, then boot Debian's 5.10, 6.1 and 6.12 cloud kernels in QEMU and run the smoke suite
+    /// (tests/vm) inside each, and on the host (needs root; installs QEMU and busybox). Default:
+    /// every target. Artefacts and serial logs in target/vmtest.
+    Vmtest {
+        /// Targets to run (repeat, or separate with commas).
+        #[arg(long = "kernel", value_delimiter = ',', num_args = 1.., value_parser = vmtest::TARGETS.to_vec())]
+        kernels: Vec<String>,
+        /// Accelerator: auto tries KVM with a short limit and falls back to TCG.
+        #[arg(long, default_value = "auto", value_parser = ["auto", "kvm", "tcg"])]
+        accel: String,
+        /// The daemon's --log-level inside the suite.
+        #[arg(long, default_value = "info", value_parser = ["error", "warn", "info", "debug", "trace"])]
+        log_level: String,
     },
 }
 
@@ -256,6 +271,7 @@ fn main() -> Result<()> {
                 .args(&args)
                 .env("OBSERVER_BIN", &bin))?;
         }
+        Task::Vmtest { kernels, accel, log_level } => vmtest::vmtest(&kernels, &accel, &log_level)?,
         Task::Bench { cases, rounds, pairs } => {
             if !is_root() {
                 bail!("the benchmarks load eBPF programs: run as root");
