@@ -455,8 +455,10 @@ pub mod counter {
     /// State changes the kernel skipped `inet_sock_set_state` for (they interrupted it on the
     /// same CPU), handled by `inet_sock_set_state_nested`.
     pub const STATE_NESTED: u32 = 6;
+    /// Written only by the feature probe `probe_current`, which is loaded and never attached.
+    pub const PROBE: u32 = 7;
     /// Number of counters.
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 8;
 }
 
 /// Key of the `LISTENERS` map: a listening endpoint in a network namespace.

@@ -2,11 +2,13 @@
 
 use aya_ebpf::helpers::{
     bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_probe_read_user,
-    generated::{bpf_skc_to_tcp_sock, bpf_task_pt_regs},
+    generated::{bpf_get_current_task, bpf_skc_to_tcp_sock, bpf_task_pt_regs},
 };
 use core::ffi::c_void;
 
 use observer_common::{AF_INET, Event, IPPROTO_TCP, KernelOffsets, ListenerKey, Owner};
+
+use crate::variant::Kernel;
 
 /// A field of a kernel object the program holds a typed (BTF) pointer to (the socket a BTF
 /// tracepoint was handed, the current task): a plain load, which the verifier checks against
@@ -26,10 +28,17 @@ unsafe fn read<T>(base: u64, offset: u32) -> Option<T> {
 }
 
 /// The process running now, identified by tgid and its leader's start time (through the
-/// typed task pointer: plain loads).
+/// typed task pointer: plain loads; through probe reads on a legacy kernel, which has none).
 #[inline(always)]
-pub fn current_owner(off: &KernelOffsets) -> Owner {
+pub fn current_owner<K: Kernel>(off: &KernelOffsets) -> Owner {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if K::LEGACY {
+        let task = unsafe { bpf_get_current_task() };
+        let leader: u64 = unsafe { read(task, off.task_group_leader) }.unwrap_or(0);
+        let comm: [u8; 16] = unsafe { read(leader, off.task_comm) }.unwrap_or([0; 16]);
+        let start_ns = unsafe { read(leader, off.task_start_boottime) }.unwrap_or(0);
+        return Owner { tgid, _pad: 0, start_ns, comm };
+    }
     let task = unsafe { bpf_get_current_task_btf() } as u64;
     let leader: u64 = sock_field(task, off.task_group_leader);
     let mut comm = [0u8; 16];

@@ -17,18 +17,20 @@ mod kernel;
 mod maps;
 mod records;
 mod sockets;
+mod variant;
 
 use core::ffi::c_void;
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
 use aya_log_ebpf::{debug, warn};
-use maps::{EVENTS, LISTENERS, OFFSETS, STATE_HANDLED, TLS_CAPTURE, TLS_SCRATCH, count};
+use maps::{COUNTERS, EVENTS, LISTENERS, OFFSETS, STATE_HANDLED, TLS_CAPTURE, TLS_SCRATCH, count};
 use observer_common::{
     Claimed, Closed, Event, KernelOffsets, ListenerKey, ListenerValue, Owner, SockState, TlsChunkHeader, Transition,
     counter, flags, io_dir, kind, tcp_state, tls_capture,
 };
 use records::{BPF_RB_NO_WAKEUP, Record, emit, reserve};
+use variant::{Current, Kernel, Legacy};
 
 const MSG_PEEK: i64 = 2;
 
@@ -89,7 +91,7 @@ fn emit_transition(ts_ns: u64, sk: u64, old: u8, new: u8, sport: u16) {
 /// The socket's record, or null if observer does not track it.
 #[inline(always)]
 fn state_of(sk: *mut c_void) -> *mut SockState {
-    sockets::find(&OFFSETS.load(), sk).map_or(core::ptr::null_mut(), |t| t.state)
+    sockets::find::<Current>(&OFFSETS.load(), sk).state
 }
 
 /// `sk` must be the typed pointer the program was handed (not `ev.sk`, a plain number).
@@ -153,33 +155,75 @@ fn listener_key(ev: &Event) -> ListenerKey {
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
+    state_first::<Current>(&ctx)
+}
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state_nested(ctx: BtfTracePointContext) -> u32 {
+    state_nested::<Current>(&ctx)
+}
+
+/// The same two programs for kernels before 5.12 (see `variant`).
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state_legacy(ctx: BtfTracePointContext) -> u32 {
+    state_first::<Legacy>(&ctx)
+}
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state_nested_legacy(ctx: BtfTracePointContext) -> u32 {
+    state_nested::<Legacy>(&ctx)
+}
+
+#[inline(always)]
+fn state_first<K: Kernel>(ctx: &BtfTracePointContext) -> u32 {
     let sk: *mut c_void = ctx.arg(0);
     if let Some(handled) = STATE_HANDLED.get_ptr_mut(0) {
         let level = nesting_level(sk);
         unsafe {
             core::ptr::write_volatile(&mut (*handled).sk[level], sk as u64);
-            core::ptr::write_volatile(&mut (*handled).change[level], state_change(&ctx));
+            core::ptr::write_volatile(&mut (*handled).change[level], state_change(ctx));
         }
     }
-    on_state(&ctx);
+    on_state::<K>(ctx);
     0
 }
 
-#[btf_tracepoint(function = "inet_sock_set_state")]
-pub fn inet_sock_set_state_nested(ctx: BtfTracePointContext) -> u32 {
+#[inline(always)]
+fn state_nested<K: Kernel>(ctx: &BtfTracePointContext) -> u32 {
     let sk: *mut c_void = ctx.arg(0);
     let Some(handled) = STATE_HANDLED.get_ptr_mut(0) else { return 0 };
     let level = nesting_level(sk);
     unsafe {
         if core::ptr::read_volatile(&(*handled).sk[level]) == sk as u64
-            && core::ptr::read_volatile(&(*handled).change[level]) == state_change(&ctx)
+            && core::ptr::read_volatile(&(*handled).change[level]) == state_change(ctx)
         {
             core::ptr::write_volatile(&mut (*handled).sk[level], 0);
             return 0;
         }
     }
     count(counter::STATE_NESTED);
-    on_state(&ctx);
+    on_state::<K>(ctx);
+    0
+}
+
+/// Loaded, never attached: whether the kernel accepts what the [`Current`] programs use (a
+/// compare-and-swap, the socket cookie helper, the typed current task). The daemon loads the
+/// [`Legacy`] ones where it does not.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn probe_current(ctx: BtfTracePointContext) -> u32 {
+    let sk: *mut c_void = ctx.arg(0);
+    let cookie = unsafe { aya_ebpf::helpers::generated::bpf_get_socket_cookie(sk) };
+    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task_btf() } as u64;
+    let start: u64 = kernel::sock_field(task, OFFSETS.load().task_start_boottime);
+    if let Some(c) = COUNTERS.get_ptr_mut(counter::PROBE) {
+        unsafe {
+            core::intrinsics::atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+                c,
+                0,
+                cookie ^ start,
+            )
+        };
+    }
     0
 }
 
@@ -198,17 +242,23 @@ fn state_change(ctx: &BtfTracePointContext) -> u64 {
 }
 
 #[inline(always)]
-fn on_state(ctx: &BtfTracePointContext) {
+fn on_state<K: Kernel>(ctx: &BtfTracePointContext) {
     let sk: *mut c_void = ctx.arg(0);
     let old = ctx.arg::<i64>(1) as u8;
     let new = ctx.arg::<i64>(2) as u8;
     if old == tcp_state::LISTEN && new == tcp_state::SYN_RECV {
-        track_child(ctx, sk);
+        track_child::<K>(ctx, sk);
         return;
     }
     let creation = (old == tcp_state::CLOSE && new == tcp_state::SYN_SENT) || new == tcp_state::LISTEN;
-    let tracked = if creation { None } else { sockets::find(&OFFSETS.load(), sk) };
-    let st = tracked.as_ref().map_or(core::ptr::null_mut(), |t| t.state);
+    let mut tracked = if creation { sockets::Tracked::NONE } else { sockets::find::<K>(&OFFSETS.load(), sk) };
+    if tracked.state.is_null() && old == tcp_state::SYN_RECV {
+        // A child whose creation was not reported (some kernels, 6.12 among them, do not report
+        // LISTEN -> SYN_RECV): tracked now, from its listener, and announced by this record.
+        track_child::<K>(ctx, sk);
+        tracked = sockets::find::<K>(&OFFSETS.load(), sk);
+    }
+    let st = tracked.state;
     // The common cases on every connection, for a socket user space already knows: nothing but
     // the state changed (and, when a connect succeeds, the port it got), or it closed. Full
     // events instead when user space needs the addresses: the other ends of SYN_SENT (a failed
@@ -227,9 +277,7 @@ fn on_state(ctx: &BtfTracePointContext) {
             // Read before the record goes (even if the event cannot be queued: every TCP socket
             // passes through CLOSE before it is destroyed).
             let io = unsafe { (*st).io };
-            if let Some(t) = &tracked {
-                sockets::forget(sk, t);
-            }
+            sockets::forget::<K>(sk, &tracked);
             let error = kernel::sock_err(&OFFSETS.load(), sk as u64);
             emit(Closed { ts_ns: now(), sk: sk as u64, kind: kind::CLOSED, oldstate: old, _pad: [0; 2], error, io });
         }
@@ -241,17 +289,18 @@ fn on_state(ctx: &BtfTracePointContext) {
     }
     // At CLOSE the record goes (even if the event cannot be queued): every TCP socket passes
     // through CLOSE before it is destroyed.
-    let state = if st.is_null() { None } else { Some(unsafe { *st }) };
-    if let (Some(state), Some(t)) = (state, &tracked) {
+    // (A copy written on every path, zeroed when untracked: see `sockets::Tracked`.)
+    let state = if st.is_null() { zeroed_state() } else { unsafe { *st } };
+    if !st.is_null() {
         if new == tcp_state::CLOSE {
-            sockets::forget(sk, t);
+            sockets::forget::<K>(sk, &tracked);
         } else if state.unannounced != 0 {
             unsafe { (*st).unannounced = 0 };
         }
     }
     let Some(mut entry) = reserve_event(kind::STATE, sk as u64, now()) else {
         if records::table_only() {
-            track_unreported(&off, sk, old, new);
+            track_unreported::<K>(&off, sk, old, new);
         }
         return;
     };
@@ -263,17 +312,17 @@ fn on_state(ctx: &BtfTracePointContext) {
     match (old, new) {
         // connect(): process context, the caller owns the socket.
         (tcp_state::CLOSE, tcp_state::SYN_SENT) => {
-            let (owner, cookie) = track_own(&off, sk, ev.netns, true);
-            ev.cookie = cookie;
-            if cookie != 0 {
+            let (owner, t) = track_own::<K>(&off, sk, ev.netns, true);
+            ev.cookie = t.cookie;
+            if t.tracked {
                 with_owner(ev, &owner);
             }
         }
         // listen(): process context.
         (_, tcp_state::LISTEN) => {
-            let (owner, cookie) = track_own(&off, sk, ev.netns, false);
-            ev.cookie = cookie;
-            if cookie != 0 {
+            let (owner, t) = track_own::<K>(&off, sk, ev.netns, false);
+            ev.cookie = t.cookie;
+            if t.tracked {
                 with_owner(ev, &owner);
             }
             let value = ListenerValue { sk: sk as u64, owner };
@@ -285,8 +334,8 @@ fn on_state(ctx: &BtfTracePointContext) {
             }
         }
         _ => {
-            if let (Some(state), Some(t)) = (state, &tracked) {
-                ev.cookie = t.id;
+            if !st.is_null() {
+                ev.cookie = tracked.id;
                 with_owner(ev, &state.owner);
                 if state.unannounced != 0 {
                     ev.flags |= flags::FIRST_RECORD;
@@ -313,27 +362,35 @@ fn on_state(ctx: &BtfTracePointContext) {
     entry.submit();
 }
 
-/// A socket the current process creates, by a connect or a listen (process context): it owns it.
-/// Its owner, and its cookie (0 if it cannot be tracked). Only a connect's first bytes are looked
-/// at for TLS.
 #[inline(always)]
-fn track_own(off: &KernelOffsets, sk: *mut c_void, netns: u32, connect: bool) -> (Owner, u64) {
-    let owner = kernel::current_owner(off);
+fn zeroed_state() -> SockState {
+    let mut s = core::mem::MaybeUninit::<SockState>::uninit();
+    unsafe {
+        zero_words(s.as_mut_ptr());
+        s.assume_init()
+    }
+}
+
+/// A socket the current process creates, by a connect or a listen (process context): it owns it.
+/// Its owner, and whether it is tracked. Only a connect's first bytes are looked at for TLS.
+#[inline(always)]
+fn track_own<K: Kernel>(off: &KernelOffsets, sk: *mut c_void, netns: u32, connect: bool) -> (Owner, sockets::Tracking) {
+    let owner = kernel::current_owner::<K>(off);
     let tls = if connect { TLS_CAPTURE.load() } else { 0 };
-    (owner, sockets::track(sk, netns, &owner, true, tls, false))
+    (owner, sockets::track::<K>(off, sk, netns, &owner, true, tls, false))
 }
 
 /// `cargo xtask bench`'s `--bench-table-only` (no records): a connecting or listening socket is
 /// tracked all the same, with what its record would have carried, so that the bench measures the
 /// socket table as observer keeps it.
 #[inline(always)]
-fn track_unreported(off: &KernelOffsets, sk: *mut c_void, old: u8, new: u8) {
+fn track_unreported<K: Kernel>(off: &KernelOffsets, sk: *mut c_void, old: u8, new: u8) {
     let connect = old == tcp_state::CLOSE && new == tcp_state::SYN_SENT;
     if !connect && new != tcp_state::LISTEN {
         return;
     }
     let netns = kernel::sock_netns(off, sk as u64).unwrap_or(0);
-    let (owner, _) = track_own(off, sk, netns, connect);
+    let (owner, _) = track_own::<K>(off, sk, netns, connect);
     if !connect {
         let value = ListenerValue { sk: sk as u64, owner };
         let _ = LISTENERS.insert(kernel::local_key(off, sk as u64), value, 0);
@@ -345,7 +402,7 @@ fn track_unreported(off: &KernelOffsets, sk: *mut c_void, old: u8, new: u8) {
 /// SYN_RECV (right after, in the same softirq, for all but TCP Fast Open), which carries the
 /// peer's address, filled in after the creation.
 #[inline(always)]
-fn track_child(ctx: &BtfTracePointContext, sk: *mut c_void) {
+fn track_child<K: Kernel>(ctx: &BtfTracePointContext, sk: *mut c_void) {
     let off = OFFSETS.load();
     if !kernel::sock_is_tcp(&off, sk as u64) {
         return;
@@ -360,7 +417,7 @@ fn track_child(ctx: &BtfTracePointContext, sk: *mut c_void) {
     }
     match listener {
         Some(l) => {
-            sockets::track(sk, key.netns, unsafe { &(*l).owner }, false, TLS_CAPTURE.load(), true);
+            sockets::track::<K>(&off, sk, key.netns, unsafe { &(*l).owner }, false, TLS_CAPTURE.load(), true);
         }
         None => debug!(ctx, "no listener for child socket on port {}", key.port),
     }
@@ -373,18 +430,32 @@ fn track_child(ctx: &BtfTracePointContext, sk: *mut c_void) {
 
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn sock_send_length(ctx: BtfTracePointContext) -> u32 {
-    on_io(&ctx, io_dir::SEND);
+    on_io::<Current>(&ctx, io_dir::SEND);
     0
 }
 
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn sock_recv_length(ctx: BtfTracePointContext) -> u32 {
-    on_io(&ctx, io_dir::RECV);
+    on_io::<Current>(&ctx, io_dir::RECV);
+    0
+}
+
+/// The same for a [`Legacy`] socket table (the tracepoints are 6.3's: a kernel that has them and
+/// refuses the current programs is not expected, but would count right).
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn sock_send_length_legacy(ctx: BtfTracePointContext) -> u32 {
+    on_io::<Legacy>(&ctx, io_dir::SEND);
+    0
+}
+
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn sock_recv_length_legacy(ctx: BtfTracePointContext) -> u32 {
+    on_io::<Legacy>(&ctx, io_dir::RECV);
     0
 }
 
 #[inline(always)]
-fn on_io(ctx: &BtfTracePointContext, dir: u32) {
+fn on_io<K: Kernel>(ctx: &BtfTracePointContext, dir: u32) {
     let ret = ctx.arg::<i64>(1) as i32;
     if ret <= 0 {
         return;
@@ -393,7 +464,7 @@ fn on_io(ctx: &BtfTracePointContext, dir: u32) {
         return;
     }
     let sk: *mut c_void = ctx.arg(0);
-    let st = state_of(sk);
+    let st = sockets::find::<K>(&OFFSETS.load(), sk).state;
     if st.is_null() {
         return;
     }
@@ -412,7 +483,7 @@ fn on_io(ctx: &BtfTracePointContext, dir: u32) {
         unclaimed
     };
     if claim {
-        claim_socket(sk, st);
+        claim_socket::<K>(sk, st);
     }
     let tls = unsafe { (*st).tls };
     if tls != 0 {
@@ -488,9 +559,9 @@ fn capture_tls(sk: *mut c_void, st: *mut SockState, dir: u32, ret: u32, tls: u32
 /// (Hooking accept() itself would take a syscall tracepoint, and enabling any syscall tracepoint
 /// puts every syscall of every task on the slow tracing path.)
 #[inline(always)]
-fn claim_socket(sk: *mut c_void, st: *mut SockState) {
+fn claim_socket<K: Kernel>(sk: *mut c_void, st: *mut SockState) {
     let off = OFFSETS.load();
-    let owner = kernel::current_owner(&off);
+    let owner = kernel::current_owner::<K>(&off);
     unsafe { (*st).owner = owner };
     let Some(mut entry) = reserve::<Claimed>() else { return };
     let c = entry.as_mut_ptr();
@@ -576,8 +647,8 @@ pub fn calibrate_record(_ctx: BtfTracePointContext) -> u32 {
     0
 }
 
-/// Claim 24 bytes in this CPU's region of a shared memory-mapped array and write them (a
-/// compare-and-swap of the region's head, three stores): what a record could cost without the
+/// Claim 24 bytes in this CPU's region of a shared memory-mapped array and write them (a load
+/// and a store of the region's head, three stores): what a record could cost without the
 /// ring buffer's reservation (its lock, and its lines shared by every CPU).
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn calibrate_cpu_region(ctx: BtfTracePointContext) -> u32 {

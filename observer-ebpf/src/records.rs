@@ -3,9 +3,9 @@
 //! For `cargo xtask bench` only, the read-only global `RECORD_SINK` sends them nowhere, or to
 //! this CPU's region of a shared array that nobody reads (see `observer_common::record_sink`).
 
-use core::intrinsics::{AtomicOrdering, atomic_cxchg};
+use core::ffi::c_void;
 
-use aya_ebpf::maps::ring_buf::RingBufEntry;
+use aya_ebpf::helpers::generated::bpf_ringbuf_submit;
 use observer_common::{counter, record_sink};
 
 use crate::maps::{BENCH_REGIONS, EVENTS, RECORD_SINK, count};
@@ -16,19 +16,20 @@ use crate::maps::{BENCH_REGIONS, EVENTS, RECORD_SINK, count};
 pub const BPF_RB_NO_WAKEUP: u64 = 1;
 
 /// A reserved record, to fill in place through [`Record::as_mut_ptr`] and [`submit`](Record::submit).
+///
+/// The reservation is a plain pointer and a flag, not an `Option` of aya's entry: testing that
+/// entry for null again at submission makes older verifiers (6.1) follow a path on which the
+/// reservation is never released, and refuse the program.
 pub struct Record<T: 'static> {
-    ring: Option<RingBufEntry<T>>,
-    /// Where the record goes when it is not in the ring buffer (a benchmark's region).
-    region: *mut T,
+    /// In the ring buffer (`ring`), or a benchmark's region.
+    ptr: *mut T,
+    ring: bool,
 }
 
 impl<T: 'static> Record<T> {
     #[inline(always)]
     pub fn as_mut_ptr(&mut self) -> *mut T {
-        match &mut self.ring {
-            Some(entry) => entry.as_mut_ptr(),
-            None => self.region,
-        }
+        self.ptr
     }
 
     #[inline(always)]
@@ -38,8 +39,8 @@ impl<T: 'static> Record<T> {
 
     #[inline(always)]
     pub fn submit(self) {
-        if let Some(entry) = self.ring {
-            entry.submit(BPF_RB_NO_WAKEUP);
+        if self.ring {
+            unsafe { bpf_ringbuf_submit(self.ptr as *mut c_void, BPF_RB_NO_WAKEUP) };
         }
     }
 }
@@ -48,14 +49,19 @@ impl<T: 'static> Record<T> {
 #[inline(always)]
 pub fn reserve<T: 'static>() -> Option<Record<T>> {
     match RECORD_SINK.load() {
-        record_sink::RING => {
-            let entry = EVENTS.reserve::<T>(0);
-            if entry.is_none() {
-                count(counter::EVENTS_LOST);
+        record_sink::RING => match EVENTS.reserve::<T>(0) {
+            Some(mut entry) => {
+                let ptr = entry.as_mut_ptr();
+                // Released by `submit` (the verifier checks that every path does).
+                core::mem::forget(entry);
+                Some(Record { ptr, ring: true })
             }
-            Some(Record { ring: Some(entry?), region: core::ptr::null_mut() })
-        }
-        record_sink::CPU_REGIONS => Some(Record { ring: None, region: cpu_region::<T>()? }),
+            None => {
+                count(counter::EVENTS_LOST);
+                None
+            }
+        },
+        record_sink::CPU_REGIONS => Some(Record { ptr: cpu_region::<T>()?, ring: false }),
         _ => None,
     }
 }
@@ -81,8 +87,10 @@ pub fn table_only() -> bool {
     RECORD_SINK.load() == record_sink::NONE
 }
 
-/// Room for a `T` in this CPU's benchmark region: a compare-and-swap of its head, no lock (the
-/// write `calibrate_cpu_region` prices). Old records are overwritten: nobody reads them.
+/// Room for a `T` in this CPU's benchmark region: its head moved with a plain store, no lock (the
+/// write `calibrate_cpu_region` prices; a program nested on the same CPU may take the same room,
+/// and nobody reads it). Old records are overwritten. (No compare-and-swap: 5.10 refuses any
+/// program that holds one, even where it is never reached.)
 #[inline(always)]
 pub fn cpu_region<T>() -> Option<*mut T> {
     const { assert!(size_of::<T>() <= 1024 * 8) };
@@ -90,14 +98,8 @@ pub fn cpu_region<T>() -> Option<*mut T> {
     let r = BENCH_REGIONS.get_ptr_mut(cpu)?;
     let words = size_of::<T>().div_ceil(8) as u64;
     unsafe {
-        let head = core::ptr::read_volatile(&(*r).head);
-        // (A fetch-and-add whose result is used needs a newer BPF instruction set than the one
-        // built for; a compare-and-swap does not.)
-        let (at, _) = atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
-            &mut (*r).head,
-            head,
-            head + words,
-        );
+        let at = core::ptr::read_volatile(&(*r).head);
+        core::ptr::write_volatile(&mut (*r).head, at + words);
         // At most 1023 words in, with room for 1024 after: within the region whatever `at` is.
         Some((*r).words.as_mut_ptr().add((at & 1023) as usize) as *mut T)
     }

@@ -11,8 +11,11 @@ use observer_common::{
 
 use crate::kernel;
 use crate::maps::{SOCK_BUCKET_COUNT, SOCK_BUCKETS, SOCK_OVERFLOW, SOCK_SLOTS, count};
+use crate::variant::Kernel;
 
-/// A tracked socket's record, and where it lives.
+/// A tracked socket's record, and where it lives; a null `state` for a socket observer does not
+/// track. (Never an `Option`: the verifier of older kernels refuses a read of a stack slot that
+/// the path did not write, which an `Option`'s unwritten payload can compile to.)
 pub struct Tracked {
     pub state: *mut SockState,
     /// The socket's cookie (its key in the table).
@@ -22,41 +25,73 @@ pub struct Tracked {
     bucket: *mut SockBucket,
 }
 
-/// The record of `sk`, if observer tracks it. No lock, no helper call: the socket's cookie (0
-/// for a socket that never had one asked for, which observer does not track), one bucket.
+impl Tracked {
+    pub const NONE: Tracked =
+        Tracked { state: core::ptr::null_mut(), id: 0, cookie: core::ptr::null_mut(), bucket: core::ptr::null_mut() };
+}
+
+/// The record of `sk` (`Tracked::NONE` if observer does not track it). No lock, no helper call:
+/// the socket's cookie (0 for a socket that never had one asked for, which observer does not
+/// track), one bucket.
 #[inline(always)]
-pub fn find(off: &KernelOffsets, sk: *mut c_void) -> Option<Tracked> {
+pub fn find<K: Kernel>(off: &KernelOffsets, sk: *mut c_void) -> Tracked {
     let cookie: u64 = kernel::sock_field(sk as u64, off.sock_cookie);
+    if K::LEGACY {
+        // The hash map alone (the cookie is the kernel's if anything asked for one, else 0).
+        let Some(state) = SOCK_OVERFLOW.get_ptr_mut(&(sk as u64)) else { return Tracked::NONE };
+        return Tracked { state, id: cookie, cookie: core::ptr::null_mut(), bucket: core::ptr::null_mut() };
+    }
     if cookie == 0 {
-        return None;
+        return Tracked::NONE;
     }
     let index = sock_bucket(cookie, SOCK_BUCKET_COUNT.load());
-    let bucket = SOCK_BUCKETS.get_ptr_mut(index)?;
+    let Some(bucket) = SOCK_BUCKETS.get_ptr_mut(index) else { return Tracked::NONE };
     for way in 0..SOCK_BUCKET_WAYS {
         let word = unsafe { &mut (*bucket).cookies[way] as *mut u64 };
         if unsafe { core::ptr::read_volatile(word) } == cookie {
-            let slot = SOCK_SLOTS.get_ptr_mut(sock_slot_index(index, way))?;
-            return Some(Tracked { state: unsafe { &mut (*slot).state }, id: cookie, cookie: word, bucket });
+            let Some(slot) = SOCK_SLOTS.get_ptr_mut(sock_slot_index(index, way)) else { return Tracked::NONE };
+            return Tracked { state: unsafe { &mut (*slot).state }, id: cookie, cookie: word, bucket };
         }
     }
     if unsafe { core::ptr::read_volatile(&(*bucket).overflow) } == 0 {
-        return None;
+        return Tracked::NONE;
     }
-    let state = SOCK_OVERFLOW.get_ptr_mut(&(sk as u64))?;
-    Some(Tracked { state, id: cookie, cookie: core::ptr::null_mut(), bucket })
+    let Some(state) = SOCK_OVERFLOW.get_ptr_mut(&(sk as u64)) else { return Tracked::NONE };
+    Tracked { state, id: cookie, cookie: core::ptr::null_mut(), bucket }
+}
+
+/// Whether a new socket is tracked now, and its cookie (0 where the kernel has none for it).
+pub struct Tracking {
+    pub tracked: bool,
+    pub cookie: u64,
+}
+
+impl Tracking {
+    const FAILED: Tracking = Tracking { tracked: false, cookie: 0 };
 }
 
 /// Start tracking a new socket of network namespace `netns`, owned by `owner`; `unannounced`: no
-/// record reports its creation. Returns its cookie, 0 if it cannot be tracked. (A record left by
-/// a socket whose CLOSE was never seen is replaced.)
+/// record reports its creation. (A record left by a socket whose CLOSE was never seen is
+/// replaced.)
 #[inline(always)]
-pub fn track(sk: *mut c_void, netns: u32, owner: &Owner, claimed: bool, tls: u32, unannounced: bool) -> u64 {
+pub fn track<K: Kernel>(
+    off: &KernelOffsets,
+    sk: *mut c_void,
+    netns: u32,
+    owner: &Owner,
+    claimed: bool,
+    tls: u32,
+    unannounced: bool,
+) -> Tracking {
+    if K::LEGACY {
+        return track_in_map(off, sk, owner, claimed, tls, unannounced);
+    }
     // Hands out the socket's cookie the first time (a per-CPU counter).
     let cookie = unsafe { bpf_get_socket_cookie(sk) };
     let index = sock_bucket(cookie, SOCK_BUCKET_COUNT.load());
     let Some(bucket) = SOCK_BUCKETS.get_ptr_mut(index) else {
         count(counter::STORAGE_FAILED);
-        return 0;
+        return Tracking::FAILED;
     };
     let mut taken = None;
     for way in 0..SOCK_BUCKET_WAYS {
@@ -83,7 +118,7 @@ pub fn track(sk: *mut c_void, netns: u32, owner: &Owner, claimed: bool, tls: u32
             unsafe { atomic_xsub::<u64, u64, { AtomicOrdering::Relaxed }>(&mut (*bucket).overflow, 1) };
         }
         let Some(slot) = SOCK_SLOTS.get_ptr_mut(sock_slot_index(index, way)) else {
-            return 0;
+            return Tracking::FAILED;
         };
         unsafe {
             crate::zero_words(&mut (*slot).state);
@@ -92,7 +127,7 @@ pub fn track(sk: *mut c_void, netns: u32, owner: &Owner, claimed: bool, tls: u32
             (*slot).netns = netns;
             core::ptr::write_volatile(&mut (*slot).cookie, cookie);
         }
-        return cookie;
+        return Tracking { tracked: true, cookie };
     }
     // The bucket is full: the overflow map.
     let mut init = core::mem::MaybeUninit::<SockState>::uninit();
@@ -104,13 +139,37 @@ pub fn track(sk: *mut c_void, netns: u32, owner: &Owner, claimed: bool, tls: u32
     let fresh = !(has_overflow && SOCK_OVERFLOW.get_ptr(&(sk as u64)).is_some());
     if SOCK_OVERFLOW.insert(&(sk as u64), init, 0).is_err() {
         count(counter::STORAGE_FAILED);
-        return 0;
+        return Tracking::FAILED;
     }
     if fresh {
         unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&mut (*bucket).overflow, 1) };
         count(counter::SOCK_OVERFLOW);
     }
-    cookie
+    Tracking { tracked: true, cookie }
+}
+
+/// [`track`] on a [`Legacy`](crate::variant::Legacy) kernel: a record in the hash map, keyed by
+/// the socket's address (the insert is atomic: no compare-and-swap needed).
+#[inline(always)]
+fn track_in_map(
+    off: &KernelOffsets,
+    sk: *mut c_void,
+    owner: &Owner,
+    claimed: bool,
+    tls: u32,
+    unannounced: bool,
+) -> Tracking {
+    let mut init = core::mem::MaybeUninit::<SockState>::uninit();
+    let init = unsafe {
+        crate::zero_words(init.as_mut_ptr());
+        fill(&mut *init.as_mut_ptr(), owner, claimed, tls, unannounced);
+        init.assume_init_ref()
+    };
+    if SOCK_OVERFLOW.insert(&(sk as u64), init, 0).is_err() {
+        count(counter::STORAGE_FAILED);
+        return Tracking::FAILED;
+    }
+    Tracking { tracked: true, cookie: kernel::sock_field(sk as u64, off.sock_cookie) }
 }
 
 #[inline(always)]
@@ -123,8 +182,10 @@ fn fill(st: &mut SockState, owner: &Owner, claimed: bool, tls: u32, unannounced:
 
 /// Stop tracking `sk` (its record must have been read already: the slot may be taken at once).
 #[inline(always)]
-pub fn forget(sk: *mut c_void, t: &Tracked) {
-    if !t.cookie.is_null() {
+pub fn forget<K: Kernel>(sk: *mut c_void, t: &Tracked) {
+    if K::LEGACY {
+        let _ = SOCK_OVERFLOW.remove(&(sk as u64));
+    } else if !t.cookie.is_null() {
         unsafe { core::ptr::write_volatile(t.cookie, 0) };
     } else if SOCK_OVERFLOW.remove(&(sk as u64)).is_ok() {
         unsafe { atomic_xsub::<u64, u64, { AtomicOrdering::Relaxed }>(&mut (*t.bucket).overflow, 1) };

@@ -62,6 +62,13 @@ pub const CALIBRATION_PROGRAMS: [&str; 6] = [
 /// The programs on `sock/inet_sock_set_state`, in the order they must run.
 const STATE_PROGRAMS: [&str; 2] = ["inet_sock_set_state", "inet_sock_set_state_nested"];
 
+/// The same for kernels that refuse what those use (see the kernel programs' `variant`).
+const LEGACY_STATE_PROGRAMS: [&str; 2] = ["inet_sock_set_state_legacy", "inet_sock_set_state_nested_legacy"];
+
+/// A program that is loaded and never attached: the kernel accepts the [`STATE_PROGRAMS`] if it
+/// accepts this one.
+const PROBE_CURRENT: &str = "probe_current";
+
 /// The benchmark's empty programs and their tracepoints.
 const FLOOR_PROGRAMS: [(&str, &str); 3] =
     [("floor_state", "inet_sock_set_state"), ("floor_send", "sock_send_length"), ("floor_recv", "sock_recv_length")];
@@ -81,6 +88,11 @@ pub struct Features {
     pub requests: bool,
     /// TLS handshakes, read from the first bytes of each connection (needs `requests`; x86-64).
     pub tls: bool,
+    /// The socket table's layout: `buckets` (slots taken with compare-and-swap, Linux 5.12+) or
+    /// `hash` (a hash map alone, on kernels without compare-and-swap or the socket cookie helper
+    /// for tracing programs). The same figures either way.
+    #[serde(skip)]
+    pub legacy_table: bool,
 }
 
 impl Features {
@@ -164,10 +176,8 @@ impl Probes {
         }
         check_privileges()?;
         // The socket programs are BTF tracepoints and read the socket at offsets from BTF.
-        let offsets = btf_offsets::from_file(Path::new(btf_offsets::VMLINUX_BTF))
-            .context("observer needs the kernel's BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF=y)")?;
-        let btf = Btf::from_sys_fs()
-            .context("observer needs the kernel's BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF=y)")?;
+        let offsets = btf_offsets::from_file(Path::new(btf_offsets::VMLINUX_BTF)).with_context(needs_btf)?;
+        let btf = Btf::from_sys_fs().with_context(needs_btf)?;
         raise_memlock();
 
         let mut features = Features::default();
@@ -176,7 +186,20 @@ impl Probes {
         if opts.tls && tls_capture == 0 {
             log::warn!("TLS handshakes are only recognised on x86-64");
         }
-        let table = socket_table::Size::for_max_sockets(opts.max_sockets);
+        let refused = refuses_current_programs(&btf, &offsets)?;
+        let legacy = refused.is_some();
+        if let Some(why) = refused {
+            log::warn!(
+                "kernel {}: the programs for Linux 5.12+ are refused ({why}): loading those for older kernels, \
+                 whose socket table is a hash map (the same figures, a few hundred ns more per connection)",
+                kernel_release()
+            );
+        }
+        let table = if legacy {
+            socket_table::Size::hash_only(opts.max_sockets)
+        } else {
+            socket_table::Size::for_max_sockets(opts.max_sockets)
+        };
         let record_sink = match (opts.bench_table_only, opts.bench_region_records) {
             (true, _) => record_sink::NONE,
             (false, true) => record_sink::CPU_REGIONS,
@@ -226,33 +249,45 @@ impl Probes {
         if opts.bench_region_records {
             log::warn!("--bench-region-records: the kernel programs write records nobody reads, nothing is reported");
         }
-        for prog in STATE_PROGRAMS {
-            if opts.bench_table_only && prog != "inet_sock_set_state" {
+        features.legacy_table = legacy;
+        for (i, prog) in (if legacy { LEGACY_STATE_PROGRAMS } else { STATE_PROGRAMS }).into_iter().enumerate() {
+            if opts.bench_table_only && i > 0 {
                 continue;
             }
-            let link = attach_btf_tracepoint(&mut ebpf, &btf, prog, "inet_sock_set_state")
-                .context("the kernel has no usable sock/inet_sock_set_state tracepoint")?;
+            let link = attach_btf_tracepoint(&mut ebpf, &btf, prog, "inet_sock_set_state").with_context(|| {
+                format!(
+                    "kernel {} has no usable sock/inet_sock_set_state BTF tracepoint ({SUPPORTED})",
+                    kernel_release()
+                )
+            })?;
             links.push((prog, Some(link)));
         }
 
-        let mut optional = |prog: &'static str, what: &str| -> bool {
-            match attach_btf_tracepoint(&mut ebpf, &btf, prog, prog) {
+        // Program `prog` on tracepoint `target`, if the kernel has it.
+        let mut optional = |prog: &'static str, target: &str, what: &str| -> bool {
+            match attach_btf_tracepoint(&mut ebpf, &btf, prog, target) {
                 Ok(link) => {
                     links.push((prog, Some(link)));
                     true
                 }
                 Err(e) => {
-                    log::warn!("tracepoint {prog} unavailable ({e:#}): {what}");
+                    log::warn!("tracepoint {target} unavailable ({e:#}): {what}");
                     false
                 }
             }
         };
-        features.error_reports = optional("inet_sk_error_report", "socket errors are not counted");
-        let sent = optional("tcp_send_reset", "resets sent are not counted");
-        let received = optional("tcp_receive_reset", "resets received are not counted");
+        features.error_reports =
+            optional("inet_sk_error_report", "inet_sk_error_report", "socket errors are not counted");
+        let sent = optional("tcp_send_reset", "tcp_send_reset", "resets sent are not counted");
+        let received = optional("tcp_receive_reset", "tcp_receive_reset", "resets received are not counted");
         features.resets = sent && received;
         let lost = "requests and bytes are not counted, accepted connections stay charged to the listener's owner";
-        features.requests = optional("sock_send_length", lost) && optional("sock_recv_length", lost);
+        let (send, recv) = if legacy {
+            ("sock_send_length_legacy", "sock_recv_length_legacy")
+        } else {
+            ("sock_send_length", "sock_recv_length")
+        };
+        features.requests = optional(send, "sock_send_length", lost) && optional(recv, "sock_recv_length", lost);
         features.tls = features.requests && tls_capture != 0;
         features.process_exits = exits::supported();
         if features.process_exits {
@@ -410,6 +445,57 @@ fn listener_key(netns: u32, local: Endpoint) -> ListenerKey {
         std::net::IpAddr::V6(a) => (AF_INET6, a.octets()),
     };
     ListenerKey { netns, family, port: local.port(), addr }
+}
+
+/// Why the kernel refuses the [`STATE_PROGRAMS`], None if it accepts them: whether it loads
+/// [`PROBE_CURRENT`] (from a copy of the object of its own, dropped at once).
+fn refuses_current_programs(btf: &Btf, offsets: &observer_common::KernelOffsets) -> Result<Option<String>> {
+    let page = 4096;
+    let mut probe = EbpfLoader::new()
+        .btf(Some(btf))
+        .override_global(names::OFFSETS, offsets, true)
+        // Its maps, made for it alone, as small as they go.
+        .map_max_entries(names::EVENTS, page)
+        .map_max_entries(names::SOCK_BUCKETS, 1)
+        .map_max_entries(names::SOCK_SLOTS, observer_common::SOCK_BUCKET_WAYS as u32)
+        .map_max_entries(names::SOCK_OVERFLOW, 1)
+        .map_max_entries(names::BENCH_REGIONS, 1)
+        .load(EBPF_OBJECT)
+        .map_err(|e| anyhow!("loading the eBPF object failed: {e}"))?;
+    let p = tracepoint_program(&mut probe, PROBE_CURRENT)?;
+    match p.load("inet_sock_set_state", btf) {
+        Ok(()) => Ok(None),
+        Err(e) => {
+            let why = format!("{:#}", anyhow::Error::from(e));
+            log::debug!("the kernel refuses {PROBE_CURRENT}: {why}");
+            Ok(Some(verifier_verdict(&why)))
+        }
+    }
+}
+
+/// The line of a program load error that says why: the verifier's last word before its
+/// statistics, else the error's first line.
+fn verifier_verdict(error: &str) -> String {
+    let stats = ["verification time", "stack depth", "processed ", ":"];
+    let last =
+        error.lines().map(str::trim).filter(|l| !l.is_empty()).rfind(|l| !stats.iter().any(|s| l.starts_with(s)));
+    last.or(error.lines().next()).unwrap_or("").chars().take(200).collect()
+}
+
+/// The kernels observer is tested on, for the errors that refuse the others.
+const SUPPORTED: &str = "observer runs on Linux 5.10 or later with BTF: tested on 5.10, 6.1, 6.12 and 6.18";
+
+fn needs_btf() -> String {
+    format!(
+        "observer needs the kernel's BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF=y), which kernel {} lacks \
+         ({SUPPORTED})",
+        kernel_release()
+    )
+}
+
+/// The running kernel's release (`uname -r`).
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
 fn kernel_owner(key: &ProcessKey, comm: &Comm) -> Owner {

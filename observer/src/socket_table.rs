@@ -27,6 +27,12 @@ impl Size {
         let buckets = max_sockets.div_ceil(SOCK_BUCKET_WAYS as u32);
         Size { buckets, slots: buckets * SOCK_BUCKET_WAYS as u32, overflow: (max_sockets / 4).max(1024) }
     }
+
+    /// Every socket in the hash map (kernels that cannot take a slot with compare-and-swap): one
+    /// bucket left, never used.
+    pub fn hash_only(max_sockets: u32) -> Size {
+        Size { buckets: 1, slots: SOCK_BUCKET_WAYS as u32, overflow: max_sockets.max(1024) }
+    }
 }
 
 /// Every taken slot of the table's arrays (`bucket` and `slot` copy one element out), with its

@@ -105,6 +105,10 @@ fn missing_kernel_btf_is_a_clear_error() {
         format!("mount --bind /dev/null /sys/kernel/btf/vmlinux && exec {} daemon --listen {listen}", bin.display());
     let (code, stderr) = run_in_mount_namespace(&script);
     assert_one_line_error(code, &stderr, "observer needs the kernel's BTF");
+    // It names the kernel and the ones observer runs on.
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert!(stderr.contains(&format!("which kernel {} lacks", release.trim())), "{stderr}");
+    assert!(stderr.contains("observer runs on Linux 5.10 or later with BTF"), "{stderr}");
 }
 
 /// tracefs unmounted, no right to mount it and no CAP_SYS_ADMIN: the programs are BTF

@@ -78,7 +78,7 @@ const CALIBRATION: [(&str, &str); 6] = [
     ("calibrate_record", "reserve a 24-byte ring-buffer record (and discard it)"),
     (
         "calibrate_cpu_region",
-        "write a 24-byte record in this CPU's region of a shared array instead (a compare-and-swap, three stores)",
+        "write a 24-byte record in this CPU's region of a shared array instead (a load and a store of its head, three stores)",
     ),
     ("calibrate_user_read", "read the first byte the application sent (TLS recognition)"),
 ];
@@ -1477,7 +1477,7 @@ mod tests {
         assert!(md.contains("| nothing (the floor) | 77 | - |"), "{md}");
         assert!(md.contains("| read the clock (`bpf_ktime_get_ns`) | 140 | 63 |"), "{md}");
         assert!(md.contains("(TLS recognition) | 300 | 223 |"), "{md}");
-        assert!(md.contains("(a compare-and-swap, three stores) | 100 | 23 |"), "{md}");
+        assert!(md.contains("(a load and a store of its head, three stores) | 100 | 23 |"), "{md}");
         assert!(md.contains("| sock_send_length | 4000 | 2.00 | 200 | 200 | - | 400 |"), "{md}");
         // 402 ns of programs per request; 2 CPUs at 1000 req/s without a tracer: 2,000,000 ns per request.
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());

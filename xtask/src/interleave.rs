@@ -170,7 +170,7 @@ pub fn region_records_markdown(r: &Summary, observer: &Summary, target: f64) -> 
     };
     format!(
         "  - Observer's programs, all of them, writing their records with the cheapest write this machine \
-         prices (a compare-and-swap in the CPU's region of a shared array, read by nobody) instead of a \
+         prices (a plain write in the CPU's region of a shared array, read by nobody) instead of a \
          ring-buffer reservation (`--bench-region-records`: every state change handled exactly once, the \
          daemon's reading of the records left out; the least observer's records cost in any transport): \
          {:.3} ({:.3} - {:.3}, {} pairs): {verdict}.\n",

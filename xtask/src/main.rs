@@ -34,8 +34,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Build, then run every unit and end-to-end test (needs root). Extra arguments go to
-    /// `cargo test` (e.g. a test name filter).
+    /// Build, then run every unit and end-to-end test, then the kernel matrix (`vmtest`: the smoke
+    /// suite on Debian's 5.10, 6.1 and 6.12 kernels in QEMU and on the host). Needs root. Extra
+    /// arguments go to `cargo test` (e.g. a test name filter), and the kernel matrix is left out.
     Test {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -270,6 +271,10 @@ fn main() -> Result<()> {
                 .args(["test", "--release", "--workspace", "--exclude", "observer-ebpf"])
                 .args(&args)
                 .env("OBSERVER_BIN", &bin))?;
+            if args.is_empty() {
+                step("running the kernel matrix (cargo xtask vmtest)");
+                vmtest::vmtest(&[], "auto", "info")?;
+            }
         }
         Task::Vmtest { kernels, accel, log_level } => vmtest::vmtest(&kernels, &accel, &log_level)?,
         Task::Bench { cases, rounds, pairs } => {
