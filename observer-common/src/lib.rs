@@ -71,6 +71,17 @@ impl SockIo {
     }
 }
 
+/// Where the kernel programs count what the application sends and receives (the read-only
+/// global `IO_SOURCE`).
+pub mod io_source {
+    /// Every send and receive (`sock_send_length`, `sock_recv_length`: Linux 6.3+).
+    pub const CALLS: u32 = 0;
+    /// The socket's sequence numbers, brought up to date when the application reads
+    /// (`tcp_rcv_space_adjust`, in the reader's context) and when the socket closes: the sends
+    /// between two reads are one exchange, as the reads between two sends are.
+    pub const SEQUENCE: u32 = 1;
+}
+
 /// Values of [`SockIo::last_dir`].
 pub mod io_dir {
     pub const NONE: u32 = 0;
@@ -92,6 +103,11 @@ pub struct SockState {
     /// 1 while an accepted connection is tracked without having been reported: its creation
     /// sends no record, its first one (the end of SYN_RECV) carries [`flags::FIRST_RECORD`].
     pub unannounced: u32,
+    /// Where [`SockIo`] was last brought up to date from the socket's own sequence numbers
+    /// (`tcp_sock.write_seq`, `tcp_sock.copied_seq`), on kernels without the send and receive
+    /// tracepoints (see `io_source`).
+    pub seq_write: u32,
+    pub seq_copied: u32,
 }
 
 /// Sockets per bucket of the socket table.
@@ -409,6 +425,10 @@ pub struct KernelOffsets {
     /// `struct sock`: `sk_lock.owned` (int: 1 while a process holds the socket with
     /// `lock_sock`).
     pub sock_lock_owned: u32,
+    /// `struct tcp_sock`: `write_seq` (the end of what the application has written) and
+    /// `copied_seq` (the end of what it has read), u32.
+    pub tcp_write_seq: u32,
+    pub tcp_copied_seq: u32,
 }
 
 impl KernelOffsets {
@@ -433,6 +453,8 @@ impl KernelOffsets {
             task_start_boottime: 0,
             task_comm: 0,
             sock_lock_owned: 0,
+            tcp_write_seq: 0,
+            tcp_copied_seq: 0,
         }
     }
 }
@@ -496,6 +518,7 @@ pub mod names {
     pub const TLS_CAPTURE: &str = "TLS_CAPTURE";
     /// Global: where the programs write their records ([`super::record_sink`]).
     pub const RECORD_SINK: &str = "RECORD_SINK";
+    pub const IO_SOURCE: &str = "IO_SOURCE";
     /// The benchmark's per-CPU regions (one entry unless the benchmark's calibration programs or
     /// its `--bench-region-records` need them).
     pub const BENCH_REGIONS: &str = "BENCH_REGIONS";

@@ -77,6 +77,14 @@ fn inet_field<T: Copy + Default>(sk: u64, tp: u64, offset: u32) -> T {
     if tp != 0 { sock_field(tp, offset) } else { unsafe { read::<T>(sk, offset) }.unwrap_or_default() }
 }
 
+/// `tcp_sock.write_seq` and `tcp_sock.copied_seq`: the ends of what the application has written
+/// and read.
+#[inline(always)]
+pub fn tcp_seqs(off: &KernelOffsets, sk: u64) -> (u32, u32) {
+    let tp = unsafe { bpf_skc_to_tcp_sock(sk as *mut c_void) } as u64;
+    (inet_field(sk, tp, off.tcp_write_seq), inet_field(sk, tp, off.tcp_copied_seq))
+}
+
 /// The socket's family, ports and addresses, into the event (ports in host order), from the
 /// fields `inet_sock_set_state`'s own record uses.
 #[inline(always)]

@@ -24,10 +24,10 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
 use aya_log_ebpf::{debug, warn};
-use maps::{COUNTERS, EVENTS, LISTENERS, OFFSETS, STATE_HANDLED, TLS_CAPTURE, TLS_SCRATCH, count};
+use maps::{COUNTERS, EVENTS, IO_SOURCE, LISTENERS, OFFSETS, STATE_HANDLED, TLS_CAPTURE, TLS_SCRATCH, count};
 use observer_common::{
     Claimed, Closed, Event, KernelOffsets, ListenerKey, ListenerValue, Owner, SockState, TlsChunkHeader, Transition,
-    counter, flags, io_dir, kind, tcp_state, tls_capture,
+    counter, flags, io_dir, io_source, kind, tcp_state, tls_capture,
 };
 use records::{BPF_RB_NO_WAKEUP, Record, emit, reserve};
 use variant::{Current, Kernel, Legacy};
@@ -259,6 +259,9 @@ fn on_state<K: Kernel>(ctx: &BtfTracePointContext) {
         tracked = sockets::find::<K>(&OFFSETS.load(), sk);
     }
     let st = tracked.state;
+    if IO_SOURCE.load() == io_source::SEQUENCE && !st.is_null() {
+        sequence_on_state(sk, st, old, new);
+    }
     // The common cases on every connection, for a socket user space already knows: nothing but
     // the state changed (and, when a connect succeeds, the port it got), or it closed. Full
     // events instead when user space needs the addresses: the other ends of SYN_SENT (a failed
@@ -488,6 +491,96 @@ fn on_io<K: Kernel>(ctx: &BtfTracePointContext, dir: u32) {
     let tls = unsafe { (*st).tls };
     if tls != 0 {
         capture_tls(sk, st, dir, ret as u32, tls);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// tcp/tcp_rcv_space_adjust (sk): where the kernel has no sock_send_length or sock_recv_length
+// (before 6.3), sends and receives are counted from the socket's sequence numbers instead: in
+// the reading process, after each chunk it read (`io_source::SEQUENCE`).
+// ---------------------------------------------------------------------------------------------
+
+#[btf_tracepoint(function = "tcp_rcv_space_adjust")]
+pub fn tcp_rcv_space_adjust(ctx: BtfTracePointContext) -> u32 {
+    on_read::<Current>(&ctx);
+    0
+}
+
+#[btf_tracepoint(function = "tcp_rcv_space_adjust")]
+pub fn tcp_rcv_space_adjust_legacy(ctx: BtfTracePointContext) -> u32 {
+    on_read::<Legacy>(&ctx);
+    0
+}
+
+/// The application read up to `copied_seq`: what it wrote since the last update is one send
+/// (an exchange, if it follows a receive), what it read since is one receive. A call that read
+/// nothing new (a peek) changes nothing. The reader owns an accepted connection from its first
+/// read, as with `on_io`.
+#[inline(always)]
+fn on_read<K: Kernel>(ctx: &BtfTracePointContext) {
+    let sk: *mut c_void = ctx.arg(0);
+    let off = OFFSETS.load();
+    let st = sockets::find::<K>(&off, sk).state;
+    if st.is_null() {
+        return;
+    }
+    let (write, copied) = kernel::tcp_seqs(&off, sk as u64);
+    // Under the socket's lock (the reader holds it): plain additions.
+    let claim = unsafe {
+        let s = &mut *st;
+        let read = copied.wrapping_sub(s.seq_copied);
+        if read == 0 {
+            return;
+        }
+        sequence_sends(s, write);
+        s.io.bytes_received += u64::from(read);
+        s.seq_copied = copied;
+        if s.io.last_dir != io_dir::RECV {
+            s.io.last_dir = io_dir::RECV;
+            s.io.recv_runs += 1;
+        }
+        let unclaimed = s.io.claimed == 0;
+        s.io.claimed = 1;
+        unclaimed
+    };
+    if claim {
+        claim_socket::<K>(sk, st);
+    }
+}
+
+/// What the application wrote since the last update, up to `write`: one send.
+#[inline(always)]
+fn sequence_sends(s: &mut SockState, write: u32) {
+    let sent = write.wrapping_sub(s.seq_write);
+    if sent != 0 {
+        s.io.bytes_sent += u64::from(sent);
+        s.seq_write = write;
+        if s.io.last_dir != io_dir::SEND {
+            s.io.last_dir = io_dir::SEND;
+            s.io.send_runs += 1;
+        }
+    }
+}
+
+/// Sequence numbers at a tracked socket's state change: counted from its establishment (before,
+/// they hold the handshake), and brought up to date when the application closes or shuts down
+/// its side (the state changes before the FIN, which takes a sequence number, is queued) or the
+/// connection is aborted: the sends after its last read.
+#[inline(always)]
+fn sequence_on_state(sk: *mut c_void, st: *mut SockState, old: u8, new: u8) {
+    let established = new == tcp_state::ESTABLISHED;
+    let open = old == tcp_state::ESTABLISHED || old == tcp_state::CLOSE_WAIT;
+    let ends = open && (new == tcp_state::FIN_WAIT1 || new == tcp_state::LAST_ACK || new == tcp_state::CLOSE);
+    if !established && !ends {
+        return;
+    }
+    let (write, copied) = kernel::tcp_seqs(&OFFSETS.load(), sk as u64);
+    let s = unsafe { &mut *st };
+    if established {
+        s.seq_write = write;
+        s.seq_copied = copied;
+    } else {
+        sequence_sends(s, write);
     }
 }
 

@@ -88,6 +88,11 @@ pub static BENCH_REGIONS: Array<BenchRegion> = Array::with_max_entries(8, MMAPAB
 #[unsafe(no_mangle)]
 pub static RECORD_SINK: Global<u32> = Global::new(0);
 
+/// Where the programs count sends and receives (`observer_common::io_source`). A read-only
+/// global: the verifier removes the branches it decides.
+#[unsafe(no_mangle)]
+pub static IO_SOURCE: Global<u32> = Global::new(0);
+
 #[inline(always)]
 pub fn count(index: u32) {
     if let Some(p) = COUNTERS.get_ptr_mut(index) {

@@ -93,6 +93,8 @@ pub fn compute(btf: &Btf) -> Result<KernelOffsets> {
         task_start_boottime: o("task_struct", &["start_boottime"])?,
         task_comm: o("task_struct", &["comm"])?,
         sock_lock_owned: o("sock", &["sk_lock", "owned"])?,
+        tcp_write_seq: o("tcp_sock", &["write_seq"])?,
+        tcp_copied_seq: o("tcp_sock", &["copied_seq"])?,
     })
 }
 

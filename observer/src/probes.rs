@@ -10,8 +10,8 @@ use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::{BtfTracePoint, tp_btf::BtfTracePointLinkId};
 use aya::{Btf, Ebpf, EbpfLoader};
 use observer_common::{
-    AF_INET, AF_INET6, ListenerKey, ListenerValue, Owner, SockBucket, SockSlot, SockState, counter, names, record_sink,
-    tls_capture,
+    AF_INET, AF_INET6, ListenerKey, ListenerValue, Owner, SockBucket, SockSlot, SockState, counter, io_source, names,
+    record_sink, tls_capture,
 };
 
 use crate::aggregate::{ListenerMove, SeedSocket};
@@ -84,7 +84,8 @@ pub struct Features {
     /// (Linux 5.3+). Without, exits are found by polling /proc every 5 s.
     pub process_exits: bool,
     /// Requests and bytes per connection, and accepted connections charged to the process that
-    /// uses them (`sock_send_length`, `sock_recv_length`).
+    /// uses them (`sock_send_length`, `sock_recv_length`; before Linux 6.3, `tcp_rcv_space_adjust`
+    /// and the sockets' sequence numbers).
     pub requests: bool,
     /// TLS handshakes, read from the first bytes of each connection (needs `requests`; x86-64).
     pub tls: bool,
@@ -181,9 +182,22 @@ impl Probes {
         raise_memlock();
 
         let mut features = Features::default();
-        // The kernel side finds the application's buffer in x86-64 system call registers.
-        let tls_capture: u32 = if opts.tls && cfg!(target_arch = "x86_64") { tls_capture::INITIAL } else { 0 };
-        if opts.tls && tls_capture == 0 {
+        // Sends and receives: every call where the kernel reports them (6.3+), else from the
+        // sockets' sequence numbers when the application reads.
+        let calls = has_tracepoint(&btf, "sock_send_length") && has_tracepoint(&btf, "sock_recv_length");
+        let io_source = if calls { io_source::CALLS } else { io_source::SEQUENCE };
+        if !calls {
+            log::warn!(
+                "kernel {}: no sock_send_length or sock_recv_length tracepoints (Linux 6.3+): requests and bytes are \
+                 counted from the sockets' sequence numbers when the application reads; TLS handshakes are not \
+                 recognised",
+                kernel_release()
+            );
+        }
+        // The kernel side finds the application's buffer in x86-64 system call registers, from
+        // the send and receive tracepoints.
+        let tls_capture: u32 = if opts.tls && calls && cfg!(target_arch = "x86_64") { tls_capture::INITIAL } else { 0 };
+        if opts.tls && calls && tls_capture == 0 {
             log::warn!("TLS handshakes are only recognised on x86-64");
         }
         let refused = refuses_current_programs(&btf, &offsets)?;
@@ -210,6 +224,7 @@ impl Probes {
             .override_global(names::OFFSETS, &offsets, true)
             .override_global(names::TLS_CAPTURE, &tls_capture, true)
             .override_global(names::RECORD_SINK, &record_sink, true)
+            .override_global(names::IO_SOURCE, &io_source, true)
             .override_global("AYA_LOG_LEVEL", &opts.kernel_log_level, false)
             .map_max_entries(names::EVENTS, opts.ring_buffer_bytes)
             .override_global(names::SOCK_BUCKET_COUNT, &table.buckets, true)
@@ -282,12 +297,17 @@ impl Probes {
         let received = optional("tcp_receive_reset", "tcp_receive_reset", "resets received are not counted");
         features.resets = sent && received;
         let lost = "requests and bytes are not counted, accepted connections stay charged to the listener's owner";
-        let (send, recv) = if legacy {
-            ("sock_send_length_legacy", "sock_recv_length_legacy")
+        features.requests = if calls {
+            let (send, recv) = if legacy {
+                ("sock_send_length_legacy", "sock_recv_length_legacy")
+            } else {
+                ("sock_send_length", "sock_recv_length")
+            };
+            optional(send, "sock_send_length", lost) && optional(recv, "sock_recv_length", lost)
         } else {
-            ("sock_send_length", "sock_recv_length")
+            let read = if legacy { "tcp_rcv_space_adjust_legacy" } else { "tcp_rcv_space_adjust" };
+            optional(read, "tcp_rcv_space_adjust", lost)
         };
-        features.requests = optional(send, "sock_send_length", lost) && optional(recv, "sock_recv_length", lost);
         features.tls = features.requests && tls_capture != 0;
         features.process_exits = exits::supported();
         if features.process_exits {
@@ -480,6 +500,11 @@ fn verifier_verdict(error: &str) -> String {
     let last =
         error.lines().map(str::trim).filter(|l| !l.is_empty()).rfind(|l| !stats.iter().any(|s| l.starts_with(s)));
     last.or(error.lines().next()).unwrap_or("").chars().take(200).collect()
+}
+
+/// Whether the kernel has the BTF tracepoint `name`.
+fn has_tracepoint(btf: &Btf, name: &str) -> bool {
+    btf.id_by_type_name_kind(&format!("btf_trace_{name}"), aya_obj::btf::BtfKind::Typedef).is_ok()
 }
 
 /// The kernels observer is tested on, for the errors that refuse the others.

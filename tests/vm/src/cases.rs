@@ -52,8 +52,8 @@ pub const CASES: &[(&str, Case)] = &[
     ("tls_handshake", tls_handshake),
 ];
 
-const REQUESTS_OFF: &str = "the `requests` feature is off (the kernel lacks the sock_send_length/sock_recv_length \
-                            tracepoints, Linux 6.3+)";
+const REQUESTS_OFF: &str = "the `requests` feature is off (the daemon found no hook to count sends and receives \
+                            on this kernel)";
 
 fn verdict(r: Result<(), String>) -> Outcome {
     match r {
@@ -147,6 +147,9 @@ fn inbound_accepted(ctx: &mut Ctx) -> Result<Outcome> {
         ("closed_by_peer", N),
         ("closed_by_local", 0),
         ("requests", requests),
+        // One "req\n" in and one "rep\n" out on each.
+        ("bytes_received", 4 * requests),
+        ("bytes_sent", 4 * requests),
     ];
     Ok(verdict(wait_entry(&ctx.daemon, server.pid(), Side::In, &format!("127.0.0.1:{port}"), &wants)))
 }
@@ -160,7 +163,14 @@ fn reuse_requests(ctx: &mut Ctx) -> Result<Outcome> {
     client.expect_done(&N.to_string())?;
     let remote = format!("127.0.0.1:{port}");
     if ctx.feature("requests") {
-        let wants = [("connections_opened", 1), ("requests", N), ("closed_by_local", 1)];
+        // Each exchange is "req\n" one way and "rep\n" the other.
+        let wants = [
+            ("connections_opened", 1),
+            ("requests", N),
+            ("closed_by_local", 1),
+            ("bytes_sent", 4 * N),
+            ("bytes_received", 4 * N),
+        ];
         return Ok(verdict(wait_entry(&ctx.daemon, client.pid(), Side::Out, &remote, &wants)));
     }
     // Degraded: requests stay 0, connections are still counted.
@@ -278,7 +288,7 @@ fn tls_handshake(ctx: &mut Ctx) -> Result<Outcome> {
     };
     if !ctx.feature("tls") {
         return Ok(Outcome::Skip(
-            "the `tls` feature is off (it needs the `requests` hooks, Linux 6.3+): tls stays null".into(),
+            "the `tls` feature is off (it needs the sock_send_length and sock_recv_length tracepoints, Linux 6.3+): tls stays null".into(),
         ));
     }
     let (cert, key) = (ctx.tmp.join("cert.pem"), ctx.tmp.join("key.pem"));
