@@ -78,7 +78,8 @@ pub mod io_source {
     pub const CALLS: u32 = 0;
     /// The socket's sequence numbers, brought up to date when the application reads
     /// (`tcp_rcv_space_adjust`, in the reader's context) and when the socket closes: the sends
-    /// between two reads are one exchange, as the reads between two sends are.
+    /// between two reads are one exchange, as the reads between two sends are. Only with the
+    /// legacy build's socket table (every socket in the overflow map, see [`OverflowRecord`]).
     pub const SEQUENCE: u32 = 1;
 }
 
@@ -103,9 +104,17 @@ pub struct SockState {
     /// 1 while an accepted connection is tracked without having been reported: its creation
     /// sends no record, its first one (the end of SYN_RECV) carries [`flags::FIRST_RECORD`].
     pub unannounced: u32,
-    /// Where [`SockIo`] was last brought up to date from the socket's own sequence numbers
-    /// (`tcp_sock.write_seq`, `tcp_sock.copied_seq`), on kernels without the send and receive
-    /// tracepoints (see `io_source`).
+}
+
+/// A value of the socket table's overflow map: a socket's record and, where sends and receives
+/// are counted from the socket's own sequence numbers ([`io_source::SEQUENCE`], whose kernels
+/// keep every socket in that map), where [`SockIo`] was last brought up to date from them
+/// (`tcp_sock.write_seq`, `tcp_sock.copied_seq`). The slots of the table's arrays do not carry
+/// the marks: the kernels that fill them never need them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OverflowRecord {
+    pub state: SockState,
     pub seq_write: u32,
     pub seq_copied: u32,
 }
@@ -546,6 +555,7 @@ mod pod {
     unsafe impl aya::Pod for super::ListenerValue {}
     unsafe impl aya::Pod for super::SockIo {}
     unsafe impl aya::Pod for super::SockState {}
+    unsafe impl aya::Pod for super::OverflowRecord {}
     unsafe impl aya::Pod for super::SockBucket {}
     unsafe impl aya::Pod for super::SockSlot {}
     unsafe impl aya::Pod for super::Transition {}

@@ -26,8 +26,8 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfT
 use aya_log_ebpf::{debug, warn};
 use maps::{COUNTERS, EVENTS, IO_SOURCE, LISTENERS, OFFSETS, STATE_HANDLED, TLS_CAPTURE, TLS_SCRATCH, count};
 use observer_common::{
-    Claimed, Closed, Event, KernelOffsets, ListenerKey, ListenerValue, Owner, SockState, TlsChunkHeader, Transition,
-    counter, flags, io_dir, io_source, kind, tcp_state, tls_capture,
+    Claimed, Closed, Event, KernelOffsets, ListenerKey, ListenerValue, OverflowRecord, Owner, SockState,
+    TlsChunkHeader, Transition, counter, flags, io_dir, io_source, kind, tcp_state, tls_capture,
 };
 use records::{BPF_RB_NO_WAKEUP, Record, emit, reserve};
 use variant::{Current, Kernel, Legacy};
@@ -259,8 +259,9 @@ fn on_state<K: Kernel>(ctx: &BtfTracePointContext) {
         tracked = sockets::find::<K>(&OFFSETS.load(), sk);
     }
     let st = tracked.state;
-    if IO_SOURCE.load() == io_source::SEQUENCE && !st.is_null() {
-        sequence_on_state(sk, st, old, new);
+    if K::LEGACY && IO_SOURCE.load() == io_source::SEQUENCE && !st.is_null() {
+        // Every record is in the overflow map there, with its sequence marks.
+        sequence_on_state(sk, st as *mut OverflowRecord, old, new);
     }
     // The common cases on every connection, for a socket user space already knows: nothing but
     // the state changed (and, when a connect succeeds, the port it got), or it closed. Full
@@ -497,18 +498,13 @@ fn on_io<K: Kernel>(ctx: &BtfTracePointContext, dir: u32) {
 // ---------------------------------------------------------------------------------------------
 // tcp/tcp_rcv_space_adjust (sk): where the kernel has no sock_send_length or sock_recv_length
 // (before 6.3), sends and receives are counted from the socket's sequence numbers instead: in
-// the reading process, after each chunk it read (`io_source::SEQUENCE`).
+// the reading process, after each chunk it read (`io_source::SEQUENCE`). With the legacy build
+// only, whose records carry the marks (`observer_common::OverflowRecord`).
 // ---------------------------------------------------------------------------------------------
 
 #[btf_tracepoint(function = "tcp_rcv_space_adjust")]
-pub fn tcp_rcv_space_adjust(ctx: BtfTracePointContext) -> u32 {
-    on_read::<Current>(&ctx);
-    0
-}
-
-#[btf_tracepoint(function = "tcp_rcv_space_adjust")]
 pub fn tcp_rcv_space_adjust_legacy(ctx: BtfTracePointContext) -> u32 {
-    on_read::<Legacy>(&ctx);
+    on_read(&ctx);
     0
 }
 
@@ -517,47 +513,49 @@ pub fn tcp_rcv_space_adjust_legacy(ctx: BtfTracePointContext) -> u32 {
 /// nothing new (a peek) changes nothing. The reader owns an accepted connection from its first
 /// read, as with `on_io`.
 #[inline(always)]
-fn on_read<K: Kernel>(ctx: &BtfTracePointContext) {
+fn on_read(ctx: &BtfTracePointContext) {
     let sk: *mut c_void = ctx.arg(0);
     let off = OFFSETS.load();
-    let st = sockets::find::<K>(&off, sk).state;
+    let st = sockets::find::<Legacy>(&off, sk).state;
     if st.is_null() {
         return;
     }
     let (write, copied) = kernel::tcp_seqs(&off, sk as u64);
     // Under the socket's lock (the reader holds it): plain additions.
     let claim = unsafe {
-        let s = &mut *st;
-        let read = copied.wrapping_sub(s.seq_copied);
+        let r = &mut *(st as *mut OverflowRecord);
+        let read = copied.wrapping_sub(r.seq_copied);
         if read == 0 {
             return;
         }
-        sequence_sends(s, write);
-        s.io.bytes_received += u64::from(read);
-        s.seq_copied = copied;
-        if s.io.last_dir != io_dir::RECV {
-            s.io.last_dir = io_dir::RECV;
-            s.io.recv_runs += 1;
+        sequence_sends(r, write);
+        let io = &mut r.state.io;
+        io.bytes_received += u64::from(read);
+        r.seq_copied = copied;
+        if io.last_dir != io_dir::RECV {
+            io.last_dir = io_dir::RECV;
+            io.recv_runs += 1;
         }
-        let unclaimed = s.io.claimed == 0;
-        s.io.claimed = 1;
+        let unclaimed = io.claimed == 0;
+        io.claimed = 1;
         unclaimed
     };
     if claim {
-        claim_socket::<K>(sk, st);
+        claim_socket::<Legacy>(sk, st);
     }
 }
 
 /// What the application wrote since the last update, up to `write`: one send.
 #[inline(always)]
-fn sequence_sends(s: &mut SockState, write: u32) {
-    let sent = write.wrapping_sub(s.seq_write);
+fn sequence_sends(r: &mut OverflowRecord, write: u32) {
+    let sent = write.wrapping_sub(r.seq_write);
     if sent != 0 {
-        s.io.bytes_sent += u64::from(sent);
-        s.seq_write = write;
-        if s.io.last_dir != io_dir::SEND {
-            s.io.last_dir = io_dir::SEND;
-            s.io.send_runs += 1;
+        let io = &mut r.state.io;
+        io.bytes_sent += u64::from(sent);
+        r.seq_write = write;
+        if io.last_dir != io_dir::SEND {
+            io.last_dir = io_dir::SEND;
+            io.send_runs += 1;
         }
     }
 }
@@ -567,7 +565,7 @@ fn sequence_sends(s: &mut SockState, write: u32) {
 /// its side (the state changes before the FIN, which takes a sequence number, is queued) or the
 /// connection is aborted: the sends after its last read.
 #[inline(always)]
-fn sequence_on_state(sk: *mut c_void, st: *mut SockState, old: u8, new: u8) {
+fn sequence_on_state(sk: *mut c_void, rec: *mut OverflowRecord, old: u8, new: u8) {
     let established = new == tcp_state::ESTABLISHED;
     let open = old == tcp_state::ESTABLISHED || old == tcp_state::CLOSE_WAIT;
     let ends = open && (new == tcp_state::FIN_WAIT1 || new == tcp_state::LAST_ACK || new == tcp_state::CLOSE);
@@ -575,12 +573,12 @@ fn sequence_on_state(sk: *mut c_void, st: *mut SockState, old: u8, new: u8) {
         return;
     }
     let (write, copied) = kernel::tcp_seqs(&OFFSETS.load(), sk as u64);
-    let s = unsafe { &mut *st };
+    let r = unsafe { &mut *rec };
     if established {
-        s.seq_write = write;
-        s.seq_copied = copied;
+        r.seq_write = write;
+        r.seq_copied = copied;
     } else {
-        sequence_sends(s, write);
+        sequence_sends(r, write);
     }
 }
 

@@ -6,7 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use observer_common::{
-    KernelOffsets, ListenerKey, ListenerValue, SOCK_BUCKET_WAYS, SockBucket, SockSlot, SockState, TlsChunk, counter,
+    KernelOffsets, ListenerKey, ListenerValue, OverflowRecord, SOCK_BUCKET_WAYS, SockBucket, SockSlot, TlsChunk,
+    counter,
 };
 
 /// The one ring buffer to user space. Its size can be changed by the daemon at load time.
@@ -28,7 +29,7 @@ pub static SOCK_SLOTS: Array<SockSlot> = Array::with_max_entries(32768 * SOCK_BU
 
 /// Sockets whose bucket was full, keyed by the socket's address (preallocated).
 #[map]
-pub static SOCK_OVERFLOW: HashMap<u64, SockState> = HashMap::with_max_entries(32768, 0);
+pub static SOCK_OVERFLOW: HashMap<u64, OverflowRecord> = HashMap::with_max_entries(32768, 0);
 
 /// Listening endpoints -> owner, to attribute the children created in softirq.
 #[map]

@@ -6,7 +6,8 @@ use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd, atomic_xsub};
 
 use aya_ebpf::helpers::generated::bpf_get_socket_cookie;
 use observer_common::{
-    KernelOffsets, Owner, SOCK_BUCKET_WAYS, SockBucket, SockState, counter, sock_bucket, sock_slot_index,
+    KernelOffsets, OverflowRecord, Owner, SOCK_BUCKET_WAYS, SockBucket, SockState, counter, sock_bucket,
+    sock_slot_index,
 };
 
 use crate::kernel;
@@ -38,7 +39,8 @@ pub fn find<K: Kernel>(off: &KernelOffsets, sk: *mut c_void) -> Tracked {
     let cookie: u64 = kernel::sock_field(sk as u64, off.sock_cookie);
     if K::LEGACY {
         // The hash map alone (the cookie is the kernel's if anything asked for one, else 0).
-        let Some(state) = SOCK_OVERFLOW.get_ptr_mut(&(sk as u64)) else { return Tracked::NONE };
+        let Some(rec) = SOCK_OVERFLOW.get_ptr_mut(&(sk as u64)) else { return Tracked::NONE };
+        let state = unsafe { &mut (*rec).state as *mut SockState };
         return Tracked { state, id: cookie, cookie: core::ptr::null_mut(), bucket: core::ptr::null_mut() };
     }
     if cookie == 0 {
@@ -56,7 +58,8 @@ pub fn find<K: Kernel>(off: &KernelOffsets, sk: *mut c_void) -> Tracked {
     if unsafe { core::ptr::read_volatile(&(*bucket).overflow) } == 0 {
         return Tracked::NONE;
     }
-    let Some(state) = SOCK_OVERFLOW.get_ptr_mut(&(sk as u64)) else { return Tracked::NONE };
+    let Some(rec) = SOCK_OVERFLOW.get_ptr_mut(&(sk as u64)) else { return Tracked::NONE };
+    let state = unsafe { &mut (*rec).state as *mut SockState };
     Tracked { state, id: cookie, cookie: core::ptr::null_mut(), bucket }
 }
 
@@ -130,10 +133,10 @@ pub fn track<K: Kernel>(
         return Tracking { tracked: true, cookie };
     }
     // The bucket is full: the overflow map.
-    let mut init = core::mem::MaybeUninit::<SockState>::uninit();
+    let mut init = core::mem::MaybeUninit::<OverflowRecord>::uninit();
     let init = unsafe {
         crate::zero_words(init.as_mut_ptr());
-        fill(&mut *init.as_mut_ptr(), owner, claimed, tls, unannounced);
+        fill(&mut (*init.as_mut_ptr()).state, owner, claimed, tls, unannounced);
         init.assume_init_ref()
     };
     let fresh = !(has_overflow && SOCK_OVERFLOW.get_ptr(&(sk as u64)).is_some());
@@ -159,10 +162,10 @@ fn track_in_map(
     tls: u32,
     unannounced: bool,
 ) -> Tracking {
-    let mut init = core::mem::MaybeUninit::<SockState>::uninit();
+    let mut init = core::mem::MaybeUninit::<OverflowRecord>::uninit();
     let init = unsafe {
         crate::zero_words(init.as_mut_ptr());
-        fill(&mut *init.as_mut_ptr(), owner, claimed, tls, unannounced);
+        fill(&mut (*init.as_mut_ptr()).state, owner, claimed, tls, unannounced);
         init.assume_init_ref()
     };
     if SOCK_OVERFLOW.insert(&(sk as u64), init, 0).is_err() {

@@ -107,8 +107,8 @@ enum Command {
         /// the others are folded into peer="other" (the JSON API always has every peer).
         #[arg(long, default_value_t = 100, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
         metrics_peers_per_process: u64,
-        /// Sockets the kernel side can track at once (its table is preallocated: about 150 bytes
-        /// each with its overflow map, 19 MiB at the default). Sockets beyond it are not tracked and are counted in
+        /// Sockets the kernel side can track at once (its table is preallocated: about 145 bytes
+        /// each with its overflow map, 18 MiB at the default). Sockets beyond it are not tracked and are counted in
         /// observer_socket_storage_failures_total.
         #[arg(long, default_value_t = 131072, value_name = "N", value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
         max_sockets: u32,

@@ -10,8 +10,8 @@ use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::{BtfTracePoint, tp_btf::BtfTracePointLinkId};
 use aya::{Btf, Ebpf, EbpfLoader};
 use observer_common::{
-    AF_INET, AF_INET6, ListenerKey, ListenerValue, Owner, SockBucket, SockSlot, SockState, counter, io_source, names,
-    record_sink, tls_capture,
+    AF_INET, AF_INET6, ListenerKey, ListenerValue, OverflowRecord, Owner, SockBucket, SockSlot, counter, io_source,
+    names, record_sink, tls_capture,
 };
 
 use crate::aggregate::{ListenerMove, SeedSocket};
@@ -189,8 +189,8 @@ impl Probes {
         if !calls {
             log::warn!(
                 "kernel {}: no sock_send_length or sock_recv_length tracepoints (Linux 6.3+): requests and bytes are \
-                 counted from the sockets' sequence numbers when the application reads; TLS handshakes are not \
-                 recognised",
+                 counted from the sockets' sequence numbers when the application reads (the programs for older \
+                 kernels, whose socket table is a hash map, carry them); TLS handshakes are not recognised",
                 kernel_release()
             );
         }
@@ -201,7 +201,8 @@ impl Probes {
             log::warn!("TLS handshakes are only recognised on x86-64");
         }
         let refused = refuses_current_programs(&btf, &offsets)?;
-        let legacy = refused.is_some();
+        // Counting from sequence numbers takes the legacy build's records, which carry the marks.
+        let legacy = refused.is_some() || !calls;
         if let Some(why) = refused {
             log::warn!(
                 "kernel {}: the programs for Linux 5.12+ are refused ({why}): loading those for older kernels, \
@@ -305,8 +306,7 @@ impl Probes {
             };
             optional(send, "sock_send_length", lost) && optional(recv, "sock_recv_length", lost)
         } else {
-            let read = if legacy { "tcp_rcv_space_adjust_legacy" } else { "tcp_rcv_space_adjust" };
-            optional(read, "tcp_rcv_space_adjust", lost)
+            optional("tcp_rcv_space_adjust_legacy", "tcp_rcv_space_adjust", lost)
         };
         features.tls = features.requests && tls_capture != 0;
         features.process_exits = exits::supported();
@@ -415,7 +415,7 @@ impl Probes {
             Some(Map::HashMap(m)) => m.fd().as_fd().as_raw_fd(),
             _ => bail!("SOCK_OVERFLOW map missing"),
         };
-        read_batches::<u64, SockState>(map_fd, |sk, st| out.push((*sk, IoCounts::from_kernel(&st.io))))
+        read_batches::<u64, OverflowRecord>(map_fd, |sk, r| out.push((*sk, IoCounts::from_kernel(&r.state.io))))
             .context("reading the socket table's overflow map")?;
         Ok(out)
     }
