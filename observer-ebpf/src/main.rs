@@ -150,8 +150,6 @@ fn listener_key(ev: &Event) -> ListenerKey {
 //   it); its entry stays until the next state change in a softirq on this CPU replaces it.
 // - A softirq does not nest in a softirq, and hard interrupts change no TCP state: the two
 //   programs are never both skipped.
-// (Until 2026-12 a third program raised a flag before the first one ran: one program run more
-// per state change.)
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {

@@ -89,11 +89,6 @@ pub struct Features {
     pub requests: bool,
     /// TLS handshakes, read from the first bytes of each connection (needs `requests`; x86-64).
     pub tls: bool,
-    /// The socket table's layout: `buckets` (slots taken with compare-and-swap, Linux 5.12+) or
-    /// `hash` (a hash map alone, on kernels without compare-and-swap or the socket cookie helper
-    /// for tracing programs). The same figures either way.
-    #[serde(skip)]
-    pub legacy_table: bool,
 }
 
 impl Features {
@@ -200,8 +195,9 @@ impl Probes {
         if opts.tls && calls && tls_capture == 0 {
             log::warn!("TLS handshakes are only recognised on x86-64");
         }
-        let refused = refuses_current_programs(&btf, &offsets)?;
-        // Counting from sequence numbers takes the legacy build's records, which carry the marks.
+        // Counting from sequence numbers takes the legacy build's records, which carry the marks:
+        // the probe is only worth loading where the current build could be used.
+        let refused = if calls { refuses_current_programs(&btf, &offsets)? } else { None };
         let legacy = refused.is_some() || !calls;
         if let Some(why) = refused {
             log::warn!(
@@ -265,7 +261,6 @@ impl Probes {
         if opts.bench_region_records {
             log::warn!("--bench-region-records: the kernel programs write records nobody reads, nothing is reported");
         }
-        features.legacy_table = legacy;
         for (i, prog) in (if legacy { LEGACY_STATE_PROGRAMS } else { STATE_PROGRAMS }).into_iter().enumerate() {
             if opts.bench_table_only && i > 0 {
                 continue;
