@@ -12,10 +12,11 @@ use serde_json::json;
 
 use prometheus_client::registry::Registry;
 
-use crate::aggregate::Aggregator;
-use crate::daemon::monotonic_ns;
-use crate::metrics::{self, KernelStatus};
-use crate::views;
+use crate::clock::monotonic_ns;
+use observer_core::aggregate::Aggregator;
+use observer_core::kernel_status::KernelStatus;
+use observer_core::metrics;
+use observer_core::views;
 
 #[derive(Clone)]
 pub struct AppState {

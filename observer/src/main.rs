@@ -1,31 +1,13 @@
 //! observer: per-process TCP connection health from the kernel, without touching the
 //! monitored applications.
 
-mod aggregate;
 mod api;
-mod btf_offsets;
-mod cgroup;
-mod client;
-mod closewait;
+mod cli;
+mod clock;
 mod config;
 mod daemon;
-mod event;
-mod exits;
-mod exphist;
-mod holders;
-mod lifetime;
-mod metrics;
-mod model;
-mod probes;
-mod procfs;
-mod rate;
-mod snapshot;
-mod sock_diag;
-mod socket_table;
-mod table_audit;
-mod timewait;
-mod tls;
-mod views;
+mod host;
+mod kernel;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -264,8 +246,8 @@ fn main() {
                     }))
                 })
         }
-        Command::Pid { pid, api, json } => client::pid(&api, pid, json),
-        Command::Processes { api, json } => client::processes(&api, json),
+        Command::Pid { pid, api, json } => cli::pid(&api, pid, json),
+        Command::Processes { api, json } => cli::processes(&api, json),
     };
     if let Err(e) = result {
         eprintln!("observer: {e:#}");

@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use hashbrown::{HashMap, HashSet};
 use std::net::SocketAddr;
 
-use crate::cgroup::Container;
 use crate::closewait::{CloseWaitConfig, CloseWaitTracker, Status as CloseWaitStatus, Verdict};
+use crate::container::Container;
 use crate::event::{self, EventKind, Owner, SocketEvent};
 use crate::exphist::ExpHistogram;
 use crate::lifetime::Lifetimes;

@@ -8,11 +8,11 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use crate::aggregate::SeedSocket;
-use crate::event::Owner;
-use crate::model::{Endpoint, ProcessKey, TICK_NS};
-use crate::procfs;
-use crate::sock_diag::{self, StateFlags};
+use crate::host::procfs;
+use crate::host::sock_diag::{self, StateFlags};
+use observer_core::aggregate::SeedSocket;
+use observer_core::event::Owner;
+use observer_core::model::{Endpoint, ProcessKey, TICK_NS};
 
 struct ProcInfo {
     key: ProcessKey,

@@ -1,4 +1,4 @@
-//! Which container and Kubernetes pod a process runs in, from its `/proc/<pid>/cgroup`.
+//! Which container and Kubernetes pod a process runs in, from the text of its `/proc/<pid>/cgroup`.
 //!
 //! Container runtimes name the cgroup of each container after its id, and the kubelet names
 //! the cgroup of each pod after its UID, so the path of a process's cgroup says both:
@@ -43,12 +43,6 @@ pub struct Container {
     pub container_id: Option<String>,
     /// The Kubernetes pod UID, with dashes (`5f1a2b3c-...`), or 32 hex digits for static pods.
     pub pod_uid: Option<String>,
-}
-
-/// The container and pod of process `pid` (None if its cgroup file cannot be read: gone, or no
-/// /proc).
-pub fn read(pid: u32) -> Option<Container> {
-    std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok().map(|text| parse(&text))
 }
 
 /// The container and pod named by the text of a `/proc/<pid>/cgroup` file.
@@ -326,13 +320,5 @@ mod tests {
         // A v1 line with container and pod beats a v2 line with the container only.
         let text = format!("0::/docker/{other}\n4:memory:/kubepods/besteffort/pod{UID}/{ID}\n");
         assert_eq!(parse(&text), both(ID, UID));
-    }
-
-    #[test]
-    fn reads_this_process() {
-        // Whatever this test runs in, its own cgroup file parses.
-        let c = read(std::process::id()).expect("/proc/self/cgroup");
-        assert_eq!(c, parse(&std::fs::read_to_string("/proc/self/cgroup").unwrap()));
-        assert_eq!(read(u32::MAX), None);
     }
 }

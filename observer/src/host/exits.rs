@@ -6,8 +6,8 @@
 use std::io;
 use std::os::fd::{FromRawFd as _, OwnedFd};
 
-use crate::model::ProcessKey;
-use crate::procfs;
+use crate::host::procfs;
+use observer_core::model::ProcessKey;
 
 fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new file descriptor or -1.
@@ -65,7 +65,7 @@ pub async fn wait(fd: OwnedFd) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::procfs::key_of;
+    use crate::host::procfs::key_of;
 
     #[tokio::test]
     async fn a_pidfd_turns_readable_when_its_process_exits() {

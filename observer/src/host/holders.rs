@@ -7,11 +7,11 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use crate::aggregate::HeldSocket;
-use crate::event::Owner;
-use crate::model::{ProcessKey, TICK_NS};
-use crate::procfs;
-use crate::sock_diag::{self, StateFlags};
+use crate::host::procfs;
+use crate::host::sock_diag::{self, StateFlags};
+use observer_core::aggregate::HeldSocket;
+use observer_core::event::Owner;
+use observer_core::model::{ProcessKey, TICK_NS};
 
 /// A process that holds sockets.
 struct Holder {

@@ -16,9 +16,9 @@ use netlink_sys::{Socket, SocketAddr as NlAddr, protocols::NETLINK_SOCK_DIAG};
 
 pub use netlink_packet_sock_diag::inet::StateFlags;
 
-use crate::model::TcpState;
-use crate::table_audit::KernelCookies;
-use crate::timewait::{KernelTimeWait, TIME_WAIT_NS};
+use observer_core::model::TcpState;
+use observer_core::table_audit::KernelCookies;
+use observer_core::timewait::{KernelTimeWait, TIME_WAIT_NS};
 
 /// One socket of the kernel's table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,7 +99,7 @@ pub fn dump_cookies(netns_path: Option<&Path>, all_states: bool) -> Result<Kerne
     let mut out = KernelCookies::default();
     let sockets = dump_at(netns_path, states)?;
     // After the dump: the times derived from it are never earlier than the kernel's.
-    let dumped_ns = crate::daemon::monotonic_ns();
+    let dumped_ns = crate::clock::monotonic_ns();
     for s in sockets {
         if s.timewait {
             out.timewait.insert(s.cookie, time_wait_began(&s, dumped_ns));
@@ -229,10 +229,10 @@ mod tests {
         assert_eq!(server.read(&mut [0u8; 1]).unwrap(), 0);
         drop(server);
         std::thread::sleep(std::time::Duration::from_millis(50));
-        let closed = crate::daemon::monotonic_ns();
+        let closed = crate::clock::monotonic_ns();
         std::thread::sleep(std::time::Duration::from_millis(1200));
         let sockets = dump(StateFlags::TIME_WAIT).unwrap();
-        let now = crate::daemon::monotonic_ns();
+        let now = crate::clock::monotonic_ns();
         let s = sockets.iter().find(|s| s.local == local).expect("the client's socket in TIME_WAIT");
         assert!(s.timewait && s.state == TcpState::TimeWait, "{s:?}");
         assert!((58_500..=58_900).contains(&s.expires_ms), "{s:?}");

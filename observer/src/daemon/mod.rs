@@ -13,16 +13,18 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::aggregate::{Aggregator, AlertChange, Config, ListenerMove, SocketId};
 use crate::api::{self, AppState};
-use crate::closewait::CloseWaitConfig;
-use crate::event;
-use crate::event::Owner;
-use crate::metrics::{self, KernelStatus};
-use crate::model::ProcessKey;
-use crate::probes::{Options, Probes};
-use crate::table_audit::{self, Audit, Gone, StaleSlot};
-use crate::{cgroup, exits, holders, procfs, snapshot, sock_diag};
+use crate::clock::monotonic_ns;
+use crate::host::{cgroup, exits, holders, procfs, snapshot, sock_diag};
+use crate::kernel::{Options, Probes};
+use observer_core::aggregate::{Aggregator, AlertChange, Config, ListenerMove, SocketId};
+use observer_core::closewait::CloseWaitConfig;
+use observer_core::event;
+use observer_core::event::Owner;
+use observer_core::kernel_status::KernelStatus;
+use observer_core::metrics;
+use observer_core::model::ProcessKey;
+use observer_core::table_audit::{self, Audit, Gone, StaleSlot};
 
 pub struct DaemonOptions {
     pub listen: SocketAddr,
@@ -46,14 +48,6 @@ pub struct DaemonOptions {
     pub max_sockets: u32,
     pub close_wait: CloseWaitConfig,
     pub metrics_peers_per_process: usize,
-}
-
-/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid timespec pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Events applied per lock of the aggregation (bounds how long the API waits).
@@ -85,6 +79,10 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
     })?;
     let ring = probes.take_events()?;
     let logger = probes.take_logger();
+    probes.features.process_exits = exits::supported();
+    if probes.features.process_exits {
+        exits::raise_fd_limit();
+    }
     let features = probes.features.clone();
     log::info!("kernel programs attached; features: {features:?}");
 
@@ -145,7 +143,8 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
         tasks.spawn(bench_toggle(probes.clone()));
     }
 
-    let registry = Arc::new(metrics::registry(agg.clone(), kernel.clone(), opts.metrics_peers_per_process));
+    let registry =
+        Arc::new(metrics::registry(agg.clone(), kernel.clone(), opts.metrics_peers_per_process, monotonic_ns));
     let app = api::router(AppState { agg, kernel, registry, healthy });
     log::info!("serving the API on http://{}", opts.listen);
     axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.context("HTTP server")?;
@@ -648,7 +647,7 @@ async fn refresh_kernel_status(probes: Arc<Mutex<Probes>>, kernel: Arc<Mutex<Ker
         k.counters = counters;
         if let Some((inserted_before, entries, deleted_after)) = walked {
             k.listener_map_entries = entries;
-            let bound = crate::metrics::eviction_lower_bound(inserted_before, entries, deleted_after);
+            let bound = observer_core::kernel_status::eviction_lower_bound(inserted_before, entries, deleted_after);
             if bound > k.listener_map_evictions {
                 log::warn!("the listener map is full: {} records evicted", bound - k.listener_map_evictions);
                 k.listener_map_evictions = bound;

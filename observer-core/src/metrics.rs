@@ -17,36 +17,14 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::aggregate::{Aggregator, PeerStats, Process};
 use crate::closewait::{CloseWaitConfig, Status as CloseWaitStatus, Verdict};
-use crate::daemon::monotonic_ns;
 use crate::event::EventKind;
 use crate::exphist::ExpHistogram;
+use crate::kernel_status::KernelStatus;
 use crate::lifetime::{Bounds, Durations, Lifetimes};
 use crate::model::{Direction, Endpoint, FAILURE_REASONS, FailureCounts, ProcessKey, StateCounts, errno_name};
-use crate::probes::{Features, KernelCounters};
 use crate::timewait::TwOwner;
 use crate::tls::TlsStats;
 use crate::views::process_totals;
-
-/// What the kernel side reports about itself, refreshed in the background.
-#[derive(Clone, Debug, Default)]
-pub struct KernelStatus {
-    pub counters: KernelCounters,
-    /// Entries in the listener map at the last count.
-    pub listener_map_entries: u64,
-    /// Listener records the LRU map dropped to make room (see [`eviction_lower_bound`]).
-    pub listener_map_evictions: u64,
-    pub features: Features,
-}
-
-/// Evictions from an LRU map that counts its own inserts and deletes: `inserted_before` read
-/// before walking the map, `entries` found by the walk, `deleted_after` read after it.
-///
-/// Every record inserted before the walk is either still there, deleted, or evicted; records
-/// inserted during the walk can only make `entries` larger. So `inserted_before - deleted_after
-/// - entries` never exceeds the true number of evictions, and is exact when the map is quiet.
-pub fn eviction_lower_bound(inserted_before: u64, entries: u64, deleted_after: u64) -> u64 {
-    inserted_before.saturating_sub(deleted_after).saturating_sub(entries)
-}
 
 pub const TEXT_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 pub const PROTOBUF_CONTENT_TYPE: &str =
@@ -59,10 +37,16 @@ pub fn wants_protobuf(accept: &str) -> bool {
 }
 
 /// The registry serving observer's metrics; each process gets per-peer series for at most
-/// `max_peers` peers, the others are folded into `peer="other"`.
-pub fn registry(agg: Arc<Mutex<Aggregator>>, kernel: Arc<Mutex<KernelStatus>>, max_peers: usize) -> Registry {
+/// `max_peers` peers, the others are folded into `peer="other"`. `clock` gives the time of a
+/// scrape (CLOCK_MONOTONIC in ns, the kernel records' clock).
+pub fn registry(
+    agg: Arc<Mutex<Aggregator>>,
+    kernel: Arc<Mutex<KernelStatus>>,
+    max_peers: usize,
+    clock: fn() -> u64,
+) -> Registry {
     let mut r = Registry::default();
-    r.register_collector(Box::new(ObserverCollector { agg, kernel, admitted: Mutex::default(), max_peers }));
+    r.register_collector(Box::new(ObserverCollector { agg, kernel, admitted: Mutex::default(), max_peers, clock }));
     r
 }
 
@@ -83,6 +67,7 @@ struct ObserverCollector {
     /// life of the process, so that every counter, the folded ones included, only grows).
     admitted: Mutex<HashMap<ProcessKey, HashSet<(Direction, Endpoint)>>>,
     max_peers: usize,
+    clock: fn() -> u64,
 }
 
 impl std::fmt::Debug for ObserverCollector {
@@ -282,7 +267,7 @@ impl Collector for ObserverCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let kernel = self.kernel.lock().expect("kernel status lock").clone();
         let agg = self.agg.lock().expect("aggregator lock");
-        let now = monotonic_ns();
+        let now = (self.clock)();
         let rows = self.rows(&agg, now);
         use MetricType::{Counter, Gauge, Histogram};
 
@@ -661,17 +646,6 @@ impl Collector for ObserverCollector {
 mod tests {
     use super::*;
 
-    #[test]
-    fn eviction_bound_is_exact_when_quiet_and_never_over_counts() {
-        // 100 inserted, 60 deleted, 30 present: 10 evicted.
-        assert_eq!(eviction_lower_bound(100, 30, 60), 10);
-        // Inserts during the walk show up as entries: the bound goes down, never up.
-        assert_eq!(eviction_lower_bound(100, 35, 60), 5);
-        // Deletes during the walk (counted after) lower it too.
-        assert_eq!(eviction_lower_bound(100, 30, 65), 5);
-        assert_eq!(eviction_lower_bound(10, 30, 60), 0);
-    }
-
     use crate::event::{EventKind, Owner, SocketEvent};
     use crate::model::{IoCounts, TcpState};
 
@@ -705,7 +679,8 @@ mod tests {
     /// An empty aggregator and the registry over it, `max_peers` series per process.
     fn empty_registry(max_peers: usize) -> (Arc<Mutex<Aggregator>>, Registry) {
         let agg = Arc::new(Mutex::new(Aggregator::default()));
-        let registry = registry(agg.clone(), Arc::new(Mutex::new(KernelStatus::default())), max_peers);
+        let registry =
+            registry(agg.clone(), Arc::new(Mutex::new(KernelStatus::default())), max_peers, || 1_000_000_000);
         (agg, registry)
     }
 

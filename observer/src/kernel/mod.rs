@@ -14,14 +14,16 @@ use observer_common::{
     names, record_sink, tls_capture,
 };
 
-use crate::aggregate::{ListenerMove, SeedSocket};
-use crate::event::Comm;
-use crate::model::{Endpoint, IoCounts, ProcessKey, TcpState};
+use observer_core::aggregate::{ListenerMove, SeedSocket};
+use observer_core::event::Comm;
+use observer_core::model::{Endpoint, IoCounts, ProcessKey, TcpState};
 
-use crate::btf_offsets;
-use crate::exits;
-use crate::socket_table::{self, MappedArray};
-use crate::table_audit::TableSlot;
+use observer_core::kernel_status::{Features, KernelCounters};
+use observer_core::table_audit::TableSlot;
+use socket_table::MappedArray;
+
+mod btf_offsets;
+mod socket_table;
 
 /// The eBPF object built by build.rs (empty when built with AYA_BUILD_SKIP=1).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
@@ -72,52 +74,6 @@ const PROBE_CURRENT: &str = "probe_current";
 /// The benchmark's empty programs and their tracepoints.
 const FLOOR_PROGRAMS: [(&str, &str); 3] =
     [("floor_state", "inet_sock_set_state"), ("floor_send", "sock_send_length"), ("floor_recv", "sock_recv_length")];
-
-/// Which optional features are working.
-#[derive(Clone, Debug, Default, serde::Serialize)]
-pub struct Features {
-    /// Errors the kernel reports on sockets (`inet_sk_error_report`).
-    pub error_reports: bool,
-    /// Resets sent and received (`tcp_send_reset`, `tcp_receive_reset`).
-    pub resets: bool,
-    /// Process exits as they happen: the daemon watches each process it charges through a pidfd
-    /// (Linux 5.3+). Without, exits are found by polling /proc every 5 s.
-    pub process_exits: bool,
-    /// Requests and bytes per connection, and accepted connections charged to the process that
-    /// uses them (`sock_send_length`, `sock_recv_length`; before Linux 6.3, `tcp_rcv_space_adjust`
-    /// and the sockets' sequence numbers).
-    pub requests: bool,
-    /// TLS handshakes, read from the first bytes of each connection (needs `requests`; x86-64).
-    pub tls: bool,
-}
-
-impl Features {
-    /// (name, working) for each feature, in a fixed order.
-    pub fn list(&self) -> [(&'static str, bool); 5] {
-        [
-            ("error_reports", self.error_reports),
-            ("resets", self.resets),
-            ("process_exits", self.process_exits),
-            ("requests", self.requests),
-            ("tls", self.tls),
-        ]
-    }
-}
-
-/// Totals of the kernel programs' counters.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct KernelCounters {
-    pub events_lost: u64,
-    pub storage_failed: u64,
-    /// Sockets that went to the socket table's overflow map (their bucket was full).
-    pub sock_overflow: u64,
-    /// State changes the kernel skipped the state program for (they interrupted it on the same
-    /// CPU), handled by the second state program.
-    pub state_nested: u64,
-    pub listener_inserted: u64,
-    pub listener_deleted: u64,
-    pub listener_insert_failed: u64,
-}
 
 pub struct Probes {
     ebpf: Ebpf,
@@ -304,10 +260,6 @@ impl Probes {
             optional("tcp_rcv_space_adjust_legacy", "tcp_rcv_space_adjust", lost)
         };
         features.tls = features.requests && tls_capture != 0;
-        features.process_exits = exits::supported();
-        if features.process_exits {
-            exits::raise_fd_limit();
-        }
         if opts.bench_calibration {
             for prog in CALIBRATION_PROGRAMS {
                 let link = attach_btf_tracepoint(&mut ebpf, &btf, prog, "sock_send_length")
