@@ -4,8 +4,6 @@
 //! (`cargo xtask run`, `cargo xtask test`) work on a fresh machine.
 
 mod bench;
-mod interleave;
-mod profile;
 mod vmtest;
 
 use std::path::{Path, PathBuf};
@@ -41,20 +39,21 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Build, then measure observer's overhead side by side with no tracer, a bpftrace script and
-    /// `ss -tanp` polling (needs root; about 25 minutes for all cases). Writes bench/results.md
-    /// and bench/results.png. Cases: reuse (keep-alive, observer vs no tracer), keepalive, close
-    /// (connection per request), interleaved (observer vs no tracer in alternating half-second
-    /// windows, both workloads: the throughput targets are judged on it), profile (perf samples
-    /// with and without observer: where its cost goes), scale (10,000 connections). Default: all.
+    /// Build with the `bench` feature, then measure observer's overhead side by side with no
+    /// tracer, a bpftrace script, libbpf-tools' tcplife and tcpstates and `ss -tanp` polling
+    /// (needs root). Writes docs/benchmarks.md, docs/benchmarks.png and the README's overhead
+    /// table. Cases: reuse (keep-alive, observer vs no tracer), keepalive, close (connection per
+    /// request), interleaved (observer vs no tracer in alternating half-second windows, both
+    /// workloads: the throughput targets are judged on it), profile (perf samples with and
+    /// without observer: where its cost goes), scale (10,000 connections). Default: all.
     Bench {
-        #[arg(value_parser = ["reuse", "keepalive", "close", "interleaved", "profile", "scale"])]
+        #[arg(value_parser = bench::CASES.to_vec())]
         cases: Vec<String>,
         /// Rounds per workload (every setup runs once per round).
         #[arg(long, default_value_t = 6)]
         rounds: usize,
         /// Pairs of windows per workload in the interleaved case.
-        #[arg(long, default_value_t = interleave::DEFAULT_PAIRS)]
+        #[arg(long, default_value_t = bench::DEFAULT_PAIRS)]
         pairs: usize,
     },
     /// Build, then boot Debian's 5.10, 6.1 and 6.12 cloud kernels in QEMU and run the smoke suite
@@ -73,7 +72,7 @@ enum Task {
     },
 }
 
-/// bpf-linker version known to work with the nightly's LLVM (see shared notes).
+/// bpf-linker version known to work with the eBPF toolchain's LLVM.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Commands the end-to-end tests run, and the Debian package that has each.
@@ -99,6 +98,8 @@ const BENCH_COMMANDS: &[(&str, &str)] = &[
     ("nginx", "nginx"),
     ("wrk", "wrk"),
     ("bpftrace", "bpftrace"),
+    ("tcplife", "libbpf-tools"),
+    ("tcpstates", "libbpf-tools"),
     ("bpftool", "bpftool"),
     ("taskset", "util-linux"),
     ("ss", "iproute2"),
@@ -143,18 +144,33 @@ fn is_root() -> bool {
     output(Command::new("id").arg("-u")).is_ok_and(|s| s.trim() == "0")
 }
 
-/// rust-src for nightly and bpf-linker linked against nightly's LLVM.
+/// The kernel programs' toolchain, from observer-ebpf/rust-toolchain.toml (the one place it is
+/// named).
+fn ebpf_toolchain() -> Result<String> {
+    let path = root().join("observer-ebpf/rust-toolchain.toml");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .find_map(|l| {
+            Some(l.trim().strip_prefix("channel")?.trim().strip_prefix('=')?.trim().trim_matches('"').to_string())
+        })
+        .with_context(|| format!("no channel in {}", path.display()))
+}
+
+/// rust-src for the eBPF toolchain, and bpf-linker linked against its LLVM.
 fn setup_build() -> Result<()> {
-    let installed = output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))
-        .context("the nightly toolchain is needed to build the eBPF programs (rustup toolchain install nightly)")?;
+    let nightly = ebpf_toolchain()?;
+    let installed = output(Command::new("rustup").args(["component", "list", "--toolchain", &nightly, "--installed"]))
+        .with_context(|| {
+            format!("the {nightly} toolchain is needed to build the eBPF programs (rustup toolchain install {nightly})")
+        })?;
     if !installed.lines().any(|l| l.starts_with("rust-src")) {
-        step("adding rust-src to the nightly toolchain");
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        step(&format!("adding rust-src to the {nightly} toolchain"));
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", &nightly]))?;
     }
     let linker_ok = output(Command::new("bpf-linker").arg("--version")).is_ok_and(|v| v.contains(BPF_LINKER_VERSION));
     if !linker_ok {
-        step(&format!("building bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM (about a minute)"));
-        let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+        step(&format!("building bpf-linker {BPF_LINKER_VERSION} against {nightly}'s LLVM (about a minute)"));
+        let sysroot = output(Command::new("rustc").args([&format!("+{nightly}"), "--print", "sysroot"]))?;
         let libdir = Path::new(sysroot.trim()).join("lib");
         let llvm = std::fs::read_dir(&libdir)?
             .flatten()
@@ -172,7 +188,8 @@ fn setup_build() -> Result<()> {
     Ok(())
 }
 
-/// tracefs mounted, for the bench's bpftrace peer (observer itself does not use it).
+/// tracefs mounted, for the bench's peers that attach through it (bpftrace, tcplife, tcpstates);
+/// observer itself does not use it.
 fn setup_runtime() -> Result<()> {
     if !Path::new("/sys/kernel/tracing/events").is_dir() && is_root() {
         step("mounting tracefs on /sys/kernel/tracing");
@@ -223,11 +240,31 @@ fn setup_test_deps() -> Result<()> {
     Ok(())
 }
 
+/// The product: the release binary without optional features.
 fn build() -> Result<PathBuf> {
+    build_with(&[])
+}
+
+/// The release binary with the observer crate's `features` (the bench's is `bench`), copied to
+/// `target/release/observer-<features>` so that the product's binary stays the product.
+fn build_with(features: &[&str]) -> Result<PathBuf> {
     setup_build()?;
-    step("building target/release/observer");
-    run(Command::new("cargo").current_dir(root()).args(["build", "--release", "-p", "observer"]))?;
-    Ok(root().join("target/release/observer"))
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root()).args(["build", "--release", "-p", "observer"]);
+    if features.is_empty() {
+        step("building target/release/observer");
+    } else {
+        step(&format!("building target/release/observer with {}", features.join(", ")));
+        cmd.args(["--features", &features.join(",")]);
+    }
+    run(&mut cmd)?;
+    let built = root().join("target/release/observer");
+    if features.is_empty() {
+        return Ok(built);
+    }
+    let copy = root().join(format!("target/release/observer-{}", features.join("-")));
+    std::fs::copy(&built, &copy).with_context(|| format!("copying {} to {}", built.display(), copy.display()))?;
+    Ok(copy)
 }
 
 fn main() -> Result<()> {
@@ -264,13 +301,16 @@ fn main() -> Result<()> {
             }
             setup_runtime()?;
             setup_test_deps()?;
+            // The bench build first: the product's build is the last one in target/release.
+            let bench_bin = build_with(&["bench"])?;
             let bin = build()?;
             step("running unit and end-to-end tests");
             run(Command::new("cargo")
                 .current_dir(root())
                 .args(["test", "--release", "--workspace", "--exclude", "observer-ebpf"])
                 .args(&args)
-                .env("OBSERVER_BIN", &bin))?;
+                .env("OBSERVER_BIN", &bin)
+                .env("OBSERVER_BENCH_BIN", &bench_bin))?;
             if args.is_empty() {
                 step("running the kernel matrix (cargo xtask vmtest)");
                 vmtest::vmtest(&[], "auto", "info")?;
@@ -286,144 +326,8 @@ fn main() -> Result<()> {
             }
             setup_runtime()?;
             install_commands(BENCH_COMMANDS)?;
-            let bin = build()?;
-            let b = bench::Bench::new(&root(), bin)?;
-            let wants = |c: &str| cases.is_empty() || cases.iter().any(|x| x == c);
-            let mut written = None;
-            if wants("reuse") {
-                step("bench reuse: keep-alive throughput with and without observer");
-                // Twice the rounds: the ratio is what issue 3's target is about.
-                let r = b.workload(bench::Workload::KeepAlive, bench::REUSE_SETUPS, rounds * 2)?;
-                written = Some(b.write_section("reuse", &bench::reuse_markdown(&r))?);
-            }
-            let mut results = Vec::new();
-            for (case, workload) in
-                [("keepalive", bench::Workload::KeepAlive), ("close", bench::Workload::ConnectionClose)]
-            {
-                if wants(case) {
-                    step(&format!("bench {case}: {} under every setup", workload.name()));
-                    let r = b.workload(workload, bench::ALL_SETUPS, rounds)?;
-                    written = Some(b.write_section(case, &bench::workload_markdown(&r, bench::ALL_SETUPS))?);
-                    results.push(r);
-                }
-            }
-            // (workload, observer's summary), and the text of both workloads' results.
-            let mut interleaved = Vec::new();
-            let mut interleaved_md = String::new();
-            if wants("interleaved") {
-                let method = format!(
-                    "The same daemon (`--bench-toggle`) under one continuous wrk run, its programs attached and \
-                     detached in alternating windows of {} ms (detached: the daemon stopped too), {} ms after each \
-                     switch; nginx's request counter over each window. A pair is a window with observer and the \
-                     next without (or the reverse, alternately); the ratio is the median of the pairs' ratios. \
-                     Why: see xtask/src/interleave.rs.\n\n",
-                    interleave::WINDOW.as_millis(),
-                    interleave::SETTLE.as_millis(),
-                );
-                let measure = |workload: bench::Workload, programs: bench::Programs| {
-                    step(&format!(
-                        "bench interleaved: {}{}, {pairs} pairs of windows",
-                        workload.name(),
-                        programs.label()
-                    ));
-                    b.interleaved(workload, pairs, programs)
-                };
-                for workload in [bench::Workload::KeepAlive, bench::Workload::ConnectionClose] {
-                    let (measured, lost) = measure(workload, bench::Programs::Observer)?;
-                    let s = interleave::Summary::of(&measured).expect("at least one pair");
-                    let (floor, _) = measure(workload, bench::Programs::Floor)?;
-                    let f = interleave::Summary::of(&floor).expect("at least one pair");
-                    // Where the target is missed: what the least of observer's design would cost, and
-                    // the least of its records.
-                    let (table_only, region_records) = if workload == bench::Workload::ConnectionClose {
-                        let (t, _) = measure(workload, bench::Programs::TableOnly)?;
-                        let (r, _) = measure(workload, bench::Programs::RegionRecords)?;
-                        (interleave::Summary::of(&t), interleave::Summary::of(&r))
-                    } else {
-                        (None, None)
-                    };
-                    interleaved_md.push_str(&interleave::markdown(
-                        workload.name(),
-                        &workload.wrk_command(),
-                        &s,
-                        workload.target(),
-                        lost,
-                    ));
-                    if let Some(r) = &region_records {
-                        interleaved_md.push_str(&interleave::region_records_markdown(r, &s, workload.target()));
-                    }
-                    if let Some(t) = &table_only {
-                        interleaved_md.push_str(&interleave::table_only_markdown(t, workload.target()));
-                    }
-                    interleaved_md.push_str(&interleave::floor_markdown(&f, workload.target()));
-                    interleaved.push((workload, s));
-                }
-                written = Some(b.write_section("interleaved", &format!("{method}{interleaved_md}"))?);
-            }
-            if wants("profile") {
-                let mut md = format!(
-                    "Where observer's cost goes: perf samples of every CPU (`perf record -a -e cpu-clock -c {}`, one \
-                     sample per {} µs of CPU time) for {} s per round under the same load, with no tracer and with \
-                     observer. Microseconds of CPU per request, part by part; see xtask/src/profile.rs.\n\n",
-                    profile::PERIOD_NS,
-                    profile::PERIOD_NS / 1000,
-                    bench::PROFILE_SECONDS,
-                );
-                // Half the rounds: the parts of a request vary less than the throughput.
-                let profile_rounds = rounds.div_ceil(2);
-                for workload in [bench::Workload::ConnectionClose, bench::Workload::KeepAlive] {
-                    step(&format!("bench profile: {}, {profile_rounds} rounds with perf", workload.name()));
-                    let (none, observer) = b.profile(workload, profile_rounds)?;
-                    md.push_str(&bench::profile_markdown(workload, profile_rounds, &none, &observer));
-                    md.push('\n');
-                }
-                written = Some(b.write_section("profile", &md)?);
-            }
-            let scale = if wants("scale") {
-                step("bench scale: 10,000 established connections");
-                let s = b.scale()?;
-                written = Some(b.write_section("scale", &bench::scale_markdown(&s))?);
-                Some(s)
-            } else {
-                None
-            };
-            let keep = results.iter().find(|r| r.workload == bench::Workload::KeepAlive);
-            let close = results.iter().find(|r| r.workload == bench::Workload::ConnectionClose);
-            let targets = bench::targets_markdown(keep, close, &interleaved, scale.as_ref());
-            if !results.is_empty() || scale.is_some() || !interleaved.is_empty() {
-                let old = std::fs::read_to_string(b.results_path()).unwrap_or_default();
-                written = Some(b.write_section("targets", &bench::carry_target_rows(&old, &targets))?);
-            }
-            if let (Some(_), Some(_), Some(_), false) = (keep, close, scale.as_ref(), interleaved.is_empty()) {
-                // A complete run: the README shows it.
-                let refs: Vec<&bench::WorkloadResult> = results.iter().collect();
-                let body = format!(
-                    "_{}, `cargo xtask bench` (all cases, {rounds} rounds, {pairs} pairs of windows), {}._\n\n\
-                     Throughput with each tracer divided by throughput without (median of paired rounds; a \
-                     round-to-round noise of 10 to 15% on this VM, so these compare tracers, not targets):\n\n{}\n\
-                     Observer against no tracer in {pairs} pairs of alternating half-second windows (the \
-                     measurement the throughput targets are judged on):\n\n{}\n{}",
-                    bench::stamp(),
-                    "details in [bench/results.md](bench/results.md)",
-                    bench::overview_markdown(&refs, bench::ALL_SETUPS),
-                    interleaved_md,
-                    targets,
-                );
-                let path = root().join("README.md");
-                let readme = std::fs::read_to_string(&path)?;
-                std::fs::write(&path, bench::merge_readme(&readme, &body))?;
-                step("updated the README's Overhead section");
-            }
-            if !results.is_empty() {
-                let png = root().join("bench/results.png");
-                let refs: Vec<&bench::WorkloadResult> = results.iter().collect();
-                bench::plot(&png, &refs, bench::ALL_SETUPS)?;
-                step(&format!("wrote {}", png.display()));
-            }
-            if let Some(path) = written {
-                step(&format!("wrote {}", path.display()));
-                print!("{}", std::fs::read_to_string(path)?);
-            }
+            let bin = build_with(&["bench"])?;
+            bench::run(&root(), &bin, &cases, rounds, pairs)?;
         }
     }
     Ok(())

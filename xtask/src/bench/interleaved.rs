@@ -17,25 +17,197 @@
 //! whatever falls due while it is stopped runs in the next "observer" window.
 
 use std::fmt::Write as _;
-use std::time::Duration;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail, ensure};
+
+use super::running::{free_port, local_url, nginx_requests, signal, status_field};
+use super::{Bench, Workload};
 
 /// Length of one window.
-pub const WINDOW: Duration = Duration::from_millis(500);
+const WINDOW: Duration = Duration::from_millis(500);
 /// Pause between a switch and the start of the next window.
-pub const SETTLE: Duration = Duration::from_millis(100);
+const SETTLE: Duration = Duration::from_millis(100);
 /// Pairs of windows (one with observer, one without) per workload by default.
 pub const DEFAULT_PAIRS: usize = 100;
 
+/// What the daemon attaches in an interleaved measurement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Programs {
+    /// Its own programs, as in production.
+    Observer,
+    /// Its own programs, queueing no records, and only the first of the two on state
+    /// changes (`--bench-table-only`): what keeping the socket table alone costs, the least any
+    /// tracer that records each socket's owner pays (without even handling every state change
+    /// exactly once).
+    TableOnly,
+    /// Its own programs, all of them, writing their records to a per-CPU region of a shared
+    /// array that nobody reads instead of the ring buffer (`--bench-region-records`): what
+    /// observer's records would cost with the cheapest write this machine prices, and without
+    /// the daemon reading them.
+    RegionRecords,
+    /// Empty programs on the same three hooks (`--bench-floor`): what any tracer of these events
+    /// costs at least.
+    Floor,
+}
+
+impl Programs {
+    /// The daemon's flags for it.
+    fn daemon_args(self) -> &'static [&'static str] {
+        match self {
+            Programs::Observer => &["--bench-toggle"],
+            Programs::TableOnly => &["--bench-toggle", "--bench-table-only"],
+            Programs::RegionRecords => &["--bench-toggle", "--bench-region-records"],
+            Programs::Floor => &["--bench-toggle", "--bench-floor"],
+        }
+    }
+
+    /// How the bench's progress lines name it (after the workload).
+    pub fn label(self) -> &'static str {
+        match self {
+            Programs::Observer => "",
+            Programs::TableOnly => " (socket table only)",
+            Programs::RegionRecords => " (records in per-CPU regions)",
+            Programs::Floor => " (empty programs)",
+        }
+    }
+}
+
+/// Switches a daemon started with `--bench-toggle` between running with its programs attached
+/// and stopped with them detached.
+struct Toggle {
+    pid: u32,
+    /// The daemon's log, where it acknowledges each switch.
+    log: PathBuf,
+    acks: usize,
+    stopped: bool,
+}
+
+impl Toggle {
+    fn set(&mut self, attached: bool) -> Result<()> {
+        if self.stopped {
+            signal(self.pid, "CONT")?;
+            self.stopped = false;
+        }
+        signal(self.pid, if attached { "USR2" } else { "USR1" })?;
+        self.acks += 1;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if let Some(e) = log.lines().find(|l| l.contains("bench toggle:") && l.contains("ERROR")) {
+                bail!("the daemon could not switch its programs: {e}");
+            }
+            if log.matches("bench toggle: kernel programs").count() >= self.acks {
+                break;
+            }
+            ensure!(Instant::now() < deadline, "the daemon did not acknowledge a switch within 10 s");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if !attached {
+            signal(self.pid, "STOP")?;
+            self.stopped = true;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Toggle {
+    fn drop(&mut self) {
+        // A stopped daemon would not see the SIGTERM its guard sends.
+        if self.stopped {
+            let _ = signal(self.pid, "CONT");
+        }
+    }
+}
+
+impl Bench {
+    /// Observer against no tracer in alternating windows of one load run: `pairs` pairs, the
+    /// order within each pair alternating, with the daemon's programs as `programs` says.
+    pub(super) fn interleaved(&self, workload: Workload, pairs: usize, programs: Programs) -> Result<(Vec<Pair>, u64)> {
+        let port = free_port()?;
+        let _nginx = self.start_nginx(port, 4096)?;
+        let url = local_url(port);
+        self.wrk(&url, workload, 2)?; // warm-up
+        let log = self.work.join("observer-toggle.log");
+        let (daemon, api) = self.start_observer_logging(programs.daemon_args(), Some(&log))?;
+        let mut toggle = Toggle { pid: daemon.pid(), log, acks: 0, stopped: false };
+        // Generously bounded: the windows, the switches, and a margin.
+        let per_window = WINDOW + SETTLE + Duration::from_millis(400);
+        let seconds = (per_window * 2 * pairs as u32).as_secs() + 10;
+        let load_ends = Instant::now() + Duration::from_secs(seconds);
+        let load = self.spawn_wrk(&url, workload, seconds)?;
+        std::thread::sleep(Duration::from_secs(1));
+        let mut measured = Vec::with_capacity(pairs);
+        for i in 0..pairs {
+            // Every window must lie within the load run.
+            ensure!(
+                Instant::now() + per_window * 2 < load_ends,
+                "the interleaved measurement overran its {seconds} s load run after {i} pairs"
+            );
+            measured.push(measure_pair(&mut toggle, port, i % 2 == 0)?);
+        }
+        toggle.set(true)?;
+        drop(load);
+        let events_lost = status_field(api, "events_lost").unwrap_or(0);
+        if let Some(s) = Summary::of(&measured) {
+            eprintln!(
+                "xtask: {} interleaved{}: {:.3} ({:.3} - {:.3}) over {} pairs",
+                workload.name(),
+                programs.label(),
+                s.median,
+                s.median_low,
+                s.median_high,
+                s.pairs
+            );
+        }
+        Ok((measured, events_lost))
+    }
+}
+
+/// One pair of windows, the one without observer first when `without_first`.
+fn measure_pair(toggle: &mut Toggle, port: u16, without_first: bool) -> Result<Pair> {
+    let mut window = |with: bool| -> Result<f64> {
+        toggle.set(with)?;
+        std::thread::sleep(SETTLE);
+        let (n0, t0) = nginx_requests(port)?;
+        std::thread::sleep(WINDOW);
+        let (n1, t1) = nginx_requests(port)?;
+        // The second read is one of the requests counted.
+        Ok(n1.saturating_sub(n0 + 1) as f64 / (t1 - t0).as_secs_f64())
+    };
+    Ok(if without_first {
+        let without = window(false)?;
+        Pair { without, with: window(true)? }
+    } else {
+        let with = window(true)?;
+        Pair { with, without: window(false)? }
+    })
+}
+
+/// How the interleaved section measures, before its results.
+pub(super) fn method_markdown() -> String {
+    format!(
+        "The same daemon (`--bench-toggle`) under one continuous wrk run, its programs attached and detached in \
+         alternating windows of {} ms (detached: the daemon stopped too), {} ms after each switch; nginx's \
+         request counter over each window. A pair is a window with observer and the next without (or the \
+         reverse, alternately); the ratio is the median of the pairs' ratios. Why: see \
+         xtask/src/bench/interleaved.rs.\n\n",
+        WINDOW.as_millis(),
+        SETTLE.as_millis(),
+    )
+}
+
 /// The two windows of one pair, in requests per second.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Pair {
+pub(super) struct Pair {
     pub without: f64,
     pub with: f64,
 }
 
 /// The ratios of many pairs, summarised.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Summary {
+pub(super) struct Summary {
     pub pairs: usize,
     /// Median of the per-pair ratios (with / without): the figure targets are judged on.
     pub median: f64,
@@ -91,14 +263,14 @@ fn middle(sorted: &[f64]) -> f64 {
 
 /// Requests served so far, from nginx's `stub_status` page
 /// ("server accepts handled requests\n 3 3 7").
-pub fn parse_stub_status(page: &str) -> Option<u64> {
+pub(super) fn parse_stub_status(page: &str) -> Option<u64> {
     let mut lines = page.lines();
     lines.find(|l| l.trim_start().starts_with("server accepts handled requests"))?;
     lines.next()?.split_whitespace().nth(2)?.parse().ok()
 }
 
 /// Markdown for one workload's interleaved measurement.
-pub fn markdown(workload: &str, wrk: &str, s: &Summary, target: f64, events_lost: u64) -> String {
+pub(super) fn markdown(workload: &str, wrk: &str, s: &Summary, target: f64, events_lost: u64) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
@@ -117,7 +289,7 @@ pub fn markdown(workload: &str, wrk: &str, s: &Summary, target: f64, events_lost
 
 /// Markdown for the same measurement with empty programs on observer's hooks: what the hooks
 /// alone take, and what that leaves of the target's budget.
-pub fn floor_markdown(f: &Summary, target: f64) -> String {
+pub(super) fn floor_markdown(f: &Summary, target: f64) -> String {
     let budget = (1.0 - target) * 100.0;
     let share = if f.median >= 1.0 {
         "no cost this measurement can see".to_string()
@@ -133,7 +305,7 @@ pub fn floor_markdown(f: &Summary, target: f64) -> String {
 
 /// Markdown for the same measurement with observer's programs keeping the socket table but
 /// reporting nothing (`--bench-table-only`): the least observer's design can cost.
-pub fn table_only_markdown(t: &Summary, target: f64) -> String {
+pub(super) fn table_only_markdown(t: &Summary, target: f64) -> String {
     let budget = (1.0 - target) * 100.0;
     let taken = (1.0 - t.median) * 100.0;
     let share = if t.median >= 1.0 {
@@ -158,7 +330,7 @@ pub fn table_only_markdown(t: &Summary, target: f64) -> String {
 /// Markdown for the same measurement with observer's programs writing their records to per-CPU
 /// regions that nobody reads instead of the ring buffer (`--bench-region-records`): the least
 /// observer's reports can cost, set against observer as it is (`observer`) and the target.
-pub fn region_records_markdown(r: &Summary, observer: &Summary, target: f64) -> String {
+pub(super) fn region_records_markdown(r: &Summary, observer: &Summary, target: f64) -> String {
     let gain = (r.median - observer.median) * 100.0;
     let verdict = if r.median < target {
         format!(

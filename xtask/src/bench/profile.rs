@@ -8,17 +8,114 @@
 //! what observer adds to a request, on the CPU that bounds throughput (wrk's: on loopback it
 //! also runs most of the server's side of the TCP exchange) and on nginx's.
 //!
-//! Parsing and adding up are here, pure; running perf is in `bench.rs`.
+//! Running perf is [`Bench::profile`]; parsing and adding up are pure functions.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, ensure};
+
+use super::running::{free_port, local_url, nginx_requests, wait_bounded};
+use super::{Bench, CLIENT_CPU, SERVER_CPU, Setup, Workload};
 
 /// perf's sampling period: one `cpu-clock` sample per this many ns of CPU time.
-pub const PERIOD_NS: u64 = 250_000;
+const PERIOD_NS: u64 = 250_000;
+/// Seconds perf samples per round.
+const PROFILE_SECONDS: u64 = 6;
+
+impl Bench {
+    /// perf samples of the whole machine under `workload`, `rounds` times with no tracer and with
+    /// observer, the order alternating: (no tracer, observer).
+    pub(super) fn profile(&self, workload: Workload, rounds: usize) -> Result<(Profile, Profile)> {
+        let port = free_port()?;
+        let _nginx = self.start_nginx(port, 4096)?;
+        let url = local_url(port);
+        self.wrk(&url, workload, 2)?; // warm-up
+        let data = self.work.join("perf.data");
+        let (mut none, mut observer) = (Profile::default(), Profile::default());
+        for round in 0..rounds {
+            let order = if round % 2 == 0 { [Setup::None, Setup::Observer] } else { [Setup::Observer, Setup::None] };
+            for setup in order {
+                let tracer = self.start_tracer(setup)?;
+                let load = self.spawn_wrk(&url, workload, PROFILE_SECONDS + 5)?;
+                std::thread::sleep(Duration::from_secs(1));
+                let rate = record(port, &data)?;
+                drop(load);
+                drop(tracer);
+                let lines = report(&data)?;
+                let seconds = PROFILE_SECONDS as f64;
+                let p = if setup == Setup::None { &mut none } else { &mut observer };
+                p.add(&lines, rate * seconds, seconds);
+                eprintln!("xtask: profile {} {}: {rate:.0} req/s", workload.name(), setup.name());
+            }
+        }
+        let _ = std::fs::remove_file(&data);
+        Ok((none, observer))
+    }
+}
+
+/// [`PROFILE_SECONDS`] of perf samples of every CPU into `data`; returns the requests per second
+/// nginx (on `port`) counted around them.
+fn record(port: u16, data: &Path) -> Result<f64> {
+    let (n0, t0) = nginx_requests(port)?;
+    // perf itself on the server's CPU, off the one that bounds throughput.
+    let mut perf = Command::new("taskset")
+        .args(["-c", SERVER_CPU, "perf", "record", "-q", "-a", "-e", "cpu-clock", "-c"])
+        .arg(PERIOD_NS.to_string())
+        .arg("-o")
+        .arg(data)
+        .args(["--", "sleep", &PROFILE_SECONDS.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting perf (linux-perf)")?;
+    wait_bounded(&mut perf, PROFILE_SECONDS, "perf record")?;
+    let (n1, t1) = nginx_requests(port)?;
+    let out = perf.wait_with_output()?;
+    ensure!(out.status.success(), "perf record failed: {}", String::from_utf8_lossy(&out.stderr));
+    // The requests of the sampled seconds, at the rate nginx counted around them (the second
+    // read is one of the requests counted).
+    Ok(n1.saturating_sub(n0 + 1) as f64 / (t1 - t0).as_secs_f64())
+}
+
+/// The samples perf recorded in `data`, per CPU, thread and symbol.
+fn report(data: &Path) -> Result<Vec<Line>> {
+    let report = Command::new("perf")
+        .arg("report")
+        .arg("-i")
+        .arg(data)
+        .args(["--stdio", "--no-children", "-g", "none", "-n", "-t", "|", "--sort", "cpu,comm,sym"])
+        .stderr(Stdio::null())
+        .output()
+        .context("perf report")?;
+    ensure!(report.status.success(), "perf report failed");
+    let lines = parse_report(&String::from_utf8_lossy(&report.stdout));
+    ensure!(!lines.is_empty(), "perf report printed no samples");
+    Ok(lines)
+}
+
+/// How the profile section measures, before its results.
+pub(super) fn method_markdown() -> String {
+    format!(
+        "Where observer's cost goes: perf samples of every CPU (`perf record -a -e cpu-clock -c {PERIOD_NS}`, one \
+         sample per {} µs of CPU time) for {PROFILE_SECONDS} s per round under the same load, with no tracer and \
+         with observer. Microseconds of CPU per request, part by part; see xtask/src/bench/profile.rs.\n\n",
+        PERIOD_NS / 1000,
+    )
+}
+
+/// The profile section for one workload (see [`markdown`]).
+pub(super) fn workload_markdown(workload: Workload, rounds: usize, none: &Profile, observer: &Profile) -> String {
+    let cpu = |c: &str| c.parse::<u32>().expect("a CPU number");
+    markdown(workload.name(), &workload.wrk_command(), rounds, none, observer, cpu(CLIENT_CPU), cpu(SERVER_CPU))
+}
 
 /// A part of a CPU's time, by what it was spent on.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Part {
+pub(super) enum Part {
     /// One of observer's kernel programs, by name (`bpf_prog_<tag>_<name>`).
     Program(String),
     /// The tracepoints' calls into their programs: the kernel's code around every program run
@@ -56,7 +153,7 @@ fn is_daemon(comm: &str) -> bool {
 }
 
 /// What a sample of `comm` in `symbol` was spent on.
-pub fn part_of(comm: &str, symbol: &str) -> Part {
+fn part_of(comm: &str, symbol: &str) -> Part {
     if is_daemon(comm) {
         return Part::Daemon;
     }
@@ -88,7 +185,7 @@ pub fn part_of(comm: &str, symbol: &str) -> Part {
 /// One line of `perf report --sort cpu,comm,sym -n -t '|'`: a CPU, a thread name, a symbol, and
 /// its samples.
 #[derive(Debug, PartialEq)]
-pub struct Line {
+pub(super) struct Line {
     pub cpu: u32,
     pub comm: String,
     pub symbol: String,
@@ -97,7 +194,7 @@ pub struct Line {
 
 /// The lines of `perf report --stdio --no-children -g none -n -t '|' --sort cpu,comm,sym`
 /// ("  1.42%|556   |001|wrk   |[k] bpf_prog_..."); comments and malformed lines are skipped.
-pub fn parse_report(text: &str) -> Vec<Line> {
+fn parse_report(text: &str) -> Vec<Line> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
@@ -116,7 +213,7 @@ pub fn parse_report(text: &str) -> Vec<Line> {
 
 /// Samples by CPU and part, and the requests served while they were taken, over rounds.
 #[derive(Default, Debug)]
-pub struct Profile {
+pub(super) struct Profile {
     pub samples: BTreeMap<(u32, Part), u64>,
     pub requests: f64,
     /// Seconds perf sampled, over all rounds.
@@ -165,7 +262,7 @@ impl Profile {
 
 /// The results section for one workload: per part, µs per request on the client's CPU with no
 /// tracer and with observer, their difference, and the difference on the server's CPU.
-pub fn markdown(
+fn markdown(
     workload: &str,
     wrk: &str,
     rounds: usize,
