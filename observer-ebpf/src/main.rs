@@ -13,6 +13,8 @@
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 
+#[cfg(feature = "bench")]
+mod bench;
 mod kernel;
 mod maps;
 mod records;
@@ -63,7 +65,7 @@ fn reserve_event(event_kind: u8, sk: u64, ts_ns: u64) -> Option<Record<Event>> {
 /// `p` must be valid for writes of a `T`, whose size is a multiple of 8.
 #[inline(always)]
 pub(crate) unsafe fn zero_words<T>(p: *mut T) {
-    const { assert!(size_of::<T>() % 8 == 0) };
+    const { assert!(size_of::<T>().is_multiple_of(8)) };
     let words = p as *mut u64;
     for i in 0..size_of::<T>() / 8 {
         unsafe { core::ptr::write_volatile(words.add(i), 0) };
@@ -86,12 +88,6 @@ fn emit_transition(ts_ns: u64, sk: u64, old: u8, new: u8, sport: u16) {
         (*t).sport = sport;
     }
     entry.submit();
-}
-
-/// The socket's record, or null if observer does not track it.
-#[inline(always)]
-fn state_of(sk: *mut c_void) -> *mut SockState {
-    sockets::find::<Current>(&OFFSETS.load(), sk).state
 }
 
 /// `sk` must be the typed pointer the program was handed (not `ev.sk`, a plain number).
@@ -301,8 +297,9 @@ fn on_state<K: Kernel>(ctx: &BtfTracePointContext) {
         }
     }
     let Some(mut entry) = reserve_event(kind::STATE, sk as u64, now()) else {
+        #[cfg(feature = "bench")]
         if records::table_only() {
-            track_unreported::<K>(&off, sk, old, new);
+            bench::track_unreported::<K>(&off, sk, old, new);
         }
         return;
     };
@@ -382,27 +379,12 @@ fn track_own<K: Kernel>(off: &KernelOffsets, sk: *mut c_void, netns: u32, connec
     (owner, sockets::track::<K>(off, sk, netns, &owner, true, tls, false))
 }
 
-/// `cargo xtask bench`'s `--bench-table-only` (no records): a connecting or listening socket is
-/// tracked all the same, with what its record would have carried, so that the bench measures the
-/// socket table as observer keeps it.
-#[inline(always)]
-fn track_unreported<K: Kernel>(off: &KernelOffsets, sk: *mut c_void, old: u8, new: u8) {
-    let connect = old == tcp_state::CLOSE && new == tcp_state::SYN_SENT;
-    if !connect && new != tcp_state::LISTEN {
-        return;
-    }
-    let netns = kernel::sock_netns(off, sk as u64).unwrap_or(0);
-    let (owner, _) = track_own::<K>(off, sk, netns, connect);
-    if !connect {
-        let value = ListenerValue { sk: sk as u64, owner };
-        let _ = LISTENERS.insert(kernel::local_key(off, sk as u64), value, 0);
-    }
-}
-
 /// A child of a listener, created in softirq: owned by the listener's owner until a process
 /// sends or receives on it (see on_io). Tracked without a record: its first one is the end of
 /// SYN_RECV (right after, in the same softirq, for all but TCP Fast Open), which carries the
 /// peer's address, filled in after the creation.
+// The key by reference: a copy of it could compile to a memcpy call.
+#[allow(clippy::needless_borrows_for_generic_args)]
 #[inline(always)]
 fn track_child<K: Kernel>(ctx: &BtfTracePointContext, sk: *mut c_void) {
     let off = OFFSETS.load();
@@ -698,87 +680,6 @@ pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> u32 {
 #[btf_tracepoint(function = "inet_sk_error_report")]
 pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> u32 {
     socket_event(&ctx, kind::ERROR_REPORT);
-    0
-}
-
-// ---------------------------------------------------------------------------------------------
-// Calibration for `cargo xtask bench` only (the daemon attaches them with its hidden
-// --bench-calibration flag, all to `sock_send_length`): what `bpf_stats` reads for a program that
-// does nothing, and for programs that do one of the operations observer's programs are made of.
-// Their differences with the empty one are the price list the bench reports.
-// ---------------------------------------------------------------------------------------------
-
-#[btf_tracepoint(function = "sock_send_length")]
-pub fn calibrate_empty(_ctx: BtfTracePointContext) -> u32 {
-    0
-}
-
-/// Read the clock.
-#[btf_tracepoint(function = "sock_send_length")]
-pub fn calibrate_clock(_ctx: BtfTracePointContext) -> u32 {
-    now() as u32 & 0
-}
-
-/// Find the socket's record (as every program does first).
-#[btf_tracepoint(function = "sock_send_length")]
-pub fn calibrate_lookup(ctx: BtfTracePointContext) -> u32 {
-    let sk: *mut c_void = ctx.arg(0);
-    u32::from(state_of(sk).is_null()) & 0
-}
-
-/// Reserve a compact record in the ring buffer and give it back (as a state change does, minus
-/// what it writes).
-#[btf_tracepoint(function = "sock_send_length")]
-pub fn calibrate_record(_ctx: BtfTracePointContext) -> u32 {
-    if let Some(entry) = EVENTS.reserve::<Transition>(0) {
-        entry.discard(BPF_RB_NO_WAKEUP);
-    }
-    0
-}
-
-/// Claim 24 bytes in this CPU's region of a shared memory-mapped array and write them (a load
-/// and a store of the region's head, three stores): what a record could cost without the
-/// ring buffer's reservation (its lock, and its lines shared by every CPU).
-#[btf_tracepoint(function = "sock_send_length")]
-pub fn calibrate_cpu_region(ctx: BtfTracePointContext) -> u32 {
-    let sk: u64 = ctx.arg(0);
-    if let Some(w) = records::cpu_region::<[u64; 3]>() {
-        unsafe {
-            let w = w as *mut u64;
-            core::ptr::write_volatile(w, sk);
-            core::ptr::write_volatile(w.add(1), 0);
-            core::ptr::write_volatile(w.add(2), 9);
-        }
-    }
-    0
-}
-
-/// Read the first byte the application sent, from its own buffer (as TLS recognition does once
-/// per connection).
-#[btf_tracepoint(function = "sock_send_length")]
-pub fn calibrate_user_read(_ctx: BtfTracePointContext) -> u32 {
-    match kernel::syscall_buffer() {
-        Some((buf, _)) => unsafe { aya_ebpf::helpers::bpf_probe_read_user(buf as *const u8) }.unwrap_or(0) as u32 & 0,
-        None => 0,
-    }
-}
-
-// The floor of any tracer on observer's hooks, for `cargo xtask bench interleaved` only (the
-// daemon attaches them instead of its programs with its hidden --bench-floor flag): programs that
-// do nothing, on the three hooks every connection and every request runs through.
-
-#[btf_tracepoint(function = "inet_sock_set_state")]
-pub fn floor_state(_ctx: BtfTracePointContext) -> u32 {
-    0
-}
-
-#[btf_tracepoint(function = "sock_send_length")]
-pub fn floor_send(_ctx: BtfTracePointContext) -> u32 {
-    0
-}
-
-#[btf_tracepoint(function = "sock_recv_length")]
-pub fn floor_recv(_ctx: BtfTracePointContext) -> u32 {
     0
 }
 

@@ -70,6 +70,7 @@ pub static SOCK_BUCKET_COUNT: Global<u32> = Global::new(32768);
 pub static TLS_CAPTURE: Global<u32> = Global::new(0);
 
 /// A region of [`BENCH_REGIONS`]: a head, and room for records after it (16 KiB in all).
+#[cfg(feature = "bench")]
 #[repr(C)]
 pub struct BenchRegion {
     pub head: u64,
@@ -80,12 +81,14 @@ pub struct BenchRegion {
 /// plain stores and read by nobody, to price a record without the ring buffer
 /// (`calibrate_cpu_region`, and every record with `--bench-region-records`). The daemon sizes it
 /// to 1 entry unless it needs them.
+#[cfg(feature = "bench")]
 #[map]
 pub static BENCH_REGIONS: Array<BenchRegion> = Array::with_max_entries(8, MMAPABLE);
 
 /// Where the programs write their records (`observer_common::record_sink`): the ring buffer but
 /// for `cargo xtask bench`'s measurements. A read-only global: the verifier removes the branches
 /// it decides, so it costs nothing.
+#[cfg(feature = "bench")]
 #[unsafe(no_mangle)]
 pub static RECORD_SINK: Global<u32> = Global::new(0);
 

@@ -1,14 +1,18 @@
 //! Queueing records to the daemon: reserved in the ring buffer, filled in place, submitted.
 //!
-//! For `cargo xtask bench` only, the read-only global `RECORD_SINK` sends them nowhere, or to
-//! this CPU's region of a shared array that nobody reads (see `observer_common::record_sink`).
+//! In the bench build only, the read-only global `RECORD_SINK` sends them nowhere, or to this
+//! CPU's region of a shared array that nobody reads (see `observer_common::record_sink`).
 
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::generated::bpf_ringbuf_submit;
-use observer_common::{counter, record_sink};
+use observer_common::counter;
+#[cfg(feature = "bench")]
+use observer_common::record_sink;
 
-use crate::maps::{BENCH_REGIONS, EVENTS, RECORD_SINK, count};
+#[cfg(feature = "bench")]
+use crate::maps::{BENCH_REGIONS, RECORD_SINK};
+use crate::maps::{EVENTS, count};
 
 /// `bpf_ringbuf_submit` flag. Records never wake the daemon up: it drains the ring buffer on its
 /// own timer (every 20 ms). A wake-up per record costs an inter-processor interrupt (a VM exit on
@@ -48,21 +52,22 @@ impl<T: 'static> Record<T> {
 /// Reserve a record (counted as lost if the ring buffer is full).
 #[inline(always)]
 pub fn reserve<T: 'static>() -> Option<Record<T>> {
+    #[cfg(feature = "bench")]
     match RECORD_SINK.load() {
-        record_sink::RING => match EVENTS.reserve::<T>(0) {
-            Some(mut entry) => {
-                let ptr = entry.as_mut_ptr();
-                // Released by `submit` (the verifier checks that every path does).
-                core::mem::forget(entry);
-                Some(Record { ptr, ring: true })
-            }
-            None => {
-                count(counter::EVENTS_LOST);
-                None
-            }
-        },
-        record_sink::CPU_REGIONS => Some(Record { ptr: cpu_region::<T>()?, ring: false }),
-        _ => None,
+        record_sink::RING => {}
+        record_sink::CPU_REGIONS => return Some(Record { ptr: cpu_region::<T>()?, ring: false }),
+        _ => return None,
+    }
+    match EVENTS.reserve::<T>(0) {
+        Some(mut entry) => {
+            // Released by `submit` (the verifier checks that every path does); the entry itself
+            // has no destructor.
+            Some(Record { ptr: entry.as_mut_ptr(), ring: true })
+        }
+        None => {
+            count(counter::EVENTS_LOST);
+            None
+        }
     }
 }
 
@@ -75,13 +80,18 @@ pub fn emit<T: 'static>(record: T) {
     }
 }
 
-/// Whether records go to the daemon (variable-size ones are copied to the ring buffer directly).
+/// Whether records go to the daemon (variable-size ones are copied to the ring buffer directly):
+/// always but in the bench build's measurements.
 #[inline(always)]
 pub fn to_ring() -> bool {
-    RECORD_SINK.load() == record_sink::RING
+    #[cfg(feature = "bench")]
+    return RECORD_SINK.load() == record_sink::RING;
+    #[cfg(not(feature = "bench"))]
+    true
 }
 
 /// Whether records go nowhere (`--bench-table-only`).
+#[cfg(feature = "bench")]
 #[inline(always)]
 pub fn table_only() -> bool {
     RECORD_SINK.load() == record_sink::NONE
@@ -91,6 +101,7 @@ pub fn table_only() -> bool {
 /// write `calibrate_cpu_region` prices; a program nested on the same CPU may take the same room,
 /// and nobody reads it). Old records are overwritten. (No compare-and-swap: 5.10 refuses any
 /// program that holds one, even where it is never reached.)
+#[cfg(feature = "bench")]
 #[inline(always)]
 pub fn cpu_region<T>() -> Option<*mut T> {
     const { assert!(size_of::<T>() <= 1024 * 8) };

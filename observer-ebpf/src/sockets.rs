@@ -39,7 +39,7 @@ pub fn find<K: Kernel>(off: &KernelOffsets, sk: *mut c_void) -> Tracked {
     let cookie: u64 = kernel::sock_field(sk as u64, off.sock_cookie);
     if K::LEGACY {
         // The hash map alone (the cookie is the kernel's if anything asked for one, else 0).
-        let Some(rec) = SOCK_OVERFLOW.get_ptr_mut(&(sk as u64)) else { return Tracked::NONE };
+        let Some(rec) = SOCK_OVERFLOW.get_ptr_mut(sk as u64) else { return Tracked::NONE };
         let state = unsafe { &mut (*rec).state as *mut SockState };
         return Tracked { state, id: cookie, cookie: core::ptr::null_mut(), bucket: core::ptr::null_mut() };
     }
@@ -58,7 +58,7 @@ pub fn find<K: Kernel>(off: &KernelOffsets, sk: *mut c_void) -> Tracked {
     if unsafe { core::ptr::read_volatile(&(*bucket).overflow) } == 0 {
         return Tracked::NONE;
     }
-    let Some(rec) = SOCK_OVERFLOW.get_ptr_mut(&(sk as u64)) else { return Tracked::NONE };
+    let Some(rec) = SOCK_OVERFLOW.get_ptr_mut(sk as u64) else { return Tracked::NONE };
     let state = unsafe { &mut (*rec).state as *mut SockState };
     Tracked { state, id: cookie, cookie: core::ptr::null_mut(), bucket }
 }
@@ -117,7 +117,7 @@ pub fn track<K: Kernel>(
     let has_overflow = unsafe { core::ptr::read_volatile(&(*bucket).overflow) } != 0;
     if let Some(way) = taken {
         // A stale overflow record of this socket would shadow nothing, but would stay.
-        if has_overflow && SOCK_OVERFLOW.remove(&(sk as u64)).is_ok() {
+        if has_overflow && SOCK_OVERFLOW.remove(sk as u64).is_ok() {
             unsafe { atomic_xsub::<u64, u64, { AtomicOrdering::Relaxed }>(&mut (*bucket).overflow, 1) };
         }
         let Some(slot) = SOCK_SLOTS.get_ptr_mut(sock_slot_index(index, way)) else {
@@ -139,8 +139,8 @@ pub fn track<K: Kernel>(
         fill(&mut (*init.as_mut_ptr()).state, owner, claimed, tls, unannounced);
         init.assume_init_ref()
     };
-    let fresh = !(has_overflow && SOCK_OVERFLOW.get_ptr(&(sk as u64)).is_some());
-    if SOCK_OVERFLOW.insert(&(sk as u64), init, 0).is_err() {
+    let fresh = !(has_overflow && SOCK_OVERFLOW.get_ptr(sk as u64).is_some());
+    if SOCK_OVERFLOW.insert(sk as u64, init, 0).is_err() {
         count(counter::STORAGE_FAILED);
         return Tracking::FAILED;
     }
@@ -168,7 +168,7 @@ fn track_in_map(
         fill(&mut (*init.as_mut_ptr()).state, owner, claimed, tls, unannounced);
         init.assume_init_ref()
     };
-    if SOCK_OVERFLOW.insert(&(sk as u64), init, 0).is_err() {
+    if SOCK_OVERFLOW.insert(sk as u64, init, 0).is_err() {
         count(counter::STORAGE_FAILED);
         return Tracking::FAILED;
     }
@@ -187,10 +187,10 @@ fn fill(st: &mut SockState, owner: &Owner, claimed: bool, tls: u32, unannounced:
 #[inline(always)]
 pub fn forget<K: Kernel>(sk: *mut c_void, t: &Tracked) {
     if K::LEGACY {
-        let _ = SOCK_OVERFLOW.remove(&(sk as u64));
+        let _ = SOCK_OVERFLOW.remove(sk as u64);
     } else if !t.cookie.is_null() {
         unsafe { core::ptr::write_volatile(t.cookie, 0) };
-    } else if SOCK_OVERFLOW.remove(&(sk as u64)).is_ok() {
+    } else if SOCK_OVERFLOW.remove(sk as u64).is_ok() {
         unsafe { atomic_xsub::<u64, u64, { AtomicOrdering::Relaxed }>(&mut (*t.bucket).overflow, 1) };
     }
 }

@@ -1,4 +1,5 @@
-//! The daemon's configuration file (TOML). Flags override it; it overrides the defaults.
+//! The daemon's configuration: its flags (one type, from clap to the kernel programs) and its
+//! file (TOML). Flags override the file; the file overrides the defaults.
 //!
 //! ```toml
 //! [close_wait]
@@ -8,7 +9,8 @@
 //! rising_windows = 3    # ... a count above the floor rising this many windows in a row is a leak
 //! ```
 
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 use serde::Deserialize;
@@ -30,13 +32,90 @@ pub fn load(path: &Path) -> Result<FileConfig> {
     parse(&text).with_context(|| format!("in {}", path.display()))
 }
 
-/// Thresholds given as flags, each overriding the file's value when set.
-#[derive(Clone, Debug, Default)]
+/// The flags of `observer daemon`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct DaemonOptions {
+    /// Address and port of the HTTP API (JSON, /metrics, /healthz). The API has no
+    /// authentication: anything beyond loopback exposes per-process data to whoever can
+    /// reach it (see "Access" in docs/configuration.md).
+    #[arg(long, default_value = "127.0.0.1:9645", env = "OBSERVER_LISTEN")]
+    pub listen: SocketAddr,
+    /// Log level. At debug and trace the kernel programs' own diagnostics are logged too.
+    #[arg(long, value_enum, default_value = "info", env = "OBSERVER_LOG_LEVEL")]
+    pub log_level: Level,
+    /// How long an exited process stays in the API and metrics before it is pruned, in seconds.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub exited_retention: u64,
+    /// How often TIME_WAIT is reconciled with the kernel's socket table, in seconds (at most:
+    /// a pass over a large table is followed by a pause of 100 times its length).
+    #[arg(long, default_value_t = 2, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub reconcile_interval: u64,
+    /// How often requests and bytes of open connections are read from the kernel, in
+    /// seconds (closed connections report theirs at once).
+    #[arg(long, default_value_t = 5, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub io_flush_interval: u64,
+    /// Per-peer metric series per process: the first N peers of a process get their own,
+    /// the others are folded into peer="other" (the JSON API always has every peer).
+    #[arg(long, default_value_t = 100, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub metrics_peers_per_process: u64,
+    #[command(flatten)]
+    pub kernel: crate::kernel::Options,
+    /// Configuration file (TOML; see docs/configuration.md). Flags override it.
+    #[arg(long, value_name = "FILE", env = "OBSERVER_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub close_wait: CloseWaitFlags,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Level {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl Level {
+    pub fn filter(self) -> log::LevelFilter {
+        match self {
+            Level::Error => log::LevelFilter::Error,
+            Level::Warn => log::LevelFilter::Warn,
+            Level::Info => log::LevelFilter::Info,
+            Level::Debug => log::LevelFilter::Debug,
+            Level::Trace => log::LevelFilter::Trace,
+        }
+    }
+
+    /// The kernel programs' aya-log level: warnings only (off the hot paths) but at debug and
+    /// trace.
+    pub fn kernel(self) -> u8 {
+        match self {
+            Level::Debug => 4,
+            Level::Trace => 5,
+            _ => 2,
+        }
+    }
+}
+
+/// CLOSE_WAIT thresholds given as flags, each overriding the file's value when set.
+#[derive(clap::Args, Clone, Debug, Default)]
 pub struct CloseWaitFlags {
+    /// CLOSE_WAIT counts at or below this, per process and peer, are never a leak
+    /// [default: 10].
+    #[arg(long = "close-wait-floor", value_name = "N")]
     pub floor: Option<u64>,
+    /// A CLOSE_WAIT count above the floor whose oldest socket is this old is a leak
+    /// [default: 30].
+    #[arg(long = "close-wait-max-age", value_name = "SECONDS")]
     pub max_age_seconds: Option<u64>,
+    /// Sampling window of the CLOSE_WAIT trend [default: 10].
+    #[arg(long = "close-wait-window", value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     pub window_seconds: Option<u64>,
-    pub rising_windows: Option<usize>,
+    /// A CLOSE_WAIT count above the floor that rose this many windows in a row is a leak
+    /// [default: 3].
+    #[arg(long = "close-wait-rising-windows", value_name = "N", value_parser = clap::value_parser!(u64).range(1..100))]
+    pub rising_windows: Option<u64>,
 }
 
 impl CloseWaitFlags {
@@ -51,7 +130,7 @@ impl CloseWaitFlags {
             c.window_seconds = v;
         }
         if let Some(v) = self.rising_windows {
-            c.rising_windows = v;
+            c.rising_windows = v as usize;
         }
         c
     }

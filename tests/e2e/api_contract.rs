@@ -3,7 +3,13 @@
 
 use std::time::Duration;
 
-use observer_e2e::*;
+use observer_e2e::daemon::Daemon;
+use observer_e2e::document::num;
+use observer_e2e::net::free_port;
+use observer_e2e::openapi::{check_openapi, openapi};
+use observer_e2e::paths::workspace_root;
+use observer_e2e::processes::Proc;
+use observer_e2e::scenarios::{client, http_server};
 use serde_json::{Value, json};
 
 fn check(doc: &Value, path: &str, status: u16, body: &Value) {
@@ -55,7 +61,7 @@ fn responses_match_the_openapi_document() {
         let (status, _) = d.get(&url);
         assert_eq!(status, 200, "{url}");
     }
-    // Every metric family served is documented in docs/api.md with its type (by the name
+    // Every metric family served is documented in docs/metrics.md with its type (by the name
     // PromQL uses: counters end in _total), and every documented one is served.
     let text = d.metrics();
     let served: std::collections::BTreeSet<(String, String)> = text
@@ -68,8 +74,8 @@ fn responses_match_the_openapi_document() {
             (name, ty.to_string())
         })
         .collect();
-    let api_md = std::fs::read_to_string(workspace_root().join("docs/api.md")).unwrap();
-    let documented: std::collections::BTreeSet<(String, String)> = api_md
+    let metrics_md = std::fs::read_to_string(workspace_root().join("docs/metrics.md")).unwrap();
+    let documented: std::collections::BTreeSet<(String, String)> = metrics_md
         .lines()
         .filter_map(|l| l.strip_prefix("| `observer_"))
         .map(|l| {
@@ -77,7 +83,7 @@ fn responses_match_the_openapi_document() {
             (format!("observer_{}", cols[0].trim_end_matches('`')), cols[1].to_string())
         })
         .collect();
-    assert_eq!(served, documented, "docs/api.md's metrics table and /metrics disagree");
+    assert_eq!(served, documented, "docs/metrics.md's table and /metrics disagree");
     drop((c1, c2));
 }
 

@@ -9,7 +9,14 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use observer_e2e::*;
+use observer_e2e::daemon::{Daemon, shared_daemon};
+use observer_e2e::document::{inbound, num, outbound};
+use observer_e2e::http::http_get;
+use observer_e2e::net::{free_port, ss_count};
+use observer_e2e::openapi::{check_openapi, openapi};
+use observer_e2e::paths::workspace_root;
+use observer_e2e::processes::Proc;
+use observer_e2e::scenarios::{client, http_server};
 use serde_json::Value;
 
 /// The documented bound: flagged within 60 s of the leak.

@@ -12,7 +12,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use observer_e2e::*;
+use observer_e2e::daemon::{Daemon, shared_daemon};
+use observer_e2e::document::{inbound, num, outbound};
+use observer_e2e::http::http_get;
+use observer_e2e::namespaces::Netns;
+use observer_e2e::net::free_port;
+use observer_e2e::paths::{scenario, workspace_root};
+use observer_e2e::processes::{Proc, sh};
+use observer_e2e::scenarios::{client, http_server, http_server_in};
 use promql_parser::label::MatchOp;
 use promql_parser::parser::{self, Expr};
 use serde_json::Value;

@@ -7,7 +7,11 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use observer_e2e::*;
+use observer_e2e::daemon::{Daemon, shared_daemon_with};
+use observer_e2e::document::{inbound, num};
+use observer_e2e::net::free_port;
+use observer_e2e::paths::scenario;
+use observer_e2e::processes::{Proc, sh, wait_timeout};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(20);

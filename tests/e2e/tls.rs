@@ -8,7 +8,11 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use observer_e2e::*;
+use observer_e2e::daemon::{Daemon, shared_daemon_with};
+use observer_e2e::document::{inbound, num, outbound};
+use observer_e2e::paths::scenario;
+use observer_e2e::processes::Proc;
+use observer_e2e::scenarios::{client, http_server, spawn_client, spawn_http_server};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(20);

@@ -11,7 +11,7 @@ use aya::programs::{BtfTracePoint, tp_btf::BtfTracePointLinkId};
 use aya::{Btf, Ebpf, EbpfLoader};
 use observer_common::{
     AF_INET, AF_INET6, ListenerKey, ListenerValue, OverflowRecord, Owner, SockBucket, SockSlot, counter, io_source,
-    names, record_sink, tls_capture,
+    names, tls_capture,
 };
 
 use observer_core::aggregate::{ListenerMove, SeedSocket};
@@ -22,44 +22,45 @@ use observer_core::kernel_status::{Features, KernelCounters};
 use observer_core::table_audit::TableSlot;
 use socket_table::MappedArray;
 
+#[cfg(feature = "bench")]
+pub mod bench;
 mod btf_offsets;
 mod socket_table;
 
 /// The eBPF object built by build.rs (empty when built with AYA_BUILD_SKIP=1).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
 
+/// The kernel side's options: flags of `observer daemon`, passed as they are to [`Probes::load`].
+#[derive(clap::Args, Clone, Debug)]
 pub struct Options {
-    /// Ring buffer size in bytes (a power of two, multiple of the page size).
-    pub ring_buffer_bytes: u32,
-    /// aya-log level for kernel-side diagnostics (0 = off, 1 = error ... 5 = trace).
-    pub kernel_log_level: u8,
-    /// Capture the first bytes of new connections to recognise TLS handshakes.
-    pub tls: bool,
-    /// Entries of the kernel's socket table.
+    /// Size of the kernel-to-daemon ring buffer in MiB (a power of two).
+    #[arg(long, default_value_t = 4, value_parser = parse_ring_mib)]
+    pub ring_buffer_mib: u32,
+    /// Sockets the kernel side can track at once (its table is preallocated: about 145 bytes
+    /// each with its overflow map, 18 MiB at the default). Sockets beyond it are not tracked and are counted in
+    /// observer_socket_storage_failures_total.
+    #[arg(long, default_value_t = 131072, value_name = "N", value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
     pub max_sockets: u32,
-    /// Attach the benchmark's calibration programs too ([`CALIBRATION_PROGRAMS`]).
-    pub bench_calibration: bool,
-    /// Attach the benchmark's empty programs ([`FLOOR_PROGRAMS`]) instead of observer's.
-    pub bench_floor: bool,
-    /// The benchmark's lower bound of observer's design: its programs queue no records, and only
-    /// the first of [`STATE_PROGRAMS`] is attached (the socket table is kept as always; state
-    /// changes are not handled exactly once). Nothing is reported.
-    pub bench_table_only: bool,
-    /// The benchmark's bound of observer's reports: its programs write their records to a
-    /// per-CPU region of a shared array that nobody reads, instead of the ring buffer (all of
-    /// them attached: state changes handled exactly once). Nothing is reported.
-    pub bench_region_records: bool,
+    /// Do not look for TLS handshakes (the first bytes of each new connection are then never
+    /// read).
+    #[arg(long)]
+    pub no_tls: bool,
+    /// aya-log level for kernel-side diagnostics (0 = off, 1 = error ... 5 = trace), from the
+    /// daemon's --log-level.
+    #[arg(skip)]
+    pub kernel_log_level: u8,
+    #[cfg(feature = "bench")]
+    #[command(flatten)]
+    pub bench: bench::Options,
 }
 
-/// The benchmark's calibration programs (see the kernel programs), all on `sock_send_length`.
-pub const CALIBRATION_PROGRAMS: [&str; 6] = [
-    "calibrate_empty",
-    "calibrate_clock",
-    "calibrate_lookup",
-    "calibrate_record",
-    "calibrate_cpu_region",
-    "calibrate_user_read",
-];
+fn parse_ring_mib(s: &str) -> Result<u32, String> {
+    let v: u32 = s.parse().map_err(|e| format!("{e}"))?;
+    if v == 0 || !v.is_power_of_two() || v > 1024 {
+        return Err("must be a power of two between 1 and 1024".into());
+    }
+    Ok(v)
+}
 
 /// The programs on `sock/inet_sock_set_state`, in the order they must run.
 const STATE_PROGRAMS: [&str; 2] = ["inet_sock_set_state", "inet_sock_set_state_nested"];
@@ -71,15 +72,12 @@ const LEGACY_STATE_PROGRAMS: [&str; 2] = ["inet_sock_set_state_legacy", "inet_so
 /// accepts this one.
 const PROBE_CURRENT: &str = "probe_current";
 
-/// The benchmark's empty programs and their tracepoints.
-const FLOOR_PROGRAMS: [(&str, &str); 3] =
-    [("floor_state", "inet_sock_set_state"), ("floor_send", "sock_send_length"), ("floor_recv", "sock_recv_length")];
-
 pub struct Probes {
     ebpf: Ebpf,
     pub features: Features,
-    /// The attached tracepoint programs and their links (none while detached, see
-    /// [`Probes::set_attached`]).
+    /// The attached tracepoint programs and their links (none while the bench build detaches
+    /// them; read only there).
+    #[cfg_attr(not(feature = "bench"), expect(dead_code))]
     links: Vec<(&'static str, Option<BtfTracePointLinkId>)>,
     /// The socket table's arrays, mapped into the daemon.
     sock_buckets: MappedArray<SockBucket>,
@@ -106,7 +104,7 @@ pub fn check_privileges() -> Result<()> {
         return Ok(());
     }
     bail!(
-        "permission denied: the daemon must run as root, or with at least CAP_BPF and CAP_PERFMON (see \"Privileges\" in docs/api.md)"
+        "permission denied: the daemon must run as root, or with at least CAP_BPF and CAP_PERFMON (see \"Privileges\" in docs/configuration.md)"
     )
 }
 
@@ -116,6 +114,49 @@ fn raise_memlock() {
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
         // Harmless on kernels that charge BPF memory to the memory cgroup (5.11+).
         log::debug!("could not raise RLIMIT_MEMLOCK: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// Which build of the programs this kernel takes, and how they count sends and receives.
+struct Build {
+    /// Sends and receives counted on every call, from their tracepoints (Linux 6.3+); else from
+    /// the sockets' sequence numbers when the application reads.
+    calls: bool,
+    /// The programs for kernels that refuse the current ones (see the kernel programs' `variant`).
+    legacy: bool,
+    /// The TLS capture budget of new connections (0: TLS recognition off).
+    tls_capture: u32,
+}
+
+impl Build {
+    fn choose(btf: &Btf, offsets: &observer_common::KernelOffsets, opts: &Options) -> Result<Build> {
+        let calls = has_tracepoint(btf, "sock_send_length") && has_tracepoint(btf, "sock_recv_length");
+        if !calls {
+            log::warn!(
+                "kernel {}: no sock_send_length or sock_recv_length tracepoints (Linux 6.3+): requests and bytes are \
+                 counted from the sockets' sequence numbers when the application reads (the programs for older \
+                 kernels, whose socket table is a hash map, carry them); TLS handshakes are not recognised",
+                kernel_release()
+            );
+        }
+        // The kernel side finds the application's buffer in x86-64 system call registers, from
+        // the send and receive tracepoints.
+        let tls = !opts.no_tls;
+        let tls_capture: u32 = if tls && calls && cfg!(target_arch = "x86_64") { tls_capture::INITIAL } else { 0 };
+        if tls && calls && tls_capture == 0 {
+            log::warn!("TLS handshakes are only recognised on x86-64");
+        }
+        // Counting from sequence numbers takes the legacy build's records, which carry the marks:
+        // the probe is only worth loading where the current build could be used.
+        let refused = if calls { refuses_current_programs(btf, offsets)? } else { None };
+        if let Some(why) = &refused {
+            log::warn!(
+                "kernel {}: the programs for Linux 5.12+ are refused ({why}): loading those for older kernels, \
+                 whose socket table is a hash map (the same figures, a few hundred ns more per connection)",
+                kernel_release()
+            );
+        }
+        Ok(Build { calls, legacy: refused.is_some() || !calls, tls_capture })
     }
 }
 
@@ -131,65 +172,13 @@ impl Probes {
         let offsets = btf_offsets::from_file(Path::new(btf_offsets::VMLINUX_BTF)).with_context(needs_btf)?;
         let btf = Btf::from_sys_fs().with_context(needs_btf)?;
         raise_memlock();
-
-        let mut features = Features::default();
-        // Sends and receives: every call where the kernel reports them (6.3+), else from the
-        // sockets' sequence numbers when the application reads.
-        let calls = has_tracepoint(&btf, "sock_send_length") && has_tracepoint(&btf, "sock_recv_length");
-        let io_source = if calls { io_source::CALLS } else { io_source::SEQUENCE };
-        if !calls {
-            log::warn!(
-                "kernel {}: no sock_send_length or sock_recv_length tracepoints (Linux 6.3+): requests and bytes are \
-                 counted from the sockets' sequence numbers when the application reads (the programs for older \
-                 kernels, whose socket table is a hash map, carry them); TLS handshakes are not recognised",
-                kernel_release()
-            );
-        }
-        // The kernel side finds the application's buffer in x86-64 system call registers, from
-        // the send and receive tracepoints.
-        let tls_capture: u32 = if opts.tls && calls && cfg!(target_arch = "x86_64") { tls_capture::INITIAL } else { 0 };
-        if opts.tls && calls && tls_capture == 0 {
-            log::warn!("TLS handshakes are only recognised on x86-64");
-        }
-        // Counting from sequence numbers takes the legacy build's records, which carry the marks:
-        // the probe is only worth loading where the current build could be used.
-        let refused = if calls { refuses_current_programs(&btf, &offsets)? } else { None };
-        let legacy = refused.is_some() || !calls;
-        if let Some(why) = refused {
-            log::warn!(
-                "kernel {}: the programs for Linux 5.12+ are refused ({why}): loading those for older kernels, \
-                 whose socket table is a hash map (the same figures, a few hundred ns more per connection)",
-                kernel_release()
-            );
-        }
-        let table = if legacy {
+        let build = Build::choose(&btf, &offsets, opts)?;
+        let table = if build.legacy {
             socket_table::Size::hash_only(opts.max_sockets)
         } else {
             socket_table::Size::for_max_sockets(opts.max_sockets)
         };
-        let record_sink = match (opts.bench_table_only, opts.bench_region_records) {
-            (true, _) => record_sink::NONE,
-            (false, true) => record_sink::CPU_REGIONS,
-            (false, false) => record_sink::RING,
-        };
-        let mut ebpf = EbpfLoader::new()
-            .btf(Some(&btf))
-            .override_global(names::OFFSETS, &offsets, true)
-            .override_global(names::TLS_CAPTURE, &tls_capture, true)
-            .override_global(names::RECORD_SINK, &record_sink, true)
-            .override_global(names::IO_SOURCE, &io_source, true)
-            .override_global("AYA_LOG_LEVEL", &opts.kernel_log_level, false)
-            .map_max_entries(names::EVENTS, opts.ring_buffer_bytes)
-            .override_global(names::SOCK_BUCKET_COUNT, &table.buckets, true)
-            .map_max_entries(names::SOCK_BUCKETS, table.buckets)
-            .map_max_entries(names::SOCK_SLOTS, table.slots)
-            .map_max_entries(names::SOCK_OVERFLOW, table.overflow)
-            .map_max_entries(
-                names::BENCH_REGIONS,
-                if opts.bench_calibration || opts.bench_region_records { 8 } else { 1 },
-            )
-            .load(EBPF_OBJECT)
-            .map_err(|e| anyhow!("loading the eBPF programs failed: {e}"))?;
+        let mut ebpf = load_object(&btf, &offsets, opts, &build, &table)?;
 
         let array_fd = |name: &str| -> Result<RawFd> {
             match ebpf.map(name) {
@@ -201,88 +190,16 @@ impl Probes {
         let sock_buckets = MappedArray::new_writable(array_fd(names::SOCK_BUCKETS)?, table.buckets)?;
         let sock_slots = MappedArray::new(array_fd(names::SOCK_SLOTS)?, table.slots)?;
 
-        let mut links = Vec::new();
-        if opts.bench_floor {
-            for (prog, target) in FLOOR_PROGRAMS {
-                links.push((prog, Some(attach_btf_tracepoint(&mut ebpf, &btf, prog, target)?)));
-            }
-            log::warn!("--bench-floor: only empty programs are attached, nothing is observed");
-            return Ok(Probes { ebpf, features, links, sock_buckets, sock_slots });
+        #[cfg(feature = "bench")]
+        if opts.bench.floor {
+            let links = bench::attach_floor(&mut ebpf, &btf)?;
+            return Ok(Probes { ebpf, features: Features::default(), links, sock_buckets, sock_slots });
         }
-        // The one hook observer cannot work without: two programs, attached (and so run) in this
-        // order, for each state change to be handled exactly once (see the kernel programs).
-        if opts.bench_table_only {
-            log::warn!("--bench-table-only: the kernel programs queue no records, nothing is reported");
-        }
-        if opts.bench_region_records {
-            log::warn!("--bench-region-records: the kernel programs write records nobody reads, nothing is reported");
-        }
-        for (i, prog) in (if legacy { LEGACY_STATE_PROGRAMS } else { STATE_PROGRAMS }).into_iter().enumerate() {
-            if opts.bench_table_only && i > 0 {
-                continue;
-            }
-            let link = attach_btf_tracepoint(&mut ebpf, &btf, prog, "inet_sock_set_state").with_context(|| {
-                format!(
-                    "kernel {} has no usable sock/inet_sock_set_state BTF tracepoint ({SUPPORTED})",
-                    kernel_release()
-                )
-            })?;
-            links.push((prog, Some(link)));
-        }
-
-        // Program `prog` on tracepoint `target`, if the kernel has it.
-        let mut optional = |prog: &'static str, target: &str, what: &str| -> bool {
-            match attach_btf_tracepoint(&mut ebpf, &btf, prog, target) {
-                Ok(link) => {
-                    links.push((prog, Some(link)));
-                    true
-                }
-                Err(e) => {
-                    log::warn!("tracepoint {target} unavailable ({e:#}): {what}");
-                    false
-                }
-            }
-        };
-        features.error_reports =
-            optional("inet_sk_error_report", "inet_sk_error_report", "socket errors are not counted");
-        let sent = optional("tcp_send_reset", "tcp_send_reset", "resets sent are not counted");
-        let received = optional("tcp_receive_reset", "tcp_receive_reset", "resets received are not counted");
-        features.resets = sent && received;
-        let lost = "requests and bytes are not counted, accepted connections stay charged to the listener's owner";
-        features.requests = if calls {
-            let (send, recv) = if legacy {
-                ("sock_send_length_legacy", "sock_recv_length_legacy")
-            } else {
-                ("sock_send_length", "sock_recv_length")
-            };
-            optional(send, "sock_send_length", lost) && optional(recv, "sock_recv_length", lost)
-        } else {
-            optional("tcp_rcv_space_adjust_legacy", "tcp_rcv_space_adjust", lost)
-        };
-        features.tls = features.requests && tls_capture != 0;
-        if opts.bench_calibration {
-            for prog in CALIBRATION_PROGRAMS {
-                let link = attach_btf_tracepoint(&mut ebpf, &btf, prog, "sock_send_length")
-                    .with_context(|| format!("attaching the calibration program {prog}"))?;
-                links.push((prog, Some(link)));
-            }
-        }
+        let mut links = attach_state_programs(&mut ebpf, &btf, opts, build.legacy)?;
+        let features = attach_optional(&mut ebpf, &btf, &build, &mut links);
+        #[cfg(feature = "bench")]
+        bench::attach_calibration(&mut ebpf, &btf, &opts.bench, &mut links)?;
         Ok(Probes { ebpf, features, links, sock_buckets, sock_slots })
-    }
-
-    /// Detach every tracepoint program, or attach them again (`cargo xtask bench` only, through
-    /// the daemon's hidden `--bench-toggle`: the same daemon measured with its programs in and
-    /// out of the kernel). The programs and maps stay loaded.
-    pub fn set_attached(&mut self, attached: bool) -> Result<()> {
-        for (prog, link) in &mut self.links {
-            let p = tracepoint_program(&mut self.ebpf, prog)?;
-            match (attached, link.take()) {
-                (false, Some(id)) => p.detach(id).with_context(|| format!("detaching {prog}"))?,
-                (true, None) => *link = Some(p.attach().with_context(|| format!("attaching {prog}"))?),
-                (_, id) => *link = id,
-            }
-        }
-        Ok(())
     }
 
     /// The ring buffer of events (can be taken once).
@@ -418,17 +335,18 @@ fn listener_key(netns: u32, local: Endpoint) -> ListenerKey {
 /// [`PROBE_CURRENT`] (from a copy of the object of its own, dropped at once).
 fn refuses_current_programs(btf: &Btf, offsets: &observer_common::KernelOffsets) -> Result<Option<String>> {
     let page = 4096;
-    let mut probe = EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    loader
         .btf(Some(btf))
         .override_global(names::OFFSETS, offsets, true)
         // Its maps, made for it alone, as small as they go.
         .map_max_entries(names::EVENTS, page)
         .map_max_entries(names::SOCK_BUCKETS, 1)
         .map_max_entries(names::SOCK_SLOTS, observer_common::SOCK_BUCKET_WAYS as u32)
-        .map_max_entries(names::SOCK_OVERFLOW, 1)
-        .map_max_entries(names::BENCH_REGIONS, 1)
-        .load(EBPF_OBJECT)
-        .map_err(|e| anyhow!("loading the eBPF object failed: {e}"))?;
+        .map_max_entries(names::SOCK_OVERFLOW, 1);
+    #[cfg(feature = "bench")]
+    loader.map_max_entries(names::BENCH_REGIONS, 1);
+    let mut probe = loader.load(EBPF_OBJECT).map_err(|e| anyhow!("loading the eBPF object failed: {e}"))?;
     let p = tracepoint_program(&mut probe, PROBE_CURRENT)?;
     match p.load("inet_sock_set_state", btf) {
         Ok(()) => Ok(None),
@@ -543,4 +461,97 @@ fn attach_btf_tracepoint(ebpf: &mut Ebpf, btf: &Btf, prog: &str, target: &str) -
     let p = tracepoint_program(ebpf, prog)?;
     p.load(target, btf)?;
     Ok(p.attach()?)
+}
+
+/// The object, loaded with this kernel's offsets and the table's and ring buffer's sizes.
+fn load_object(
+    btf: &Btf,
+    offsets: &observer_common::KernelOffsets,
+    opts: &Options,
+    build: &Build,
+    table: &socket_table::Size,
+) -> Result<Ebpf> {
+    let io_source = if build.calls { io_source::CALLS } else { io_source::SEQUENCE };
+    let mut loader = EbpfLoader::new();
+    loader
+        .btf(Some(btf))
+        .override_global(names::OFFSETS, offsets, true)
+        .override_global(names::TLS_CAPTURE, &build.tls_capture, true)
+        .override_global(names::IO_SOURCE, &io_source, true)
+        .override_global("AYA_LOG_LEVEL", &opts.kernel_log_level, false)
+        .map_max_entries(names::EVENTS, opts.ring_buffer_mib << 20)
+        .override_global(names::SOCK_BUCKET_COUNT, &table.buckets, true)
+        .map_max_entries(names::SOCK_BUCKETS, table.buckets)
+        .map_max_entries(names::SOCK_SLOTS, table.slots)
+        .map_max_entries(names::SOCK_OVERFLOW, table.overflow);
+    #[cfg(feature = "bench")]
+    opts.bench.configure(&mut loader);
+    loader.load(EBPF_OBJECT).map_err(|e| anyhow!("loading the eBPF programs failed: {e}"))
+}
+
+/// The one hook observer cannot work without: two programs, attached (and so run) in this order,
+/// for each state change to be handled exactly once (see the kernel programs).
+fn attach_state_programs(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    opts: &Options,
+    legacy: bool,
+) -> Result<Vec<(&'static str, Option<BtfTracePointLinkId>)>> {
+    let programs: &[&'static str] = if legacy { &LEGACY_STATE_PROGRAMS } else { &STATE_PROGRAMS };
+    #[cfg(feature = "bench")]
+    let programs = &programs[..opts.bench.state_programs()];
+    #[cfg(not(feature = "bench"))]
+    let _ = opts;
+    let mut links = Vec::new();
+    for prog in programs {
+        let link = attach_btf_tracepoint(ebpf, btf, prog, "inet_sock_set_state").with_context(|| {
+            format!("kernel {} has no usable sock/inet_sock_set_state BTF tracepoint ({SUPPORTED})", kernel_release())
+        })?;
+        links.push((*prog, Some(link)));
+    }
+    Ok(links)
+}
+
+/// The programs a kernel may lack (each one's absence logged, with what is then not counted),
+/// and the features they give.
+fn attach_optional(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    build: &Build,
+    links: &mut Vec<(&'static str, Option<BtfTracePointLinkId>)>,
+) -> Features {
+    let mut optional = |prog: &'static str, target: &str, what: &str| -> bool {
+        match attach_btf_tracepoint(ebpf, btf, prog, target) {
+            Ok(link) => {
+                links.push((prog, Some(link)));
+                true
+            }
+            Err(e) => {
+                log::warn!("tracepoint {target} unavailable ({e:#}): {what}");
+                false
+            }
+        }
+    };
+    let error_reports = optional("inet_sk_error_report", "inet_sk_error_report", "socket errors are not counted");
+    let sent = optional("tcp_send_reset", "tcp_send_reset", "resets sent are not counted");
+    let received = optional("tcp_receive_reset", "tcp_receive_reset", "resets received are not counted");
+    let lost = "requests and bytes are not counted, accepted connections stay charged to the listener's owner";
+    let requests = if build.calls {
+        let (send, recv) = if build.legacy {
+            ("sock_send_length_legacy", "sock_recv_length_legacy")
+        } else {
+            ("sock_send_length", "sock_recv_length")
+        };
+        optional(send, "sock_send_length", lost) && optional(recv, "sock_recv_length", lost)
+    } else {
+        optional("tcp_rcv_space_adjust_legacy", "tcp_rcv_space_adjust", lost)
+    };
+    // Process exits are the daemon's to find (through pidfds), not the kernel programs'.
+    Features {
+        error_reports,
+        resets: sent && received,
+        requests,
+        tls: requests && build.tls_capture != 0,
+        process_exits: false,
+    }
 }

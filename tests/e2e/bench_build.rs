@@ -1,17 +1,27 @@
-//! The daemon's hidden flags for `cargo xtask bench`: `--bench-toggle` (the interleaved
-//! measurement detaches and attaches the kernel programs between windows), `--bench-floor`
-//! (empty programs on observer's hooks instead of its own) and `--bench-region-records`
-//! (observer's programs writing their records where nobody reads them). The bench's figures are only worth
-//! something if the "without" windows really observe nothing and the "with" windows everything.
+//! The `bench` build of the daemon (`OBSERVER_BENCH_BIN`: the shipped binary has none of this)
+//! and its hidden flags for `cargo xtask bench`: `--bench-toggle` (the interleaved measurement
+//! detaches and attaches the kernel programs between windows), `--bench-floor` (empty programs on
+//! observer's hooks instead of its own) and `--bench-region-records` (observer's programs writing
+//! their records where nobody reads them). The bench's figures are only worth something if the
+//! "without" windows really observe nothing and the "with" windows everything.
 
 use std::time::{Duration, Instant};
 
-use observer_e2e::*;
+use observer_e2e::bpf::{bpf_ids_of, map_dump, maps, prog_names_of};
+use observer_e2e::daemon::{Daemon, observer_bench_bin};
+use observer_e2e::document::{num, outbound};
+use observer_e2e::processes::Proc;
+use observer_e2e::scenarios::{client, http_server};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(20);
 /// How long a process that should stay unseen is watched for (the daemon drains every 20 ms).
 const UNSEEN: Duration = Duration::from_secs(2);
+
+/// A daemon of the `bench` build, started with `flags`.
+fn bench_daemon(flags: &[&str]) -> Daemon {
+    Daemon::start_bin(&observer_bench_bin(), flags)
+}
 
 fn pid_of(result: &Value) -> u32 {
     result["pid"].as_u64().expect("pid") as u32
@@ -38,7 +48,7 @@ fn five_connections(remote: &str) -> (Proc, u32) {
 
 #[test]
 fn toggling_detaches_and_attaches_the_programs() {
-    let d = Daemon::start(&["--bench-toggle"]);
+    let d = bench_daemon(&["--bench-toggle"]);
     let (_server, port) = http_server("127.0.0.1", "keepalive");
     let remote = format!("127.0.0.1:{port}");
 
@@ -70,7 +80,7 @@ fn toggling_detaches_and_attaches_the_programs() {
 
 #[test]
 fn the_floor_attaches_empty_programs_only() {
-    let d = Daemon::start(&["--bench-floor"]);
+    let d = bench_daemon(&["--bench-floor"]);
     wait_log(&d, "--bench-floor: only empty programs are attached", 1);
     let (_server, port) = http_server("127.0.0.1", "keepalive");
     let (_a, a) = five_connections(&format!("127.0.0.1:{port}"));
@@ -84,16 +94,12 @@ fn the_floor_attaches_empty_programs_only() {
 /// The words written so far in the benchmark's per-CPU regions of the daemons that have them
 /// (8 entries; 1 otherwise, never written): the sum of their heads.
 fn region_words() -> u64 {
-    let maps: Value = serde_json::from_str(&sh(&["bpftool", "-j", "map", "show"])).expect("bpftool json");
     let mut words = 0;
-    for m in maps.as_array().expect("maps") {
+    for m in maps() {
         if m["name"] != "BENCH_REGIONS" || m["max_entries"] != 8 {
             continue;
         }
-        let id = m["id"].as_u64().expect("map id").to_string();
-        let dump: Value =
-            serde_json::from_str(&sh(&["bpftool", "-j", "map", "dump", "id", &id])).expect("bpftool dump json");
-        for entry in dump.as_array().expect("entries") {
+        for entry in map_dump(m["id"].as_u64().expect("map id")) {
             let bytes: Vec<u8> = entry["value"].as_array().expect("value bytes")[..8]
                 .iter()
                 .map(|b| u8::from_str_radix(b.as_str().expect("hex").trim_start_matches("0x"), 16).expect("hex byte"))
@@ -106,7 +112,7 @@ fn region_words() -> u64 {
 
 #[test]
 fn region_records_are_written_where_nobody_reads_them() {
-    let d = Daemon::start(&["--bench-region-records"]);
+    let d = bench_daemon(&["--bench-region-records"]);
     wait_log(&d, "--bench-region-records: the kernel programs write records nobody reads", 1);
     // This daemon's programs: all of observer's, attached.
     let names = prog_names_of(d.pid());
