@@ -2,7 +2,7 @@
 //! `ss` reads): the slots whose socket is gone although the kernel never reported its CLOSE.
 //!
 //! A slot is freed at CLOSE, which every TCP socket passes through before it is destroyed. On
-//! 6.18 the tracepoint never reports it for a small share of orphaned sockets (docs/api.md,
+//! 6.18 the tracepoint never reports it for a small share of orphaned sockets (docs/design.md,
 //! "Known gaps"): their slots would stay taken for ever, and the daemon would hold their
 //! connections open. Each socket has a cookie, unique for the kernel's lifetime, in its slot and
 //! in sock_diag's answers, so the two lists can be matched exactly.

@@ -4,7 +4,9 @@
 //! charged to that process from then on. What happened before the exit stays with the exited
 //! process; the live sockets and everything after move.
 
-use super::*;
+use super::{Aggregator, Tuple};
+use crate::event::Owner;
+use crate::model::{Direction, Endpoint, ProcessKey, TcpState};
 
 /// Which socket of the aggregation: a tracked one (by its kernel address) or one from the
 /// start-up snapshot not seen in an event yet (by its endpoints).

@@ -5,10 +5,10 @@ use std::net::SocketAddr;
 use super::*;
 use crate::closewait::Verdict;
 use crate::event::{EventKind, Owner, SocketEvent};
-use crate::model::IoCounts;
 use crate::model::TcpState::*;
+use crate::model::{Direction, Endpoint, FailureReason, IoCounts, TcpState};
 use crate::table_audit::{Gone, StaleSlot, TableSlot};
-use crate::timewait::KernelTimeWait;
+use crate::timewait::{KernelTimeWait, TwOwner};
 
 const MS: u64 = 1_000_000;
 

@@ -1,0 +1,94 @@
+//! The figures of one peer of one process: live sockets by state, connections opened and
+//! closed, failures, resets, errors, lifetimes, I/O, CLOSE_WAIT and TLS.
+
+use std::collections::BTreeMap;
+
+use super::{Aggregator, Inherited};
+use crate::closewait::CloseWaitTracker;
+use crate::exphist::ExpHistogram;
+use crate::lifetime::Lifetimes;
+use crate::model::{Direction, Endpoint, FailureCounts, IoCounts, ProcessKey, StateCounts, TcpState};
+use crate::rate::RateWindow;
+use crate::tls::TlsStats;
+
+/// A bucket: the owner, the direction and the peer a socket is counted under.
+pub(super) type PeerKey = (ProcessKey, Direction, Endpoint);
+
+/// Figures for one peer of one process.
+#[derive(Clone, Debug, Default)]
+pub struct PeerStats {
+    /// Live sockets by state (TIME_WAIT comes from the [`crate::timewait::TimeWaitTable`]).
+    pub sockets: StateCounts,
+    /// Connections opened (outbound) or accepted (inbound).
+    pub connections: u64,
+    pub closed_by_local: u64,
+    pub closed_by_peer: u64,
+    pub connect_failures: FailureCounts,
+    pub resets_sent: u64,
+    pub resets_received: u64,
+    /// Errors the kernel reported on these sockets, by errno.
+    pub socket_errors: BTreeMap<i32, u64>,
+    /// From established to closed.
+    pub lifetimes: Lifetimes,
+    /// Request/response exchanges (see [`IoCounts::requests`]), on open and closed connections.
+    pub requests: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// Requests carried by each closed connection whose opening was seen.
+    pub requests_per_connection: ExpHistogram,
+    /// Connections opened (outbound) or accepted (inbound) over the last minute.
+    pub new_connections: Option<Box<RateWindow>>,
+    /// Live sockets in CLOSE_WAIT with their entry times, and the trend of their count.
+    pub close_wait: CloseWaitTracker,
+    /// TLS handshakes (None until the first).
+    pub tls: Option<Box<TlsStats>>,
+    /// The exited process whose live sockets this entry took over, if any (see `handover`).
+    pub inherited: Option<Inherited>,
+}
+
+impl PeerStats {
+    /// A live socket is counted in `state` (`close_wait_since`: when it entered CLOSE_WAIT).
+    pub(super) fn add_live(&mut self, state: TcpState, close_wait_since: Option<u64>) {
+        self.sockets.add(state, 1);
+        if let (TcpState::CloseWait, Some(t)) = (state, close_wait_since) {
+            self.close_wait.enter(t);
+        }
+    }
+
+    pub(super) fn remove_live(&mut self, state: TcpState, close_wait_since: Option<u64>) {
+        self.sockets.sub(state, 1);
+        if let (TcpState::CloseWait, Some(t)) = (state, close_wait_since) {
+            self.close_wait.leave(t);
+        }
+    }
+
+    pub(super) fn add_io(&mut self, requests: u64, delta: &IoCounts) {
+        self.requests += requests;
+        self.bytes_sent += delta.bytes_sent;
+        self.bytes_received += delta.bytes_received;
+    }
+
+    pub(super) fn count_connection(&mut self, ts_ns: u64) {
+        self.connections += 1;
+        self.new_connections.get_or_insert_default().add(ts_ns);
+    }
+
+    /// New connections per second over the last minute.
+    pub fn new_connections_per_second(&self, now_ns: u64) -> f64 {
+        self.new_connections.as_ref().map_or(0.0, |w| w.per_second(now_ns))
+    }
+}
+
+impl Aggregator {
+    /// The figures of a bucket, created on first use; None if its process is gone (or is
+    /// another holder of the pid).
+    pub(super) fn peer_mut(
+        &mut self,
+        owner: ProcessKey,
+        direction: Direction,
+        peer: Endpoint,
+    ) -> Option<&mut PeerStats> {
+        let p = self.processes.get_mut(&owner.pid).filter(|p| p.key == owner)?;
+        Some(p.peers_mut(direction).entry(peer).or_default())
+    }
+}
