@@ -80,6 +80,23 @@ impl PeerStats {
 }
 
 impl Aggregator {
+    /// Live sockets by state of `process`'s peer `stats` (`direction`, `peer`), with the
+    /// TIME_WAIT sockets the TIME_WAIT table holds for it: what the API and the metrics show.
+    pub fn peer_sockets(
+        &self,
+        process: &super::Process,
+        direction: Direction,
+        peer: Endpoint,
+        stats: &PeerStats,
+    ) -> StateCounts {
+        let mut sockets = stats.sockets;
+        let owner = crate::timewait::TwOwner { process: process.key, direction, peer };
+        if let Some(tw) = self.timewait().counts(&owner) {
+            sockets.merge(tw);
+        }
+        sockets
+    }
+
     /// The figures of a bucket, created on first use; None if its process is gone (or is
     /// another holder of the pid).
     pub(super) fn peer_mut(

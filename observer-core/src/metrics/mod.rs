@@ -22,8 +22,6 @@ mod encode;
 mod families;
 mod rows;
 
-pub use rows::peer_sockets;
-
 pub const TEXT_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 pub const PROTOBUF_CONTENT_TYPE: &str =
     "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited";

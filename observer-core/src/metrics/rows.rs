@@ -11,7 +11,6 @@ use crate::exphist::ExpHistogram;
 use crate::kernel_status::KernelStatus;
 use crate::lifetime::Lifetimes;
 use crate::model::{Direction, Endpoint, FailureCounts, ProcessKey, StateCounts};
-use crate::timewait::TwOwner;
 use crate::tls::TlsStats;
 use crate::views::process_totals;
 
@@ -72,22 +71,6 @@ impl Row for Observer<'_> {
     fn label_values(&self) -> &[String] {
         &[]
     }
-}
-
-/// Live sockets of a peer: the tracked ones plus its timewait entries. (views.rs has the same
-/// merge in a private function; one of the two could call the other.)
-pub fn peer_sockets(
-    agg: &Aggregator,
-    p: &Process,
-    direction: Direction,
-    peer: Endpoint,
-    stats: &PeerStats,
-) -> StateCounts {
-    let mut sockets = stats.sockets;
-    if let Some(tw) = agg.timewait().counts(&TwOwner { process: p.key, direction, peer }) {
-        sockets.merge(tw);
-    }
-    sockets
 }
 
 /// pid, comm, and the container and pod (empty for a process outside any).
@@ -151,7 +134,7 @@ fn process_peer_rows<'a>(
     let mut rows = Vec::new();
     let mut other: [Option<PeerRow<'a>>; 2] = [None, None];
     for (direction, peer, stats) in peers {
-        let one = Peer { stats, sockets: peer_sockets(agg, p, direction, *peer, stats) };
+        let one = Peer { stats, sockets: agg.peer_sockets(p, direction, *peer, stats) };
         let key = (direction, *peer);
         if admitted.contains(&key) || admitted.len() < max_peers {
             admitted.insert(key);
