@@ -68,7 +68,8 @@ fn the_default_binary_has_no_bench_flags() {
 }
 
 /// Names only the bench build's kernel object has: its programs, map and global.
-const BENCH_OBJECT_NAMES: [&str; 5] = ["calibrate_empty", "calibrate_cpu_region", "floor_state", "BENCH_REGIONS", "RECORD_SINK"];
+const BENCH_OBJECT_NAMES: [&str; 5] =
+    ["calibrate_empty", "calibrate_cpu_region", "floor_state", "BENCH_REGIONS", "RECORD_SINK"];
 
 #[test]
 fn the_default_binary_embeds_no_bench_programs() {
