@@ -8,7 +8,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::json;
 
 use prometheus_client::registry::Registry;
 
@@ -28,7 +27,7 @@ pub struct AppState {
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": message.into() }))).into_response()
+    (status, Json(views::ApiError { error: message.into() })).into_response()
 }
 
 pub fn router(state: AppState) -> Router {
@@ -45,7 +44,7 @@ pub fn router(state: AppState) -> Router {
 
 async fn healthz(State(s): State<AppState>) -> Response {
     if s.healthy.load(Ordering::Relaxed) {
-        (StatusCode::OK, Json(json!({ "status": "ok" }))).into_response()
+        (StatusCode::OK, Json(views::Health::ok())).into_response()
     } else {
         error(StatusCode::SERVICE_UNAVAILABLE, "the kernel event reader has stopped")
     }
@@ -87,36 +86,7 @@ async fn alerts(State(s): State<AppState>) -> Response {
 
 /// The daemon itself: version, which optional features work, kernel-side counters.
 async fn status(State(s): State<AppState>) -> Response {
-    let k = s.kernel.lock().expect("kernel status lock").clone();
-    let (processes, sockets, unattributed, stats, awaiting) = {
-        let a = s.agg.lock().expect("aggregator lock");
-        (
-            a.processes().count(),
-            a.tracked_sockets(),
-            a.stats.unattributed_events,
-            a.stats.clone(),
-            a.unreported_closes(),
-        )
-    };
-    let features: serde_json::Map<String, serde_json::Value> =
-        k.features.list().iter().map(|(n, on)| (n.to_string(), json!(on))).collect();
-    Json(json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "features": features,
-        "events_lost": k.counters.events_lost,
-        "listener_map_entries": k.listener_map_entries,
-        "listener_map_evictions": k.listener_map_evictions,
-        "socket_storage_failures": k.counters.storage_failed,
-        "socket_table_overflows": k.counters.sock_overflow,
-        "nested_state_changes": k.counters.state_nested,
-        "tracked_processes": processes,
-        "tracked_sockets": sockets,
-        "unattributed_events": unattributed,
-        "closes_not_seen": stats.closes_not_seen,
-        "closes_awaiting_final_counters": awaiting,
-        "closes_without_final_counters": stats.closes_without_final_counters,
-        "stale_slots_freed": stats.stale_slots_freed,
-        "table_audits": stats.table_audits,
-    }))
-    .into_response()
+    let kernel = s.kernel.lock().expect("kernel status lock").clone();
+    let doc = views::status(env!("CARGO_PKG_VERSION"), &kernel, &s.agg.lock().expect("aggregator lock"));
+    Json(doc).into_response()
 }
