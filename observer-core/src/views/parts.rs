@@ -111,26 +111,12 @@ impl From<&ExpHistogram> for RequestsPerConnection {
     }
 }
 
-/// The verdict's names, to read them back (closewait's `Verdict` only serializes); the
-/// round-trip tests check these agree with its own names, for every verdict.
-#[derive(Deserialize)]
-#[serde(remote = "Verdict")]
-enum VerdictName {
-    #[serde(rename = "none")]
-    None,
-    #[serde(rename = "pooled-idle")]
-    PooledIdle,
-    #[serde(rename = "leak")]
-    Leak,
-}
-
 /// CLOSE_WAIT of a peer or a process: how many, since when, the trend, and the verdict.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct CloseWait {
     pub count: u64,
     pub oldest_seconds: f64,
     pub growth_per_minute: f64,
-    #[serde(deserialize_with = "VerdictName::deserialize")]
     pub verdict: Verdict,
 }
 

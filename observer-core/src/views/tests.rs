@@ -172,7 +172,7 @@ fn the_other_documents_read_back() {
     round_trip(&status);
 }
 
-/// The names the CLOSE_WAIT verdict is read back by are the ones it is written with.
+/// Every CLOSE_WAIT verdict reads back as itself.
 #[test]
 fn every_verdict_reads_back() {
     // Exhaustive: a new verdict does not compile until it is listed here.
