@@ -104,7 +104,23 @@ pub struct SockState {
     /// 1 while an accepted connection is tracked without having been reported: its creation
     /// sends no record, its first one (the end of SYN_RECV) carries [`flags::FIRST_RECORD`].
     pub unannounced: u32,
+    /// When the application last sent or received on the socket (a call [`SockIo`] counted):
+    /// CLOCK_MONOTONIC ns, 0 if it never did. User space gets it as the idle time of the
+    /// [`Transition`] into CLOSE_WAIT (not in [`SockIo`], which every close record copies).
+    /// - [`io_source::CALLS`]: the clock is read for the first counted call of each tick (jiffy)
+    ///   only, so this is up to a tick (1 to 10 ms) earlier than the last call. (Tracing programs
+    ///   may not use the coarse clock.)
+    /// - [`io_source::SEQUENCE`]: the last read that took something (what the application wrote
+    ///   since then is not seen before the socket closes).
+    pub last_io_ns: u64,
+    /// [`io_source::CALLS`]: the low 32 bits of `jiffies` when `last_io_ns` was set (a call in the
+    /// same tick does not read the clock again).
+    pub last_io_tick: u32,
+    pub _pad: u32,
 }
+
+const _: () = assert!(core::mem::size_of::<SockState>() == 88);
+const _: () = assert!(core::mem::size_of::<SockSlot>() == 112);
 
 /// A value of the socket table's overflow map: a socket's record and, where sends and receives
 /// are counted from the socket's own sequence numbers ([`io_source::SEQUENCE`], whose kernels
@@ -324,8 +340,8 @@ impl Event {
 }
 
 /// A state change of a socket observer tracks, when nothing else changed but, at the end of a
-/// connect's SYN_SENT, its local port: 24 bytes instead of an [`Event`]'s 136, on the path of
-/// every connection.
+/// connect's SYN_SENT, its local port (and, into CLOSE_WAIT, how long it had been idle): 24 bytes
+/// instead of an [`Event`]'s 136, on the path of every connection.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Transition {
@@ -341,10 +357,17 @@ pub struct Transition {
     pub newstate: u8,
     pub _pad0: u8,
     /// SYN_SENT->ESTABLISHED: the local port the connect got (host order; it is 0 when the
-    /// connect's first record is written). 0 otherwise.
-    pub sport: u16,
-    pub _pad: [u8; 2],
+    /// connect's first record is written). Into CLOSE_WAIT: how long the connection had been
+    /// idle when the peer's FIN arrived, in milliseconds since the application's last send or
+    /// receive on the socket ([`SockState::last_io_ns`]; at most `u32::MAX - 1`), or `u32::MAX`
+    /// if it never sent or received. 0 otherwise.
+    pub arg: u32,
 }
+
+const _: () = assert!(core::mem::size_of::<Transition>() == 24);
+
+/// [`Transition::arg`] into CLOSE_WAIT of a socket the application never sent or received on.
+pub const IDLE_NEVER: u32 = u32::MAX;
 
 /// The end of a socket observer tracks, when user space already has its addresses: 56 bytes
 /// instead of an [`Event`]'s. (The end of SYN_SENT, SYN_RECV and LISTEN sends a full [`Event`]:

@@ -1,6 +1,8 @@
 //! Decoding of the kernel's ring-buffer records into typed events.
 
-use observer_common::{Claimed, Closed, Event, TlsChunkHeader, Transition, flags, io_dir, kind, tls_capture};
+use observer_common::{
+    Claimed, Closed, Event, IDLE_NEVER, TlsChunkHeader, Transition, flags, io_dir, kind, tcp_state, tls_capture,
+};
 
 use crate::model::{Endpoint, IoCounts, ProcessKey, TICK_NS, TcpState};
 
@@ -103,6 +105,11 @@ pub struct SocketEvent {
     /// A compact SYN_SENT->ESTABLISHED: the local port the connect got (the rest of the tuple
     /// came with its first record). 0 otherwise.
     pub local_port: u16,
+    /// A compact ESTABLISHED->CLOSE_WAIT: how long the connection had been idle (no send or
+    /// receive by the application) when the peer's FIN arrived, to the millisecond (the kernel's
+    /// last send or receive time can be up to a tick early: see
+    /// [`observer_common::SockState::last_io_ns`]). None if unknown or never used.
+    pub idle_ns: Option<u64>,
     /// The first record of a socket the kernel tracked silently since its creation (an accepted
     /// connection, first reported at the end of SYN_RECV): its creation, for user space.
     pub first: bool,
@@ -208,7 +215,13 @@ pub fn from_transition(t: &Transition) -> Result<SocketEvent, DecodeError> {
         return Err(DecodeError::UnknownKind(t.kind));
     }
     let kind = EventKind::State { old: state(t.oldstate)?, new: state(t.newstate)? };
-    Ok(SocketEvent { local_port: t.sport, ..compact(t.ts_ns, t.sk, kind) })
+    let mut ev = compact(t.ts_ns, t.sk, kind);
+    if t.oldstate == tcp_state::SYN_SENT && t.newstate == tcp_state::ESTABLISHED {
+        ev.local_port = t.arg as u16;
+    } else if t.newstate == tcp_state::CLOSE_WAIT && t.arg != IDLE_NEVER {
+        ev.idle_ns = Some(u64::from(t.arg) * 1_000_000);
+    }
+    Ok(ev)
 }
 
 pub fn from_closed(c: &Closed) -> Result<SocketEvent, DecodeError> {
@@ -248,6 +261,7 @@ pub fn compact(ts_ns: u64, sk: u64, kind: EventKind) -> SocketEvent {
         io: IoCounts::default(),
         has_tuple: false,
         local_port: 0,
+        idle_ns: None,
         first: false,
         cookie: 0,
     }
@@ -276,6 +290,7 @@ pub fn from_raw(raw: &Event) -> Result<SocketEvent, DecodeError> {
         io: IoCounts::from_kernel(&raw.io),
         has_tuple: raw.kind == kind::STATE,
         local_port: 0,
+        idle_ns: None,
         first: raw.flags & flags::FIRST_RECORD != 0,
         cookie: raw.cookie,
     })
@@ -284,7 +299,6 @@ pub fn from_raw(raw: &Event) -> Result<SocketEvent, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use observer_common::tcp_state;
 
     fn raw_state(old: u8, new: u8) -> Event {
         let mut e = Event::zeroed();
@@ -340,11 +354,48 @@ mod tests {
         let ev = decode(b).unwrap();
         assert_eq!(ev.kind, EventKind::State { old: TcpState::Established, new: TcpState::FinWait1 });
         assert_eq!((ev.sk, ev.ts_ns, ev.has_tuple, ev.owner, ev.local_port), (0xabc, 7, false, None, 0));
-        let t = Transition { ts_ns: 8, sk: 0xabc, kind: kind::TRANSITION, oldstate: 2, newstate: 1, sport: 41234, ..t };
-        let p = (&t as *const Transition).cast::<u8>();
-        let ev = decode(unsafe { std::slice::from_raw_parts(p, size_of::<Transition>()) }).unwrap();
+        assert_eq!(ev.idle_ns, None);
+        let t = Transition { ts_ns: 8, sk: 0xabc, kind: kind::TRANSITION, oldstate: 2, newstate: 1, arg: 41234, ..t };
+        let ev = decode(transition_bytes(&t)).unwrap();
         assert_eq!(ev.kind, EventKind::State { old: TcpState::SynSent, new: TcpState::Established });
-        assert_eq!((ev.ts_ns, ev.local_port, ev.has_tuple), (8, 41234, false));
+        assert_eq!((ev.ts_ns, ev.local_port, ev.has_tuple, ev.idle_ns), (8, 41234, false, None));
+    }
+
+    fn transition_bytes(t: &Transition) -> &[u8] {
+        unsafe { std::slice::from_raw_parts(std::ptr::from_ref(t).cast::<u8>(), size_of::<Transition>()) }
+    }
+
+    #[test]
+    fn the_record_layouts_keep_their_sizes() {
+        assert_eq!(size_of::<Transition>(), 24);
+        assert_eq!(std::mem::offset_of!(Transition, arg), 20);
+        assert_eq!(size_of::<observer_common::SockSlot>(), 112);
+    }
+
+    #[test]
+    fn a_transition_into_close_wait_carries_the_idle_time() {
+        let t = Transition {
+            ts_ns: 9_000_000_000,
+            sk: 0xabc,
+            kind: kind::TRANSITION,
+            oldstate: tcp_state::ESTABLISHED,
+            newstate: tcp_state::CLOSE_WAIT,
+            arg: 2_003,
+            ..Default::default()
+        };
+        let ev = decode(transition_bytes(&t)).unwrap();
+        assert_eq!(ev.kind, EventKind::State { old: TcpState::Established, new: TcpState::CloseWait });
+        assert_eq!((ev.ts_ns, ev.idle_ns, ev.local_port), (9_000_000_000, Some(2_003_000_000), 0));
+        let fresh = Transition { arg: 0, ..t };
+        assert_eq!(decode(transition_bytes(&fresh)).unwrap().idle_ns, Some(0), "a FIN right after a request");
+        let long = Transition { arg: u32::MAX - 1, ..t };
+        assert_eq!(decode(transition_bytes(&long)).unwrap().idle_ns, Some(u64::from(u32::MAX - 1) * 1_000_000));
+        let never = Transition { arg: IDLE_NEVER, ..t };
+        assert_eq!(decode(transition_bytes(&never)).unwrap().idle_ns, None, "never sent nor received");
+        // The argument means nothing on other transitions.
+        let other = Transition { oldstate: tcp_state::ESTABLISHED, newstate: tcp_state::FIN_WAIT1, arg: 5, ..t };
+        let ev = decode(transition_bytes(&other)).unwrap();
+        assert_eq!((ev.idle_ns, ev.local_port), (None, 0));
     }
 
     #[test]

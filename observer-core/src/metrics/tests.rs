@@ -21,6 +21,7 @@ fn state(agg: &mut Aggregator, sk: u64, remote: &str, (old, new): (TcpState, Tcp
         io,
         has_tuple: true,
         local_port: 0,
+        idle_ns: None,
         first: false,
         cookie: 0,
     });
@@ -141,6 +142,7 @@ impl Sock {
             io,
             has_tuple: true,
             local_port: 0,
+            idle_ns: None,
             first: false,
             cookie: self.sk,
         }

@@ -36,8 +36,8 @@ pub struct Options {
     /// Size of the kernel-to-daemon ring buffer in MiB (a power of two).
     #[arg(long, default_value_t = 4, value_parser = parse_ring_mib)]
     pub ring_buffer_mib: u32,
-    /// Sockets the kernel side can track at once (its table is preallocated: about 145 bytes
-    /// each with its overflow map, 18 MiB at the default). Sockets beyond it are not tracked and are counted in
+    /// Sockets the kernel side can track at once (its table is preallocated: about 165 bytes
+    /// each with its overflow map, 20 MiB at the default). Sockets beyond it are not tracked and are counted in
     /// observer_socket_storage_failures_total.
     #[arg(long, default_value_t = 131072, value_name = "N", value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
     pub max_sockets: u32,

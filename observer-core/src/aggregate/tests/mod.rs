@@ -76,6 +76,7 @@ impl Sock {
             io: if matches!(kind, EventKind::State { new: Close, .. }) { self.io } else { IoCounts::default() },
             has_tuple: true,
             local_port: 0,
+            idle_ns: None,
             first: false,
             // Records with addresses carry it (compact ones do not: `compact` leaves it).
             cookie: self.cookie,
