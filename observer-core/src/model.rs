@@ -97,7 +97,6 @@ impl StateCounts {
         }
     }
 
-    #[cfg(test)]
     pub fn get(&self, state: TcpState) -> u64 {
         state.slot().map_or(0, |i| self.0[i])
     }
@@ -260,6 +259,26 @@ impl IoCounts {
             Direction::Outbound => self.send_runs,
             Direction::Inbound => self.recv_runs,
         }
+    }
+}
+
+/// An ephemeral port range (`net.ipv4.ip_local_port_range`), both ends included.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    pub low: u16,
+    pub high: u16,
+}
+
+impl PortRange {
+    /// From the sysctl's text, "32768\t60999".
+    pub fn parse(text: &str) -> Option<PortRange> {
+        let mut it = text.split_whitespace().map(|s| s.parse::<u16>());
+        let (Some(Ok(low)), Some(Ok(high)), None) = (it.next(), it.next(), it.next()) else { return None };
+        (low <= high).then_some(PortRange { low, high })
+    }
+
+    pub fn size(self) -> u64 {
+        u64::from(self.high - self.low) + 1
     }
 }
 

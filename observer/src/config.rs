@@ -7,6 +7,9 @@
 //! max_age_seconds = 30  # a count above the floor whose oldest socket is this old is a leak
 //! window_seconds = 10   # sampling window of the trend
 //! rising_windows = 3    # ... a count above the floor rising this many windows in a row is a leak
+//!
+//! [diagnosis]
+//! hold_seconds = 600    # any threshold of the findings (see docs/diagnosis.md)
 //! ```
 
 use std::net::SocketAddr;
@@ -16,11 +19,13 @@ use anyhow::{Context as _, Result};
 use serde::Deserialize;
 
 use observer_core::closewait::CloseWaitConfig;
+use observer_core::diagnosis::Thresholds;
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileConfig {
     pub close_wait: CloseWaitConfig,
+    pub diagnosis: Thresholds,
 }
 
 pub fn parse(text: &str) -> Result<FileConfig> {
@@ -65,6 +70,35 @@ pub struct DaemonOptions {
     pub config: Option<PathBuf>,
     #[command(flatten)]
     pub close_wait: CloseWaitFlags,
+    /// A threshold of the findings, as KEY=VALUE (repeatable; keys and defaults in
+    /// docs/diagnosis.md, e.g. --threshold hold_seconds=300). Overrides the file's
+    /// [diagnosis] section.
+    #[arg(long = "threshold", value_name = "KEY=VALUE")]
+    pub thresholds: Vec<String>,
+}
+
+/// The findings' thresholds: the file's, then each `KEY=VALUE` flag over them, checked.
+pub fn thresholds(file: &Thresholds, flags: &[String]) -> Result<Thresholds> {
+    let mut table = toml::Table::try_from(file).context("the [diagnosis] thresholds")?;
+    for flag in flags {
+        let (key, value) = flag
+            .split_once('=')
+            .with_context(|| format!("--threshold {flag:?}: expected KEY=VALUE, e.g. hold_seconds=300"))?;
+        let key = key.trim();
+        let Some(old) = table.get(key) else {
+            let keys: Vec<&str> = table.keys().map(String::as_str).collect();
+            anyhow::bail!("--threshold {flag:?}: no threshold {key:?}; the thresholds are {}", keys.join(", "));
+        };
+        let value: toml::Value = match old {
+            toml::Value::Float(_) => value.trim().parse::<f64>().map(toml::Value::Float).ok(),
+            _ => value.trim().parse::<i64>().map(toml::Value::Integer).ok(),
+        }
+        .with_context(|| format!("--threshold {flag:?}: {:?} is not a number of the right kind", value.trim()))?;
+        table.insert(key.to_string(), value);
+    }
+    let t: Thresholds = table.try_into().context("the thresholds")?;
+    t.validate().map_err(|e| anyhow::anyhow!("threshold {e}"))?;
+    Ok(t)
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -150,6 +184,28 @@ mod tests {
         let flags = CloseWaitFlags { floor: Some(40), ..CloseWaitFlags::default() };
         let c = flags.apply(f.close_wait);
         assert_eq!((c.floor, c.max_age_seconds), (40, 120));
+    }
+
+    #[test]
+    fn threshold_flags_override_the_file() {
+        let f = parse("[diagnosis]\nhold_seconds = 300\nmin_connections = 5\n").unwrap();
+        let t = thresholds(&f.diagnosis, &["min_connections=50".into(), "time_wait_max_share=0.25".into()]).unwrap();
+        assert_eq!((t.hold_seconds, t.min_connections, t.time_wait_max_share), (300, 50, 0.25));
+        assert_eq!(t.stale_min_resets, Thresholds::default().stale_min_resets);
+        let f64_as_int = thresholds(&Thresholds::default(), &["connect_burst_gap_seconds=3".into()]).unwrap();
+        assert_eq!(f64_as_int.connect_burst_gap_seconds, 3.0);
+    }
+
+    #[test]
+    fn bad_threshold_flags_say_why() {
+        let t = Thresholds::default();
+        let e = |flag: &str| format!("{:#}", thresholds(&t, &[flag.to_string()]).unwrap_err());
+        assert!(e("hold").contains("KEY=VALUE"));
+        assert!(e("hold_second=3").contains("the thresholds are"), "{}", e("hold_second=3"));
+        assert!(e("hold_seconds=soon").contains("not a number"));
+        assert!(e("hold_seconds=1.5").contains("not a number"));
+        assert!(e("time_wait_max_share=2").contains("at most 1"), "{}", e("time_wait_max_share=2"));
+        assert!(parse("[diagnosis]\nhold = 3\n").is_err(), "typos in the file too");
     }
 
     #[test]

@@ -26,6 +26,7 @@ connections opened and who closed them, connect failures by reason and resets, a
   observer processes                   every process with TCP activity
   observer pid 4242                    one process at a glance
   observer pid 4242 --json             the same as the API's JSON document
+  observer explain 4242                its connection-pool problems, their numbers and fixes
   curl -s localhost:9645/metrics       Prometheus metrics
 
 API reference: docs/api.md and docs/openapi.json; metrics: docs/metrics.md; flags and
@@ -51,6 +52,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Explain what is wrong with one process's connections: each failure pattern found, the
+    /// numbers behind it and the fix, most severe first.
+    Explain {
+        /// The process id.
+        pid: u32,
+        /// The daemon's API.
+        #[arg(long, default_value = DEFAULT_API, env = "OBSERVER_API")]
+        api: String,
+        /// Print the raw JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the processes a running daemon has seen.
     Processes {
         /// The daemon's API.
@@ -67,6 +80,7 @@ fn main() {
     let result = match cli.command {
         Command::Daemon(opts) => run_daemon(opts),
         Command::Pid { pid, api, json } => cli::pid(&api, pid, json),
+        Command::Explain { pid, api, json } => cli::explain(&api, pid, json),
         Command::Processes { api, json } => cli::processes(&api, json),
     };
     if let Err(e) = result {
@@ -88,6 +102,8 @@ fn run_daemon(mut opts: config::DaemonOptions) -> anyhow::Result<()> {
     let file = opts.config.as_deref().map(config::load).transpose()?.unwrap_or_default();
     let close_wait = opts.close_wait.apply(file.close_wait);
     log::info!("CLOSE_WAIT leak thresholds: {close_wait:?}");
+    let thresholds = config::thresholds(&file.diagnosis, &opts.thresholds)?;
+    log::info!("diagnosis thresholds: {thresholds:?}");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    rt.block_on(daemon::run(opts, close_wait))
+    rt.block_on(daemon::run(opts, close_wait, thresholds))
 }

@@ -3,7 +3,7 @@
 
 use super::{Aggregator, PeerKey};
 use crate::event::SocketEvent;
-use crate::model::Direction;
+use crate::model::{Direction, TcpState};
 
 impl Aggregator {
     /// The bucket a socket event belongs to: its live record, its tombstone, or (for a socket we
@@ -37,8 +37,11 @@ impl Aggregator {
     }
 
     pub(super) fn on_reset(&mut self, ev: &SocketEvent, received: bool) {
+        let mut after_peer_close = false;
         if received && let Some(r) = self.sockets.get_mut(&ev.sk) {
             r.reset_received = true;
+            // The peer had closed, and the process sent anyway: it reused a closed connection.
+            after_peer_close = r.state == Some(TcpState::CloseWait);
         }
         let Some((owner, direction, peer)) = self.bucket_of(ev) else { return };
         if let Some(stats) = self.peer_mut(owner, direction, peer) {
@@ -46,6 +49,10 @@ impl Aggregator {
                 stats.resets_received += 1;
             } else {
                 stats.resets_sent += 1;
+            }
+            if after_peer_close {
+                stats.resets_after_peer_close += 1;
+                stats.last_reset_after_peer_close_ns = stats.last_reset_after_peer_close_ns.max(ev.ts_ns);
             }
         }
     }

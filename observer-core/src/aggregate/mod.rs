@@ -20,13 +20,13 @@
 //! - `seeds`: the sockets of the start-up snapshot ([`SeedSocket`]) until their first event.
 //! - `unreported`: sockets whose close the kernel never reported, and what the audit of the
 //!   kernel's socket table learns of them.
-//! - `findings`: CLOSE_WAIT leak evaluation and the alerts it raises ([`Finding`]).
+//! - `alerts`: CLOSE_WAIT leak evaluation and the alerts it raises ([`LeakAlert`]).
 //! - `handshakes`: TLS handshakes recognised from connections' first bytes.
 //! - `errors`: resets and socket errors, charged even after the socket closed.
 //! - `handover`: sockets left by an exited process to the process that holds them now.
 
+mod alerts;
 mod errors;
-mod findings;
 mod handover;
 mod handshakes;
 mod peers;
@@ -36,7 +36,7 @@ mod sockets;
 mod states;
 mod unreported;
 
-pub use findings::{AlertChange, Finding};
+pub use alerts::{AlertChange, LeakAlert};
 pub use handover::{HeldSocket, Inherited, ListenerMove, SocketId};
 pub use peers::PeerStats;
 pub use processes::Process;

@@ -4,10 +4,12 @@
 use std::collections::BTreeMap;
 
 use super::{Aggregator, Inherited};
+use crate::bursts::FailureLog;
 use crate::closewait::CloseWaitTracker;
 use crate::exphist::ExpHistogram;
+use crate::idle::IdleCloses;
 use crate::lifetime::Lifetimes;
-use crate::model::{Direction, Endpoint, FailureCounts, IoCounts, ProcessKey, StateCounts, TcpState};
+use crate::model::{Direction, Endpoint, FailureCounts, FailureReason, IoCounts, ProcessKey, StateCounts, TcpState};
 use crate::rate::RateWindow;
 use crate::tls::TlsStats;
 
@@ -44,6 +46,24 @@ pub struct PeerStats {
     pub tls: Option<Box<TlsStats>>,
     /// The exited process whose live sockets this entry took over, if any (see `handover`).
     pub inherited: Option<Inherited>,
+    /// How long connections had been idle when the peer closed them (outbound).
+    pub idle_closes: IdleCloses,
+    /// Resets received on connections the peer had already closed (in CLOSE_WAIT): the process
+    /// sent on a connection the server had closed. With the time of the last one.
+    pub resets_after_peer_close: u64,
+    pub last_reset_after_peer_close_ns: u64,
+    /// Outbound connections the process closed after at most two requests (what a full pool
+    /// discards), with the time of the last one.
+    pub discarded: u64,
+    pub last_discard_ns: u64,
+    /// Connections that carried three requests or more, open or closed.
+    pub reused_connections: u64,
+    /// The most ESTABLISHED sockets at once.
+    pub peak_established: u64,
+    /// The recent failed connects, in time (None until the first).
+    pub failure_log: Option<Box<FailureLog>>,
+    /// When the last connection was opened or accepted (0: none).
+    pub last_connected_ns: u64,
 }
 
 impl PeerStats {
@@ -52,6 +72,9 @@ impl PeerStats {
         self.sockets.add(state, 1);
         if let (TcpState::CloseWait, Some(t)) = (state, close_wait_since) {
             self.close_wait.enter(t);
+        }
+        if state == TcpState::Established {
+            self.peak_established = self.peak_established.max(self.sockets.get(TcpState::Established));
         }
     }
 
@@ -71,6 +94,12 @@ impl PeerStats {
     pub(super) fn count_connection(&mut self, ts_ns: u64) {
         self.connections += 1;
         self.new_connections.get_or_insert_default().add(ts_ns);
+        self.last_connected_ns = self.last_connected_ns.max(ts_ns);
+    }
+
+    pub(crate) fn connect_failed(&mut self, reason: FailureReason, ts_ns: u64) {
+        self.connect_failures.add(reason);
+        self.failure_log.get_or_insert_default().add(ts_ns, reason);
     }
 
     /// New connections per second over the last minute.

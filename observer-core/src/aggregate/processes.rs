@@ -7,7 +7,7 @@ use hashbrown::HashMap;
 use super::{Aggregator, PeerStats, SECOND};
 use crate::container::Container;
 use crate::event::Owner;
-use crate::model::{Direction, Endpoint, ProcessKey};
+use crate::model::{Direction, Endpoint, PortRange, ProcessKey};
 
 /// How long a pruned process is remembered, so that late events of its orphaned sockets do not
 /// bring it back.
@@ -22,6 +22,8 @@ pub struct Process {
     pub container: Container,
     /// When the last thread exited (CLOCK_MONOTONIC ns).
     pub exited_ns: Option<u64>,
+    /// The ephemeral port range of its network namespace, as the daemon last read it.
+    pub port_range: Option<PortRange>,
     pub outbound: HashMap<Endpoint, PeerStats>,
     pub inbound: HashMap<Endpoint, PeerStats>,
     /// Endpoints this process listens on, with their network namespace.
@@ -36,6 +38,7 @@ impl Process {
             cmdline: None,
             container: Container::default(),
             exited_ns: None,
+            port_range: None,
             outbound: HashMap::new(),
             inbound: HashMap::new(),
             listeners: Vec::new(),
@@ -98,6 +101,13 @@ impl Aggregator {
             if cmdline.is_some() {
                 p.cmdline = cmdline;
             }
+        }
+    }
+
+    /// The ephemeral port range of the process's network namespace (read by the daemon).
+    pub fn set_port_range(&mut self, key: ProcessKey, range: Option<PortRange>) {
+        if let Some(p) = self.processes.get_mut(&key.pid).filter(|p| p.key.same_process(&key)) {
+            p.port_range = range;
         }
     }
 

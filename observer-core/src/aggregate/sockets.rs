@@ -35,6 +35,10 @@ pub(super) struct SocketRec {
     pub(super) connected: bool,
     pub(super) reset_received: bool,
     pub(super) close_counted: bool,
+    /// The process closed it (sent the first FIN, or aborted it).
+    pub(super) closed_locally: bool,
+    /// Counted among the peer's reused connections (it carried three requests or more).
+    pub(super) reuse_counted: bool,
     pub(super) accept_counted: bool,
     /// I/O counters already added to the peer's figures.
     pub(super) io: IoCounts,
@@ -75,6 +79,8 @@ impl SocketRec {
             // Connected before it was seen, unless it was still connecting (or listening).
             connected: !listener && seen.is_some_and(|s| !matches!(s, SynSent | SynRecv)),
             reset_received: false,
+            closed_locally: false,
+            reuse_counted: false,
             // Already closing when seen: who closed it is not known.
             close_counted: seen.is_some_and(|s| matches!(s, FinWait1 | FinWait2 | Closing | CloseWait | LastAck)),
             // An adopted inbound socket was accepted before we looked.
@@ -100,6 +106,14 @@ impl SocketRec {
         self.requests_counted = self.requests_counted.max(total);
         self.io = *io;
         (requests, delta)
+    }
+
+    /// Whether the connection has just become a reused one (three requests or more): true
+    /// once.
+    pub(super) fn newly_reused(&mut self) -> bool {
+        let reused = !self.reuse_counted && !self.listener && self.requests_counted >= 3;
+        self.reuse_counted |= reused;
+        reused
     }
 
     /// Requests carried by the connection so far.
@@ -145,9 +159,11 @@ impl Aggregator {
                 continue;
             }
             let (requests, delta) = rec.io_update(io);
+            let reused = rec.newly_reused();
             let (owner, direction, peer) = rec.key();
             if let Some(stats) = self.peer_mut(owner, direction, peer) {
                 stats.add_io(requests, &delta);
+                stats.reused_connections += u64::from(reused);
             }
         }
     }

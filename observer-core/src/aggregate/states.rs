@@ -21,6 +21,8 @@ struct Transition {
     opened: bool,
     /// The connection's close was counted: by the local end (true) or by the peer (false).
     closed_by_local: Option<bool>,
+    /// The peer closed an outbound connection that had been idle this long.
+    idle_ns: Option<u64>,
 }
 
 impl SocketRec {
@@ -57,6 +59,7 @@ impl SocketRec {
             (SynSent, Established) if self.direction == Direction::Outbound => opened = true,
             (Established | SynRecv, FinWait1) if !self.close_counted => {
                 self.close_counted = true;
+                self.closed_locally = true;
                 closed_by_local = Some(true);
             }
             (Established, CloseWait) if !self.close_counted => {
@@ -66,7 +69,9 @@ impl SocketRec {
             _ => {}
         }
         let (state, since) = (self.state, self.close_wait_since);
-        Transition { at: self.key(), prev, prev_since, state, since, opened, closed_by_local }
+        let peer_closed = closed_by_local == Some(false) && self.direction == Direction::Outbound;
+        let idle_ns = ev.idle_ns.filter(|_| peer_closed);
+        Transition { at: self.key(), prev, prev_since, state, since, opened, closed_by_local, idle_ns }
     }
 }
 
@@ -136,6 +141,9 @@ impl Aggregator {
             Some(false) => stats.closed_by_peer += 1,
             None => {}
         }
+        if let Some(idle) = t.idle_ns {
+            stats.idle_closes.observe(idle);
+        }
         true
     }
 
@@ -148,7 +156,7 @@ impl Aggregator {
             if old == TcpState::SynSent
                 && let Some(stats) = self.peer_mut(key, Direction::Outbound, ev.remote.canonical())
             {
-                stats.connect_failures.add(FailureReason::of_connect(ev.error, ev.local.port()));
+                stats.connect_failed(FailureReason::of_connect(ev.error, ev.local.port()), ev.ts_ns);
             }
             return false;
         }
@@ -236,10 +244,11 @@ impl Aggregator {
         // The kernel handed the socket's final I/O counters over with its close.
         let (requests, delta) = rec.io_update(&ev.io);
         stats.add_io(requests, &delta);
+        stats.reused_connections += u64::from(rec.newly_reused());
         if rec.established_ns.is_some() && !rec.listener {
             stats.requests_per_connection.observe(rec.requests_total(&ev.io));
         }
-        count_end(stats, ev, old, &rec);
+        count_end(stats, ev, old, &mut rec);
         if matches!(old, TcpState::FinWait2 | TcpState::Closing) {
             let key = TwKey { netns: rec.netns.unwrap_or(0), local: rec.local.0, remote: rec.remote.0 };
             let owner = TwOwner { process: rec.owner, direction: rec.direction, peer: rec.peer };
@@ -251,9 +260,9 @@ impl Aggregator {
 
 /// How a connection ended, in its bucket's figures: a failed connect, or (if it was connected)
 /// who closed it, its acceptance if never seen, and how long it lived.
-fn count_end(stats: &mut PeerStats, ev: &SocketEvent, old: TcpState, rec: &SocketRec) {
+fn count_end(stats: &mut PeerStats, ev: &SocketEvent, old: TcpState, rec: &mut SocketRec) {
     match old {
-        TcpState::SynSent => stats.connect_failures.add(FailureReason::of_connect(ev.error, ev.local.port())),
+        TcpState::SynSent => stats.connect_failed(FailureReason::of_connect(ev.error, ev.local.port()), ev.ts_ns),
         _ if rec.connected => {
             if !rec.close_counted {
                 // Abortive close straight from a connected state.
@@ -261,7 +270,17 @@ fn count_end(stats: &mut PeerStats, ev: &SocketEvent, old: TcpState, rec: &Socke
                     stats.closed_by_peer += 1;
                 } else {
                     stats.closed_by_local += 1;
+                    rec.closed_locally = true;
                 }
+            }
+            if rec.closed_locally
+                && rec.direction == Direction::Outbound
+                && rec.established_ns.is_some()
+                && rec.requests_total(&ev.io) <= 2
+            {
+                // What a full pool does with the connection it cannot keep.
+                stats.discarded += 1;
+                stats.last_discard_ns = stats.last_discard_ns.max(ev.ts_ns);
             }
             if rec.direction == Direction::Inbound && !rec.listener && !rec.accept_counted {
                 // Never seen accepted: charged to whoever owned it when it closed.

@@ -94,6 +94,7 @@ fn peer_samples(value: &PeerValue, r: &PeerRow<'_>) -> Samples {
         PeerValue::Float(get) => get(r).map(|v| (None, Sample::Float(v))).into_iter().collect(),
         PeerValue::ByLabel(get) => by_label(get(r)),
         PeerValue::Histogram(get) => get(r).map(|h| (None, Sample::Histogram(h))).into_iter().collect(),
+        PeerValue::FloatByLabel(get) => get(r).into_iter().map(|(label, v)| (Some(label), Sample::Float(v))).collect(),
     }
 }
 

@@ -51,6 +51,8 @@ pub(super) enum PeerValue {
     ByLabel(fn(&PeerRow<'_>) -> ByLabel),
     /// A row without a histogram has no series.
     Histogram(fn(&PeerRow<'_>) -> Option<Histogram>),
+    /// Gauges, one per value of the last label.
+    FloatByLabel(fn(&PeerRow<'_>) -> Vec<(String, f64)>),
 }
 
 pub(super) enum OwnValue {
@@ -261,6 +263,30 @@ pub(super) static FAMILIES: &[Family] = &[
     },
     // About observer itself.
     Family {
+        name: "observer_idle_close_seconds",
+        kind: Gauge,
+        help: "How long connections had been idle when the peer closed them (the peer's idle timeout): quantile 0 is the shortest, 0.5 the median of the last 256, 1 the longest; absent before the first",
+        labels: peer_labels!("quantile"),
+        series: Peers(Outbound, PeerValue::FloatByLabel(idle_close_quantiles)),
+    },
+    Family {
+        name: "observer_idle_closes",
+        kind: Counter,
+        help: "Connections the peer closed after they had been idle (samples of observer_idle_close_seconds)",
+        labels: peer_labels!(),
+        series: Peers(Outbound, Int(|r| r.sum(|s| s.idle_closes.samples))),
+    },
+    Family {
+        name: "observer_findings",
+        kind: Gauge,
+        help: "1 while a connection-pool finding of this kind is active for the peer (see GET /api/v1/processes/{pid}/diagnosis); absent otherwise",
+        labels: peer_labels!("kind"),
+        series: Peers(
+            All,
+            PeerValue::ByLabel(|r| r.findings().into_iter().map(|k| (k.name().to_string(), 1)).collect()),
+        ),
+    },
+    Family {
         name: "observer_events",
         kind: Counter,
         help: "Kernel events applied, by kind",
@@ -418,4 +444,12 @@ fn by_state(sockets: &StateCounts) -> ByLabel {
 /// One TLS count of a row, per SNI server name.
 fn by_server_name(r: &PeerRow<'_>, get: fn(&crate::tls::Counts) -> u64) -> ByLabel {
     r.tls().server_names.iter().map(|(name, c)| (name.clone(), get(c))).collect()
+}
+
+/// Shortest, median and longest idle time at the peer's close, in seconds.
+fn idle_close_quantiles(r: &PeerRow<'_>) -> Vec<(String, f64)> {
+    let c = r.idle_closes();
+    let Some(p50) = c.p50_ns() else { return Vec::new() };
+    let s = |ns: u64| ns as f64 / 1e9;
+    vec![("0".into(), s(c.min_ns)), ("0.5".into(), s(p50)), ("1".into(), s(c.max_ns))]
 }

@@ -16,6 +16,7 @@ use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Registry;
 
 use crate::aggregate::Aggregator;
+use crate::diagnosis::Thresholds;
 use crate::kernel_status::KernelStatus;
 
 mod encode;
@@ -36,16 +37,19 @@ pub fn wants_protobuf(accept: &str) -> bool {
 }
 
 /// The registry serving observer's metrics; each process gets per-peer series for at most
-/// `max_peers` peers, the others are folded into `peer="other"`. `clock` gives the time of a
-/// scrape (CLOCK_MONOTONIC in ns, the kernel records' clock).
+/// `max_peers` peers, the others are folded into `peer="other"`; `thresholds` are the
+/// findings'. `clock` gives the time of a scrape (CLOCK_MONOTONIC in ns, the kernel records'
+/// clock).
 pub fn registry(
     agg: Arc<Mutex<Aggregator>>,
     kernel: Arc<Mutex<KernelStatus>>,
     max_peers: usize,
+    thresholds: Thresholds,
     clock: fn() -> u64,
 ) -> Registry {
     let mut r = Registry::default();
-    r.register_collector(Box::new(ObserverCollector { agg, kernel, admitted: Mutex::default(), max_peers, clock }));
+    let admitted = Mutex::default();
+    r.register_collector(Box::new(ObserverCollector { agg, kernel, admitted, max_peers, thresholds, clock }));
     r
 }
 
@@ -64,6 +68,7 @@ struct ObserverCollector {
     kernel: Arc<Mutex<KernelStatus>>,
     admitted: Mutex<rows::Admitted>,
     max_peers: usize,
+    thresholds: Thresholds,
     clock: fn() -> u64,
 }
 
@@ -78,7 +83,8 @@ impl Collector for ObserverCollector {
         let kernel = self.kernel.lock().expect("kernel status lock").clone();
         let agg = self.agg.lock().expect("aggregator lock");
         let now = (self.clock)();
-        let peers = rows::peer_rows(&agg, &mut self.admitted.lock().expect("admission lock"), self.max_peers, now);
+        let mut admitted = self.admitted.lock().expect("admission lock");
+        let peers = rows::peer_rows(&agg, &mut admitted, (self.max_peers, &self.thresholds), now);
         let scrape = encode::Scrape {
             peers,
             processes: rows::process_rows(&agg),

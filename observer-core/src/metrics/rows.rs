@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::aggregate::{Aggregator, PeerStats, Process};
 use crate::closewait::{CloseWaitConfig, Status as CloseWaitStatus, Verdict};
+use crate::diagnosis::{self, Kind, Thresholds};
 use crate::exphist::ExpHistogram;
+use crate::idle::IdleCloses;
 use crate::kernel_status::KernelStatus;
 use crate::lifetime::Lifetimes;
 use crate::model::{Direction, Endpoint, FailureCounts, ProcessKey, StateCounts};
@@ -25,10 +27,12 @@ pub(super) trait Row {
     fn label_values(&self) -> &[String];
 }
 
-/// One peer of a process, with its live sockets including its TIME_WAIT entries.
+/// One peer of a process, with its live sockets including its TIME_WAIT entries, and the
+/// kinds of its findings.
 struct Peer<'a> {
     stats: &'a PeerStats,
     sockets: StateCounts,
+    findings: Vec<Kind>,
 }
 
 /// The series of one admitted peer, or of the peers of a process and direction folded into
@@ -102,7 +106,7 @@ pub(super) fn process_rows(agg: &Aggregator) -> Vec<ProcessRow> {
 pub(super) fn peer_rows<'a>(
     agg: &'a Aggregator,
     admitted: &mut Admitted,
-    max_peers: usize,
+    limits: (usize, &Thresholds),
     now: u64,
 ) -> Vec<PeerRow<'a>> {
     let live: HashSet<ProcessKey> = agg.processes().map(|p| p.key).collect();
@@ -110,16 +114,17 @@ pub(super) fn peer_rows<'a>(
     let mut rows = Vec::new();
     for p in by_pid(agg) {
         let set = admitted.entry(p.key).or_default();
-        rows.extend(process_peer_rows(agg, p, set, max_peers, now));
+        rows.extend(process_peer_rows(agg, p, set, limits, now));
     }
     rows
 }
 
+/// `limits`: the peers a process gets series for, and the thresholds of the findings.
 fn process_peer_rows<'a>(
     agg: &'a Aggregator,
     p: &'a Process,
     admitted: &mut HashSet<(Direction, Endpoint)>,
-    max_peers: usize,
+    (max_peers, thresholds): (usize, &Thresholds),
     now: u64,
 ) -> Vec<PeerRow<'a>> {
     let mut peers: Vec<(Direction, &Endpoint, &PeerStats)> =
@@ -134,7 +139,9 @@ fn process_peer_rows<'a>(
     let mut rows = Vec::new();
     let mut other: [Option<PeerRow<'a>>; 2] = [None, None];
     for (direction, peer, stats) in peers {
-        let one = Peer { stats, sockets: agg.peer_sockets(p, direction, *peer, stats) };
+        let facts = diagnosis::facts_of(agg, p, direction, *peer, stats, now);
+        let findings = diagnosis::diagnose_peer(&facts, thresholds).into_iter().map(|f| f.kind).collect();
+        let one = Peer { stats, sockets: facts.sockets, findings };
         let key = (direction, *peer);
         if admitted.contains(&key) || admitted.len() < max_peers {
             admitted.insert(key);
@@ -212,6 +219,18 @@ impl PeerRow<'_> {
                 Cow::Owned(all)
             }
         }
+    }
+
+    pub fn idle_closes(&self) -> Cow<'_, IdleCloses> {
+        self.merged(|s| &s.idle_closes, IdleCloses::merge)
+    }
+
+    /// The kinds of the findings of the row's peers, each once.
+    pub fn findings(&self) -> Vec<Kind> {
+        let mut kinds: Vec<Kind> = self.peers.iter().flat_map(|p| p.findings.iter().copied()).collect();
+        kinds.sort();
+        kinds.dedup();
+        kinds
     }
 
     pub fn new_connections_per_second(&self) -> f64 {

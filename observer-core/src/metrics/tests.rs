@@ -3,6 +3,7 @@
 
 use super::*;
 
+use crate::diagnosis::Thresholds;
 use crate::event::{EventKind, Owner, SocketEvent};
 use crate::model::{Endpoint, IoCounts, ProcessKey, TcpState};
 
@@ -37,7 +38,10 @@ fn connect(agg: &mut Aggregator, sk: u64, remote: &str) {
 /// An empty aggregator and the registry over it, `max_peers` series per process.
 fn empty_registry(max_peers: usize) -> (Arc<Mutex<Aggregator>>, Registry) {
     let agg = Arc::new(Mutex::new(Aggregator::default()));
-    let registry = registry(agg.clone(), Arc::new(Mutex::new(KernelStatus::default())), max_peers, || 1_000_000_000);
+    let registry =
+        registry(agg.clone(), Arc::new(Mutex::new(KernelStatus::default())), max_peers, Thresholds::default(), || {
+            1_000_000_000
+        });
     (agg, registry)
 }
 
@@ -276,7 +280,8 @@ fn the_text_exposition_of_a_representative_aggregation_is_unchanged() {
     let mut agg = Aggregator::default();
     representative(&mut agg);
     let agg = Arc::new(Mutex::new(agg));
-    let registry = registry(agg, Arc::new(Mutex::new(representative_kernel())), 2, || 60 * SECOND);
+    let registry =
+        registry(agg, Arc::new(Mutex::new(representative_kernel())), 2, Thresholds::default(), || 60 * SECOND);
     // The version changes with every release: not part of what is pinned.
     let version = format!("version=\"{}\"", env!("CARGO_PKG_VERSION"));
     let scrape = || render_text(&registry).replace(&version, "version=\"VERSION\"");
@@ -301,7 +306,8 @@ fn the_protobuf_exposition_of_a_representative_aggregation_is_unchanged() {
     let mut agg = Aggregator::default();
     representative(&mut agg);
     let agg = Arc::new(Mutex::new(agg));
-    let registry = registry(agg, Arc::new(Mutex::new(representative_kernel())), 2, || 60 * SECOND);
+    let registry =
+        registry(agg, Arc::new(Mutex::new(representative_kernel())), 2, Thresholds::default(), || 60 * SECOND);
     let families = prometheus_client::encoding::prometheus_protobuf::encode(&registry).unwrap();
     let version = format!("\"{}\"", env!("CARGO_PKG_VERSION"));
     let text = format!("{families:#?}\n").replace(&version, "\"VERSION\"");
@@ -322,7 +328,7 @@ fn every_family_declares_the_labels_its_rows_give() {
     for f in FAMILIES {
         assert!(names.insert(f.name), "{} declared twice", f.name);
         let expected = match &f.series {
-            Series::Peers(_, PeerValue::ByLabel(_)) => 7,
+            Series::Peers(_, PeerValue::ByLabel(_) | PeerValue::FloatByLabel(_)) => 7,
             Series::Peers(..) => 6,
             Series::Processes(_) => 5,
             Series::Observer(OwnValue::ByLabel(_)) => 1,

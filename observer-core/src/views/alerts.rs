@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::aggregate::Finding;
+use crate::aggregate::LeakAlert;
 
 /// An active finding, as `GET /api/v1/alerts` lists it.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -21,7 +21,7 @@ pub struct Alert {
 }
 
 /// The active alerts; `now_ns` (CLOCK_MONOTONIC) and `now` (wall clock) are the same instant.
-pub fn alerts(findings: &[Finding], now_ns: u64, now: std::time::SystemTime) -> Vec<Alert> {
+pub fn alerts(findings: &[LeakAlert], now_ns: u64, now: std::time::SystemTime) -> Vec<Alert> {
     findings
         .iter()
         .map(|f| {
@@ -49,7 +49,7 @@ mod tests {
 
     #[test]
     fn alerts_carry_wall_clock_start_times() {
-        let f = Finding {
+        let f = LeakAlert {
             process: ProcessKey { pid: 42, start_ns: 0 },
             comm: "python3".into(),
             direction: Direction::Outbound,

@@ -8,6 +8,7 @@
 use serde::{Deserialize, Deserializer};
 
 mod alerts;
+mod diagnosis;
 mod error;
 mod health;
 mod parts;
@@ -18,11 +19,12 @@ mod status;
 mod tests;
 
 pub use alerts::{Alert, alerts};
+pub use diagnosis::{Diagnosis, Finding, FindingList, ProcessFinding, diagnosis, findings};
 pub use error::ApiError;
 pub use health::Health;
 pub use parts::{
-    Bucket, CloseWait, ConnectFailures, HandshakeMs, InheritedFrom, LifetimeSeconds, MsBucket, RequestsPerConnection,
-    Sockets, Tls, TlsCounts,
+    Bucket, CloseWait, ConnectFailures, HandshakeMs, IdleCloseSeconds, InheritedFrom, LifetimeSeconds, MsBucket,
+    RequestsPerConnection, Sockets, Tls, TlsCounts,
 };
 pub use process::{Inbound, Outbound, ProcessDetail, Reuse, process_detail};
 pub use processes::{ProcessSummary, process_list, process_summary, process_totals};

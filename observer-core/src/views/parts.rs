@@ -1,5 +1,5 @@
 //! The pieces the documents are made of: sockets by state, failures, lifetimes, histograms,
-//! CLOSE_WAIT, TLS handshakes, inherited sockets.
+//! CLOSE_WAIT, TLS handshakes, inherited sockets, the peer's idle timeout.
 
 use std::collections::BTreeMap;
 
@@ -7,9 +7,12 @@ use serde::de::Error as _;
 use serde::ser::SerializeMap as _;
 use serde::{Deserialize, Deserializer, Serialize};
 
+use super::nullable;
+
 use crate::aggregate::Inherited;
 use crate::closewait::{Status as CloseWaitStatus, Verdict};
 use crate::exphist::ExpHistogram;
+use crate::idle::IdleCloses;
 use crate::lifetime::Lifetimes;
 use crate::model::{FailureCounts, FailureReason, REPORTED_STATES, StateCounts};
 use crate::tls::{self, TlsStats};
@@ -80,6 +83,27 @@ impl From<&Lifetimes> for LifetimeSeconds {
             min: s(l.min_ns),
             max: s(l.max_ns),
         }
+    }
+}
+
+/// How long connections had been idle when the peer closed them: the peer's idle timeout.
+/// The figures are null without samples.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct IdleCloseSeconds {
+    #[serde(deserialize_with = "nullable")]
+    pub min: Option<f64>,
+    /// The median of the most recent 256 samples.
+    #[serde(deserialize_with = "nullable")]
+    pub p50: Option<f64>,
+    #[serde(deserialize_with = "nullable")]
+    pub max: Option<f64>,
+    pub samples: u64,
+}
+
+impl From<&IdleCloses> for IdleCloseSeconds {
+    fn from(c: &IdleCloses) -> Self {
+        let s = |ns: u64| (c.samples > 0).then(|| ns as f64 / 1e9);
+        IdleCloseSeconds { min: s(c.min_ns), p50: c.p50_ns().and_then(s), max: s(c.max_ns), samples: c.samples }
     }
 }
 

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::nullable;
-use super::parts::{CloseWait, ConnectFailures, InheritedFrom, LifetimeSeconds, RequestsPerConnection, Sockets, Tls};
+use super::parts::{
+    CloseWait, ConnectFailures, IdleCloseSeconds, InheritedFrom, LifetimeSeconds, RequestsPerConnection, Sockets, Tls,
+};
 use crate::aggregate::{Aggregator, PeerStats, Process};
 use crate::closewait::Verdict;
 use crate::model::{Direction, Endpoint, StateCounts, errno_name};
@@ -66,6 +68,8 @@ pub struct Outbound {
     #[serde(flatten)]
     pub reuse: Reuse,
     pub close_wait: CloseWait,
+    /// How long connections had been idle when this peer closed them.
+    pub idle_close_seconds: IdleCloseSeconds,
     /// TLS handshakes; null if none was seen.
     #[serde(deserialize_with = "nullable")]
     pub tls: Option<Tls>,
@@ -142,6 +146,7 @@ fn outbound(agg: &Aggregator, p: &Process, peer: Endpoint, st: &PeerStats, now_n
         connection_lifetime_seconds: (&st.lifetimes).into(),
         reuse: reuse(st, now_ns),
         close_wait: st.close_wait.status(now_ns, agg.close_wait_config()).into(),
+        idle_close_seconds: (&st.idle_closes).into(),
         tls: st.tls.as_deref().map(Tls::from),
         inherited_from: st.inherited.as_ref().map(InheritedFrom::from),
     }

@@ -71,6 +71,7 @@ fn outbound() -> Outbound {
         connection_lifetime_seconds: LifetimeSeconds { count: 50, mean: 0.25, min: 0.125, max: 1.5 },
         reuse: reuse(Some(2.9375)),
         close_wait: close_wait(0, Verdict::None),
+        idle_close_seconds: IdleCloseSeconds { min: Some(1.5), p50: Some(2.0), max: Some(2.25), samples: 3 },
         tls: Some(tls()),
         inherited_from: Some(InheritedFrom { pid: 7, comm: "nginx".into(), sockets: 1 }),
     }

@@ -22,17 +22,25 @@ use super::BATCH;
 /// a fill threshold, see the kernel programs' `emit`).
 pub(super) const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
 
-/// Drains the ring buffer, and every `flush_every` reads the I/O counters of open connections
-/// (closing sockets hand theirs over with their CLOSE). Both in one task, so that a flush is
-/// applied after every record queued before its counters were read: the records of a
-/// connection's TLS handshake say how many of its exchanges were not requests.
+/// What other tasks ask of the event reader.
+pub(super) struct Inbox {
+    pub(super) handovers: mpsc::Receiver<Handover>,
+    /// Queries about to read the aggregation: answered once the I/O counters of open
+    /// connections are read and applied, so that what they return is as of the query.
+    pub(super) flushes: mpsc::Receiver<oneshot::Sender<()>>,
+}
+
+/// Drains the ring buffer, and every `flush_every` (and before each query) reads the I/O
+/// counters of open connections (closing sockets hand theirs over with their CLOSE). Both in one
+/// task, so that a flush is applied after every record queued before its counters were read: the
+/// records of a connection's TLS handshake say how many of its exchanges were not requests.
 pub(super) async fn read_events(
     ring: RingBuf<MapData>,
     agg: Arc<Mutex<Aggregator>>,
     probes: Arc<Mutex<Probes>>,
     flush_every: Duration,
     new_processes: Arc<Notify>,
-    mut handovers: mpsc::Receiver<Handover>,
+    mut inbox: Inbox,
 ) -> Result<()> {
     let flush_enabled = probes.lock().expect("probes lock").features.requests;
     // SAFETY: the ring buffer owns its map fd and keeps it open while registered.
@@ -50,7 +58,17 @@ pub(super) async fn read_events(
             }
             _ = tick.tick() => drain(fd.get_mut(), &agg, &new_processes),
             _ = flush_tick.tick(), if flush_enabled => flush(&probes, fd.get_mut(), &agg, &new_processes).await,
-            Some(job) = handovers.recv() => {
+            Some(done) = inbox.flushes.recv() => {
+                if flush_enabled {
+                    flush(&probes, fd.get_mut(), &agg, &new_processes).await;
+                }
+                // One flush answers every query waiting for one.
+                let _ = done.send(());
+                while let Ok(done) = inbox.flushes.try_recv() {
+                    let _ = done.send(());
+                }
+            }
+            Some(job) = inbox.handovers.recv() => {
                 // What the sockets carried until now stays with the process that exited.
                 if flush_enabled {
                     flush(&probes, fd.get_mut(), &agg, &new_processes).await;

@@ -7,15 +7,18 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use crate::clock::monotonic_ns;
-use crate::host::{cgroup, exits, procfs};
+use crate::host::{cgroup, exits, port_range, procfs};
 use observer_core::aggregate::{Aggregator, AlertChange};
 use observer_core::model::ProcessKey;
 
 use super::Wake;
 
+/// How often the ephemeral port ranges of the processes' namespaces are read again, in rounds.
+const PORT_RANGE_ROUNDS: u64 = 30;
+
 /// Every second: prune and expire; read /proc for new processes and watch them for their exit
 /// (pidfds), at once when the aggregation sees new ones; every 5 s, look for exits among the
-/// processes no pidfd watches.
+/// processes no pidfd watches; every 30 s, read the port ranges of their namespaces again.
 pub(super) async fn housekeeping(agg: Arc<Mutex<Aggregator>>, watch_exits: bool, wake: Wake) {
     let mut interval = tokio::time::interval(Duration::from_secs(1));
     let mut round = 0u64;
@@ -37,6 +40,13 @@ pub(super) async fn housekeeping(agg: Arc<Mutex<Aggregator>>, watch_exits: bool,
         let mut dead = Vec::new();
         if full {
             round += 1;
+            if round.is_multiple_of(PORT_RANGE_ROUNDS) {
+                let live: Vec<ProcessKey> = {
+                    let a = agg.lock().expect("aggregator lock");
+                    a.processes().filter(|p| p.exited_ns.is_none()).map(|p| p.key).collect()
+                };
+                set_port_ranges(&agg, &live);
+            }
             if round.is_multiple_of(5) {
                 polled.retain(|k| {
                     let alive = procfs::is_alive(k);
@@ -66,6 +76,7 @@ pub(super) async fn housekeeping(agg: Arc<Mutex<Aggregator>>, watch_exits: bool,
         if info.is_empty() && dead.is_empty() {
             continue;
         }
+        set_port_ranges(&agg, &info.iter().map(|(k, ..)| *k).collect::<Vec<_>>());
         let now = monotonic_ns();
         let mut a = agg.lock().expect("aggregator lock");
         for (k, comm, cmdline, container) in info {
@@ -77,6 +88,18 @@ pub(super) async fn housekeeping(agg: Arc<Mutex<Aggregator>>, watch_exits: bool,
             }
             wake.exits.notify_one();
         }
+    }
+}
+
+/// Read the ephemeral port ranges of the namespaces of `keys` (outside the lock) and record them.
+fn set_port_ranges(agg: &Mutex<Aggregator>, keys: &[ProcessKey]) {
+    if keys.is_empty() {
+        return;
+    }
+    let ranges = port_range::of_processes(&keys.iter().map(|k| k.pid).collect::<Vec<_>>());
+    let mut a = agg.lock().expect("aggregator lock");
+    for k in keys {
+        a.set_port_range(*k, ranges.get(&k.pid).copied());
     }
 }
 

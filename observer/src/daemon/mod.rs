@@ -21,7 +21,7 @@ mod kernel_status;
 mod reconcile;
 
 use audit::audit_socket_table;
-use events::read_events;
+use events::{Inbox, read_events};
 use handover::hand_over_exits;
 use housekeeping::housekeeping;
 use kernel_status::refresh_kernel_status;
@@ -34,6 +34,7 @@ use crate::host::{exits, snapshot};
 use crate::kernel::Probes;
 use observer_core::aggregate::{Aggregator, Config};
 use observer_core::closewait::CloseWaitConfig;
+use observer_core::diagnosis::Thresholds;
 use observer_core::kernel_status::KernelStatus;
 use observer_core::metrics;
 
@@ -50,7 +51,7 @@ struct Wake {
     exits: Arc<Notify>,
 }
 
-pub async fn run(opts: DaemonOptions, close_wait: CloseWaitConfig) -> Result<()> {
+pub async fn run(opts: DaemonOptions, close_wait: CloseWaitConfig, thresholds: Thresholds) -> Result<()> {
     // Bind first: a busy port fails before anything is loaded into the kernel.
     let listener = TcpListener::bind(opts.listen).await.with_context(|| format!("cannot listen on {}", opts.listen))?;
 
@@ -81,6 +82,7 @@ pub async fn run(opts: DaemonOptions, close_wait: CloseWaitConfig) -> Result<()>
     let watch_exits = features.process_exits;
     let wake = Wake::default();
     let (handover_tx, handovers) = mpsc::channel(1);
+    let (flush_tx, flushes) = mpsc::channel(64);
     let kernel = Arc::new(Mutex::new(KernelStatus { features, ..KernelStatus::default() }));
     let healthy = Arc::new(AtomicBool::new(true));
     let probes = Arc::new(Mutex::new(probes));
@@ -91,7 +93,8 @@ pub async fn run(opts: DaemonOptions, close_wait: CloseWaitConfig) -> Result<()>
         let flush_every = Duration::from_secs(opts.io_flush_interval);
         let new_processes = wake.new_processes.clone();
         tasks.spawn(async move {
-            if let Err(e) = read_events(ring, agg, probes, flush_every, new_processes, handovers).await {
+            let inbox = Inbox { handovers, flushes };
+            if let Err(e) = read_events(ring, agg, probes, flush_every, new_processes, inbox).await {
                 log::error!("kernel event reader stopped: {e:#}");
             }
             healthy.store(false, Ordering::Relaxed);
@@ -126,9 +129,11 @@ pub async fn run(opts: DaemonOptions, close_wait: CloseWaitConfig) -> Result<()>
         tasks.spawn(bench::toggle(probes.clone()));
     }
 
+    let max_peers = opts.metrics_peers_per_process as usize;
     let registry =
-        Arc::new(metrics::registry(agg.clone(), kernel.clone(), opts.metrics_peers_per_process as usize, monotonic_ns));
-    let app = api::router(AppState { agg, kernel, registry, healthy });
+        Arc::new(metrics::registry(agg.clone(), kernel.clone(), max_peers, thresholds.clone(), monotonic_ns));
+    let thresholds = Arc::new(thresholds);
+    let app = api::router(AppState { agg, kernel, registry, healthy, thresholds, flush: flush_tx });
     log::info!("serving the API on http://{}", opts.listen);
     axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.context("HTTP server")?;
 

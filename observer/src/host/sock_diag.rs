@@ -2,7 +2,6 @@
 //! network namespace.
 
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd as _;
 use std::path::Path;
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -61,19 +60,9 @@ pub fn dump(states: StateFlags) -> Result<Vec<DiagSocket>> {
     Ok(out)
 }
 
-/// The same, inside the network namespace at `netns_path` (`/proc/<pid>/ns/net`). Runs on a
-/// short-lived thread, since entering a namespace changes the calling thread.
+/// The same, inside the network namespace at `netns_path` (`/proc/<pid>/ns/net`).
 pub fn dump_in(netns_path: &Path, states: StateFlags) -> Result<Vec<DiagSocket>> {
-    let ns = std::fs::File::open(netns_path).with_context(|| format!("opening {}", netns_path.display()))?;
-    std::thread::spawn(move || {
-        // SAFETY: a valid namespace fd; only this thread changes namespace.
-        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(anyhow::Error::new(std::io::Error::last_os_error()).context("setns"));
-        }
-        dump(states)
-    })
-    .join()
-    .map_err(|_| anyhow!("sock_diag thread panicked"))?
+    super::netns::run_in(netns_path, move || dump(states))
 }
 
 /// TCP sockets in `states` of the network namespace at `netns_path`, or (None) of this one.

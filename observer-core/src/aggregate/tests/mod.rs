@@ -13,6 +13,7 @@ use crate::timewait::{KernelTimeWait, TwOwner};
 const MS: u64 = 1_000_000;
 
 mod handover;
+mod pools;
 
 fn ep(s: &str) -> Endpoint {
     Endpoint(s.parse::<SocketAddr>().unwrap())

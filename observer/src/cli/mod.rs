@@ -1,9 +1,14 @@
-//! `observer pid` and `observer processes`: readable tables from a running daemon's API.
+//! `observer pid`, `observer processes` and `observer explain`: readable answers from a
+//! running daemon's API.
 //!
 //! The answers are read into the API's own document types (`observer_core::views`), so a
 //! document this observer does not understand is an error that says so, not a table of zeros.
 
 use std::fmt::Write as _;
+
+mod explain;
+
+pub use explain::explain;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde::de::DeserializeOwned;
@@ -305,7 +310,9 @@ mod tests {
 
     fn outbound(remote: &str, patch: Value) -> Value {
         let failures = json!({"refused": 0, "timeout": 0, "unreachable": 0, "reset": 0, "other": 0});
-        peer(with(json!({"remote": remote, "connections_opened": 0, "connect_failures": failures}), patch))
+        let idle = json!({"min": null, "p50": null, "max": null, "samples": 0});
+        let base = json!({"remote": remote, "connections_opened": 0, "connect_failures": failures, "idle_close_seconds": idle});
+        peer(with(base, patch))
     }
 
     fn inbound(local: &str, patch: Value) -> Value {

@@ -8,9 +8,9 @@ use super::{Aggregator, PeerKey};
 use crate::closewait::{CloseWaitConfig, Status as CloseWaitStatus, Verdict};
 use crate::model::{Direction, Endpoint, ProcessKey};
 
-/// An active finding: a CLOSE_WAIT leak of one process towards one peer.
+/// An active alert: a CLOSE_WAIT leak of one process towards one peer.
 #[derive(Clone, Debug)]
-pub struct Finding {
+pub struct LeakAlert {
     pub process: ProcessKey,
     pub comm: String,
     pub direction: Direction,
@@ -20,17 +20,17 @@ pub struct Finding {
     pub since_ns: u64,
 }
 
-impl Finding {
-    fn of(key: PeerKey, comm: String, status: CloseWaitStatus, since_ns: u64) -> Finding {
-        Finding { process: key.0, comm, direction: key.1, peer: key.2, status, since_ns }
+impl LeakAlert {
+    fn of(key: PeerKey, comm: String, status: CloseWaitStatus, since_ns: u64) -> LeakAlert {
+        LeakAlert { process: key.0, comm, direction: key.1, peer: key.2, status, since_ns }
     }
 }
 
-/// A finding that started or cleared, for the daemon's log.
+/// An alert that started or cleared, for the daemon's log.
 #[derive(Clone, Debug)]
 pub struct AlertChange {
     pub started: bool,
-    pub finding: Finding,
+    pub finding: LeakAlert,
 }
 
 /// A bucket found leaking, with its process's name and its CLOSE_WAIT status.
@@ -47,14 +47,14 @@ impl Aggregator {
     }
 
     /// The active CLOSE_WAIT leaks, oldest first.
-    pub fn alerts(&self, now_ns: u64) -> Vec<Finding> {
-        let mut v: Vec<Finding> = self
+    pub fn alerts(&self, now_ns: u64) -> Vec<LeakAlert> {
+        let mut v: Vec<LeakAlert> = self
             .findings
             .iter()
             .filter_map(|(key, since_ns)| {
                 let status = self.peer_close_wait(key, now_ns)?;
                 let comm = self.processes.get(&key.0.pid)?.comm.clone();
-                Some(Finding::of(*key, comm, status, *since_ns))
+                Some(LeakAlert::of(*key, comm, status, *since_ns))
             })
             .collect();
         v.sort_by_key(|f| (f.since_ns, f.process.pid, f.peer));
@@ -102,7 +102,8 @@ impl Aggregator {
             let since_ns = self.findings.remove(&key).unwrap_or(now_ns);
             let comm = self.processes.get(&key.0.pid).map(|p| p.comm.clone()).unwrap_or_default();
             let status = self.peer_close_wait(&key, now_ns).unwrap_or_else(no_close_wait);
-            self.alert_changes.push(AlertChange { started: false, finding: Finding::of(key, comm, status, since_ns) });
+            self.alert_changes
+                .push(AlertChange { started: false, finding: LeakAlert::of(key, comm, status, since_ns) });
         }
     }
 
@@ -111,7 +112,8 @@ impl Aggregator {
         for (key, comm, status) in leaking {
             if let hashbrown::hash_map::Entry::Vacant(e) = self.findings.entry(key) {
                 e.insert(now_ns);
-                self.alert_changes.push(AlertChange { started: true, finding: Finding::of(key, comm, status, now_ns) });
+                self.alert_changes
+                    .push(AlertChange { started: true, finding: LeakAlert::of(key, comm, status, now_ns) });
             }
         }
     }
@@ -121,7 +123,7 @@ impl Aggregator {
         let gone: Vec<PeerKey> = self.findings.keys().filter(|k| k.0 == process).copied().collect();
         for k in gone {
             let since_ns = self.findings.remove(&k).unwrap_or(now_ns);
-            let finding = Finding::of((process, k.1, k.2), comm.to_string(), no_close_wait(), since_ns);
+            let finding = LeakAlert::of((process, k.1, k.2), comm.to_string(), no_close_wait(), since_ns);
             self.alert_changes.push(AlertChange { started: false, finding });
         }
     }
