@@ -21,7 +21,7 @@ use observer_e2e::paths::{scenario, workspace_root};
 use observer_e2e::processes::{Proc, sh};
 use observer_e2e::scenarios::{client, http_server, http_server_in};
 use promql_parser::label::MatchOp;
-use promql_parser::parser::{self, Expr};
+use promql_parser::parser::{self, Expr, VectorSelector};
 use serde_json::Value;
 
 fn deploy_path(rel: &str) -> PathBuf {
@@ -566,30 +566,39 @@ fn selector_name(name: &Option<String>, matchers: &promql_parser::label::Matcher
     }
 }
 
-/// The metric names an expression selects.
-fn selected_names(e: &Expr, out: &mut Vec<String>) -> Result<(), String> {
+/// The series selectors of an expression, those of range selectors included.
+fn selectors<'a>(e: &'a Expr, out: &mut Vec<&'a VectorSelector>) {
     match e {
-        Expr::VectorSelector(v) => out.push(selector_name(&v.name, &v.matchers)?),
-        Expr::MatrixSelector(m) => out.push(selector_name(&m.vs.name, &m.vs.matchers)?),
+        Expr::VectorSelector(v) => out.push(v),
+        Expr::MatrixSelector(m) => out.push(&m.vs),
         Expr::Call(c) => {
             for a in &c.args.args {
-                selected_names(a, out)?;
+                selectors(a, out);
             }
         }
         Expr::Aggregate(a) => {
-            selected_names(&a.expr, out)?;
+            selectors(&a.expr, out);
             if let Some(p) = &a.param {
-                selected_names(p, out)?;
+                selectors(p, out);
             }
         }
         Expr::Binary(b) => {
-            selected_names(&b.lhs, out)?;
-            selected_names(&b.rhs, out)?;
+            selectors(&b.lhs, out);
+            selectors(&b.rhs, out);
         }
-        Expr::Paren(p) => selected_names(&p.expr, out)?,
-        Expr::Subquery(s) => selected_names(&s.expr, out)?,
-        Expr::Unary(u) => selected_names(&u.expr, out)?,
+        Expr::Paren(p) => selectors(&p.expr, out),
+        Expr::Subquery(s) => selectors(&s.expr, out),
+        Expr::Unary(u) => selectors(&u.expr, out),
         Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
+    }
+}
+
+/// The metric names an expression selects.
+fn selected_names(e: &Expr, out: &mut Vec<String>) -> Result<(), String> {
+    let mut found = Vec::new();
+    selectors(e, &mut found);
+    for v in found {
+        out.push(selector_name(&v.name, &v.matchers)?);
     }
     Ok(())
 }
@@ -730,6 +739,8 @@ fn the_dashboard_and_the_rules_query_only_exported_metrics() {
         "observer_resets_received_total",
         "observer_tls_handshakes_total",
         "observer_events_lost_total",
+        "observer_findings",
+        "observer_idle_close_seconds",
     ] {
         assert!(used.contains_key(required), "the dashboard has no panel on {required}");
     }
@@ -856,4 +867,71 @@ fn nothing_to_show_here(place: &str) -> bool {
         || place.starts_with("panel \"TLS ")
         // A rule's query returns what fires: nothing, here.
         || place.starts_with("rule ")
+        // No finding in this traffic (a keep-alive session), and no server closed an idle connection.
+        || place.contains("observer_findings")
+        || place.contains("observer_idle_close_seconds")
+}
+
+/// The kinds of finding of the diagnosis (docs/diagnosis.md), as `observer_findings` labels them.
+const FINDING_KINDS: [&str; 7] = [
+    "session_not_reused",
+    "pool_too_small",
+    "close_wait_leak",
+    "stale_reuse",
+    "connect_failures",
+    "tls_handshake_per_request",
+    "time_wait_exhaustion_risk",
+];
+
+/// The `kind` each selector of `observer_findings` in a query matches exactly (`kind="..."`), `None`
+/// for one that matches no single kind.
+fn finding_kinds(query: &str) -> Result<Vec<Option<String>>, String> {
+    let promql = grafana_to_promql(query);
+    let expr = parser::parse(&promql).map_err(|e| format!("invalid PromQL {promql:?}: {e}"))?;
+    let mut found = Vec::new();
+    selectors(&expr, &mut found);
+    Ok(found
+        .into_iter()
+        .filter(|v| selector_name(&v.name, &v.matchers).is_ok_and(|n| n == "observer_findings"))
+        .map(|v| {
+            let kind = v.matchers.matchers.iter().find(|m| m.name == "kind" && matches!(m.op, MatchOp::Equal));
+            kind.map(|m| m.value.clone())
+        })
+        .collect())
+}
+
+/// Every kind of finding has exactly one alert rule, so that a finding does not alert twice
+/// (close_wait_leak's is CloseWaitLeak, on `observer_close_wait_leak`: the same verdict), and a
+/// panel of its own on the dashboard; rules and panels name only kinds the daemon has.
+#[test]
+fn every_kind_of_finding_has_one_alert_rule_and_a_panel() {
+    let mut rules: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (place, q) in rule_queries(&deploy_path("prometheus/alerts.yaml")) {
+        for kind in finding_kinds(&q).unwrap_or_else(|e| panic!("{place}: {e}")) {
+            let kind = kind.unwrap_or_else(|| panic!("{place} selects observer_findings of no single kind: {q}"));
+            rules.entry(kind).or_default().push(place.clone());
+        }
+        if query_names(&q).unwrap().iter().any(|n| n == "observer_close_wait_leak") {
+            rules.entry("close_wait_leak".to_string()).or_default().push(place.clone());
+        }
+    }
+    let text = std::fs::read_to_string(deploy_path("grafana/observer-dashboard.json")).expect("the dashboard");
+    let dashboard: Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let mut panels: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (place, q) in dashboard_queries(&dashboard).into_iter().filter(|(place, _)| place.starts_with("panel ")) {
+        for kind in finding_kinds(&q).unwrap_or_else(|e| panic!("{place}: {e}")).into_iter().flatten() {
+            panels.entry(kind).or_default().push(place.clone());
+        }
+    }
+    for kind in FINDING_KINDS {
+        match rules.get(kind).map(Vec::as_slice) {
+            Some([_]) => {}
+            None => panic!("no alert rule for the finding {kind}"),
+            Some(more) => panic!("the finding {kind} alerts more than once: {more:?}"),
+        }
+        assert!(panels.contains_key(kind), "no dashboard panel for the finding {kind}");
+    }
+    for (kind, places) in rules.iter().chain(&panels) {
+        assert!(FINDING_KINDS.contains(&kind.as_str()), "{places:?}: no finding is of kind {kind:?}");
+    }
 }
