@@ -9,6 +9,7 @@
 
 pub mod bpf;
 pub mod daemon;
+pub mod diagnosis;
 pub mod document;
 pub mod http;
 pub mod namespaces;

@@ -85,8 +85,8 @@ impl PeerStats {
         }
     }
 
-    pub(super) fn add_io(&mut self, requests: u64, delta: &IoCounts) {
-        self.requests += requests;
+    pub(super) fn add_io(&mut self, requests: i64, delta: &IoCounts) {
+        self.requests = self.requests.saturating_add_signed(requests);
         self.bytes_sent += delta.bytes_sent;
         self.bytes_received += delta.bytes_received;
     }

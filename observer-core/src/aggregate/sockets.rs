@@ -99,11 +99,13 @@ impl SocketRec {
 
     /// The kernel's counters are now `io`: what to add to the peer's figures (requests, and the
     /// counters' growth), the handshake's exchanges left out.
-    pub(super) fn io_update(&mut self, io: &IoCounts) -> (u64, IoCounts) {
+    pub(super) fn io_update(&mut self, io: &IoCounts) -> (i64, IoCounts) {
         let delta = io.since(&self.io);
         let total = self.requests_total(io);
-        let requests = total.saturating_sub(self.requests_counted);
-        self.requests_counted = self.requests_counted.max(total);
+        // Negative when a read came before the TLS records that say how many exchanges were
+        // the handshake: the requests counted then are taken back.
+        let requests = total as i64 - self.requests_counted as i64;
+        self.requests_counted = total;
         self.io = *io;
         (requests, delta)
     }
